@@ -1,0 +1,230 @@
+"""Command line: `pneumoscope data prepare | train | evaluate | predict`.
+
+A user mistake ends with one line on stderr (``error: what, where, what to do``) and
+exit status 2; heavy libraries are imported inside the commands so --help is instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from .errors import UserError
+
+app = typer.Typer(
+    name="pneumoscope",
+    help="Pneumonia detection on chest X-rays: prepare a leak-free dataset, train, evaluate, "
+    "predict.",
+    epilog="Example, end to end on the Kaggle pediatric set:\n\n"
+    "  pneumoscope data prepare --source chest_xray --out work/data\n\n"
+    "  pneumoscope train --data work/data --out runs/r18\n\n"
+    "  pneumoscope evaluate --run runs/r18 --data work/data --split test\n\n"
+    "  pneumoscope predict --run runs/r18 chest_xray/test --out predictions.csv",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+data_app = typer.Typer(
+    help="Build datasets from X-ray folders.", no_args_is_help=True, rich_markup_mode=None
+)
+app.add_typer(data_app, name="data")
+
+
+def _echo_table(title: str, header: list[str], rows: list[list]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for h in header:
+        table.add_column(h, justify="right" if h != header[0] else "left")
+    for r in rows:
+        table.add_row(*[str(c) for c in r])
+    Console().print(table)
+
+
+@data_app.command(
+    "prepare",
+    epilog="Examples:\n\n"
+    "  pneumoscope data prepare --source ~/chest_xray --out work/data224\n\n"
+    "  pneumoscope data prepare --source ~/chest_xray --out work/data128 --img-size 128 --no-clahe",
+)
+def data_prepare(
+    source: Path = typer.Option(
+        ...,
+        help="Folder with NORMAL/ and PNEUMONIA/, or with "
+        "train|val|test/ holding them (the Kaggle layout).",
+    ),
+    out: Path = typer.Option(
+        ...,
+        help="Output folder for the cache (images.npy, manifest.csv, rejected.csv, cache.json).",
+    ),
+    img_size: int = typer.Option(224, help="Square side in pixels after resizing."),
+    clahe: bool = typer.Option(True, help="Contrast-limited adaptive histogram equalisation."),
+    val_fraction: float = typer.Option(
+        0.1,
+        help="Validation share carved from train (grouped "
+        "by patient, stratified by label) when no usable val "
+        "split is given.",
+    ),
+    seed: int = typer.Option(0, help="Seed of the validation split."),
+    workers: int = typer.Option(0, help="Decoding processes (0 = all cores)."),
+) -> None:
+    """Decode every image once into a memory-mapped cache with leak-free splits.
+
+    Unreadable files are listed in rejected.csv with their reason; they never stop the run.
+    """
+    from .prepare import prepare
+    from .preprocess import PreprocessConfig
+
+    res = prepare(
+        source,
+        out,
+        PreprocessConfig(img_size=img_size, clahe=clahe),
+        val_fraction=val_fraction,
+        seed=seed,
+        workers=workers or None,
+    )
+    from .cache import counts_table
+
+    counts = counts_table(res.manifest)
+    _echo_table(
+        f"dataset in {out}",
+        ["split", "NORMAL", "PNEUMONIA", "total"],
+        [[s, c["NORMAL"], c["PNEUMONIA"], c["total"]] for s, c in counts.items()],
+    )
+    typer.echo(f"splits: {res.split_note}")
+    if len(res.rejected):
+        typer.echo(
+            f"{len(res.rejected)} file(s) could not be read: see {out / 'rejected.csv'}", err=True
+        )
+        for _, r in res.rejected.head(5).iterrows():
+            typer.echo(f"  {r['path']}: {r['reason']}", err=True)
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  pneumoscope train --data work/data128 --out runs/r18 --model resnet18 --epochs 20\n\n"
+    "  pneumoscope train --data work/data150 --out runs/cnn --model seed_cnn --imbalance sampler",
+)
+def train(
+    data: Path = typer.Option(..., help="A folder made by 'pneumoscope data prepare'."),
+    out: Path = typer.Option(..., help="Run folder to write (weights, model.json, history)."),
+    model: str = typer.Option(
+        "resnet18",
+        help="'seed_cnn' (the Keras design's 5-block CNN) or "
+        "any timm model name (resnet18, efficientnet_b0, ...).",
+    ),
+    epochs: int = typer.Option(25, help="Maximum epochs (early stopping may end sooner)."),
+    batch_size: int = typer.Option(32, help="Images per step."),
+    lr: float = typer.Option(1e-3, help="Peak AdamW learning rate (warm-up, then cosine)."),
+    weight_decay: float = typer.Option(0.05, help="AdamW weight decay."),
+    imbalance: str = typer.Option(
+        "pos-weight", help="none | pos-weight | sampler (exactly one compensation, never two)."
+    ),
+    patience: int = typer.Option(6, help="Early stopping patience on validation AUROC, epochs."),
+    max_minutes: float = typer.Option(
+        0,
+        help="Stop training after this many minutes (0 = no limit); the best epoch so far is kept.",
+    ),
+    seed: int = typer.Option(0, help="Seed for weights, order and augmentation."),
+    threads: int = typer.Option(0, help="CPU threads (0 = all cores)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train a one-logit classifier; the best epoch is chosen on validation AUROC and the
+    decision threshold on validation (Youden), never on test."""
+    from .train import TrainConfig
+    from .train import train as run_train
+
+    cfg = TrainConfig(
+        data=str(data),
+        out=str(out),
+        model=model,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        imbalance=imbalance,
+        patience=patience,
+        max_minutes=max_minutes or None,
+        seed=seed,
+        threads=threads or None,
+    )
+    card = run_train(cfg, progress=progress)
+    v = card["val_metrics"]
+    typer.echo(
+        f"best epoch {card['best_epoch']}: val AUROC {v['val_auroc']:.4f}, "
+        f"threshold {card['threshold']:.3f} (chosen on validation); "
+        f"{card['training']['train_seconds']:.0f} s; run in {out}"
+    )
+
+
+@app.command(
+    epilog="Example:\n\n  pneumoscope evaluate --run runs/r18 --data work/data128 --split test",
+)
+def evaluate(
+    run: Path = typer.Option(..., help="Run folder made by 'pneumoscope train'."),
+    data: Path = typer.Option(..., help="Prepared data folder (same --img-size and CLAHE)."),
+    split: str = typer.Option("test", help="train | val | test."),
+    out: Path = typer.Option(None, help="Where to write metrics.json and plots (default: RUN)."),
+) -> None:
+    """Metrics at the run's threshold (AUROC, accuracy, precision, sensitivity, specificity,
+    F1, confusion matrix) plus ROC, PR and confusion-matrix plots."""
+    from .evaluate import evaluate as run_eval
+
+    m = run_eval(run, data, split, out)
+    keys = ["auroc", "accuracy", "precision", "sensitivity", "specificity", "f1"]
+    _echo_table(
+        f"{split} split, n={m['n']} ({m['n_normal']} NORMAL, {m['n_pneumonia']} "
+        f"PNEUMONIA), threshold {m['threshold']:.3f}",
+        ["metric", "value"],
+        [[k, f"{m[k]:.4f}"] for k in keys],
+    )
+    (tn, fp), (fn, tp) = m["confusion_matrix"]
+    typer.echo(
+        f"confusion matrix: TN {tn}  FP {fp}  FN {fn}  TP {tp}; "
+        f"written to {(out or run) / 'metrics.json'}"
+    )
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  pneumoscope predict --run runs/r18 scans/ --out predictions.csv\n\n"
+    "  pneumoscope predict --run runs/r18 'scans/**/*.png' one.jpeg --out p.csv",
+)
+def predict(
+    inputs: list[str] = typer.Argument(
+        ..., help="Image files, folders (searched recursively) or quoted glob patterns."
+    ),
+    run: Path = typer.Option(..., help="Run folder made by 'pneumoscope train'."),
+    out: Path = typer.Option(Path("predictions.csv"), help="CSV to write."),
+    batch_size: int = typer.Option(32, help="Images per inference batch."),
+    workers: int = typer.Option(0, help="Decoding threads (0 = all cores)."),
+) -> None:
+    """One CSV row per input: path, probability, label, threshold, status, error.
+
+    Preprocessing is read from the run's model.json. Unreadable inputs get an error row and
+    the exit status is 1 when any input failed."""
+    from .predict import predict_to_csv
+
+    counts = predict_to_csv(run, inputs, out, batch_size=batch_size, workers=workers or None)
+    typer.echo(f"{counts.ok} predicted, {counts.failed} failed; written to {out}")
+    if counts.failed:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

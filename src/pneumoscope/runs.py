@@ -1,0 +1,125 @@
+"""A run directory: weights (safetensors), model card (model.json) and batched inference.
+
+Everything predict and evaluate need is read from here, so the preprocessing and
+normalisation used at training time are repeated exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import UserError
+from .io_utils import atomic_write
+from .models import build_model
+from .preprocess import PreprocessConfig
+
+WEIGHTS = "model.safetensors"
+CARD = "model.json"
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, tmp))
+
+
+def normalize(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, in_chans: int):
+    """uint8 (B,1,S,S) -> normalised float (B,in_chans,S,S); shared by training and inference."""
+    x = x_uint8.float().div_(255.0)
+    return normalize_float(x, mean, std, in_chans)
+
+
+def normalize_float(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, in_chans: int):
+    if in_chans != x.shape[1]:
+        x = x.expand(-1, in_chans, -1, -1)
+    return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+@dataclass
+class LoadedRun:
+    root: Path
+    card: dict
+    model: torch.nn.Module
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return PreprocessConfig.from_dict(self.card["preprocess"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.card.get("threshold", 0.5))
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.card["in_chans"])
+
+    @torch.inference_mode()
+    def predict_logits(
+        self, images: np.ndarray, batch_size: int = 64, rows: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Logits for uint8 images (N, S, S) already preprocessed with ``self.preprocess``.
+
+        ``rows`` selects images of a (memory-mapped) array batch by batch, so a large
+        split is never loaded whole.
+        """
+        rows = np.arange(len(images)) if rows is None else np.asarray(rows)
+        out = np.empty(len(rows), dtype=np.float32)
+        for start in range(0, len(rows), batch_size):
+            chunk = np.ascontiguousarray(images[rows[start : start + batch_size]])
+            x = torch.from_numpy(chunk).unsqueeze(1)
+            x = normalize(x, self.mean, self.std, self.in_chans)
+            out[start : start + len(chunk)] = self.model(x).squeeze(1).float().numpy()
+        return out
+
+    def predict_proba(
+        self, images: np.ndarray, batch_size: int = 64, rows: np.ndarray | None = None
+    ) -> np.ndarray:
+        logits = self.predict_logits(images, batch_size, rows).astype(np.float64)
+        return 1.0 / (1.0 + np.exp(-logits))
+
+
+def read_card(run: str | Path) -> dict:
+    run = Path(run).expanduser()
+    if not run.is_dir():
+        raise UserError(
+            f"run folder not found: {run} (train one with 'pneumoscope train "
+            f"--data DATA --out {run}')"
+        )
+    card_path = run / CARD
+    if not card_path.is_file() or not (run / WEIGHTS).is_file():
+        raise UserError(
+            f"{run} is not a finished run: {CARD} or {WEIGHTS} is missing (did training finish?)"
+        )
+    try:
+        return json.loads(card_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{card_path} is not valid JSON ({exc}); train the run again") from None
+
+
+def load_run(run: str | Path) -> LoadedRun:
+    """Rebuild the model from its card and load the weights (safetensors: no pickle)."""
+    run = Path(run).expanduser()
+    card = read_card(run)
+    model = build_model(
+        card["architecture"],
+        int(card["in_chans"]),
+        int(card["preprocess"]["img_size"]),
+        pretrained=False,
+    )
+    try:
+        state = load_file(str(run / WEIGHTS))
+        model.load_state_dict(state)
+    except Exception as exc:  # corrupt or mismatched weights file
+        raise UserError(f"cannot load {run / WEIGHTS}: {exc}") from None
+    model.eval()
+    norm = card["normalization"]
+    mean = torch.tensor(norm["mean"], dtype=torch.float32)
+    std = torch.tensor(norm["std"], dtype=torch.float32)
+    return LoadedRun(run, card, model, mean, std)
