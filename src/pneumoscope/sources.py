@@ -39,18 +39,23 @@ class SourceRow:
     source: str
 
 
-def patient_from_name(filename: str) -> str:
-    """Patient id parsed from a pediatric file name, or the file stem when none matches.
-
-    Falling back to the stem makes every unknown file its own group, which is safe
-    (never merges different patients) but cannot see same-patient pairs.
-    """
+def patient_from_name(filename: str) -> str | None:
+    """Patient id parsed from a pediatric file name, or None when the name has no pattern."""
     stem = Path(filename).stem
     for pat in _PATIENT_PATTERNS:
         m = pat.match(stem)
         if m:
             return m.group(1).lower()
-    return stem.lower()
+    return None
+
+
+def patient_or_file_id(path: Path, root: Path) -> str:
+    """The parsed patient, else the file's own path below the source root.
+
+    The fallback makes every unknown file its own group: safe (never merges two
+    patients, not even NORMAL/x.png and PNEUMONIA/x.png) but blind to same-patient pairs.
+    """
+    return patient_from_name(path.name) or str(path.relative_to(root).with_suffix("")).lower()
 
 
 def _class_dirs(folder: Path) -> dict[int, Path]:
@@ -93,7 +98,7 @@ def scan_class_folders(root: str | Path, source: str | None = None) -> list[Sour
         for split, sdir in sorted(splits.items()):
             classes = _class_dirs(sdir)
             for label, cdir in sorted(classes.items()):
-                rows += _rows_in(cdir, label, split, source)
+                rows += _rows_in(cdir, label, split, source, root)
         if not any(_class_dirs(d) for d in splits.values()):
             raise UserError(
                 f"no class folders in the split folders of {root}: expected "
@@ -107,7 +112,7 @@ def scan_class_folders(root: str | Path, source: str | None = None) -> list[Sour
                 "test/ holding them); found " + _describe(root)
             )
         for label, cdir in sorted(classes.items()):
-            rows += _rows_in(cdir, label, "", source)
+            rows += _rows_in(cdir, label, "", source, root)
     if not rows:
         raise UserError(f"no image files (.jpeg/.jpg/.png/...) under the class folders of {root}")
     return rows
@@ -132,10 +137,10 @@ def _describe(folder: Path) -> str:
     return shown
 
 
-def _rows_in(cdir: Path, label: int, split: str, source: str) -> list[SourceRow]:
+def _rows_in(cdir: Path, label: int, split: str, source: str, root: Path) -> list[SourceRow]:
     files = sorted(p for p in cdir.rglob("*") if p.is_file() and not p.name.startswith("."))
     return [
-        SourceRow(str(p), label, split, patient_from_name(p.name), source)
+        SourceRow(str(p), label, split, patient_or_file_id(p, root), source)
         for p in files
         if is_image_file(p) or p.suffix == ""
     ]

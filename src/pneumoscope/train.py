@@ -196,6 +196,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*deterministic.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning vs newer torch
         trainer.fit(module, train_loader, val_loader)
     train_seconds = time.perf_counter() - t0
     if recorder.best_probs is None:

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole job on an image folder: set up, prepare, train, evaluate, predict.
+#   bash scripts/quickstart.sh IMAGE_FOLDER [WORK_FOLDER]
+# IMAGE_FOLDER holds NORMAL/ and PNEUMONIA/, or train|test/ holding them (Kaggle layout).
+# Environment overrides: IMG_SIZE (128), MODEL (resnet18), EPOCHS (25), MAX_MINUTES (45).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [[ $# -lt 1 ]]; then
+  echo "usage: bash scripts/quickstart.sh IMAGE_FOLDER [WORK_FOLDER]" >&2
+  exit 2
+fi
+src="$1"
+work="${2:-$root/work/quickstart}"
+if [[ ! -d "$src" ]]; then
+  echo "error: image folder not found: $src (give the folder that holds NORMAL/ and PNEUMONIA/, or train/ and test/)" >&2
+  exit 2
+fi
+bash "$root/scripts/setup_env.sh"
+ps="$root/.venv/bin/pneumoscope"
+set -x
+"$ps" data prepare --source "$src" --out "$work/data" --img-size "${IMG_SIZE:-128}"
+"$ps" train --data "$work/data" --out "$work/run" --model "${MODEL:-resnet18}" \
+  --epochs "${EPOCHS:-25}" --max-minutes "${MAX_MINUTES:-45}" --no-progress
+"$ps" evaluate --run "$work/run" --data "$work/data" --split test
+target="$src"
+for d in "$src"/test "$src"/*/test; do [[ -d "$d" ]] && target="$d" && break; done
+"$ps" predict --run "$work/run" "$target" --out "$work/predictions.csv" || \
+  echo "some inputs could not be read: see the error rows in $work/predictions.csv" >&2
+set +x
+echo "done: run in $work/run (model.json, metrics.json, plots), predictions in $work/predictions.csv"

@@ -1,0 +1,231 @@
+"""Train -> evaluate -> predict on synthetic X-rays made here, checked against each other."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.torch import load_file
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+from pneumoscope.cache import open_cache
+from pneumoscope.errors import UserError
+from pneumoscope.evaluate import evaluate
+from pneumoscope.metrics import youden_threshold
+from pneumoscope.predict import CSV_COLUMNS, predict_to_csv
+from pneumoscope.prepare import prepare
+from pneumoscope.preprocess import PreprocessConfig
+from pneumoscope.runs import load_run
+from pneumoscope.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def data_dir(synthetic_source, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cache")
+    prepare(
+        synthetic_source,
+        out,
+        PreprocessConfig(img_size=32),
+        val_fraction=0.2,
+        seed=0,
+        workers=2,
+        progress=False,
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def run_dir(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(
+        data=str(data_dir),
+        out=str(out),
+        model="seed_cnn",
+        epochs=8,
+        batch_size=16,
+        lr=3e-3,
+        seed=0,
+        patience=8,
+    )
+    train(cfg, progress=False)
+    return out
+
+
+def test_run_directory_is_complete(run_dir):
+    for name in ("model.safetensors", "model.json", "history.csv", "curves.png", "config.yaml"):
+        assert (run_dir / name).is_file(), name
+    card = json.loads((run_dir / "model.json").read_text())
+    assert card["architecture"] == "seed_cnn"
+    assert card["preprocess"]["img_size"] == 32 and card["preprocess"]["clahe"] is True
+    assert card["class_names"] == ["NORMAL", "PNEUMONIA"]
+    assert 0.0 < card["threshold"] < 1.0
+    assert card["training_data"]["counts"]["train"]["total"] > 0
+    assert card["training"]["imbalance"] == "pos-weight"
+    n_pos = card["training_data"]["counts"]["train"]["PNEUMONIA"]
+    n_neg = card["training_data"]["counts"]["train"]["NORMAL"]
+    assert card["training"]["pos_weight"] == pytest.approx(n_neg / n_pos)
+    hist = pd.read_csv(run_dir / "history.csv")
+    assert {
+        "train_loss",
+        "val_loss",
+        "train_accuracy",
+        "val_accuracy",
+        "train_auroc",
+        "val_auroc",
+    } <= set(hist.columns)
+    assert len(hist) == card["training"]["epochs_run"]
+    assert card["best_epoch"] == int(hist.loc[hist["val_auroc"].idxmax(), "epoch"])
+    assert set(load_file(str(run_dir / "model.safetensors")))  # plain tensors, no pickle
+
+
+def test_saved_weights_are_the_best_epoch_and_threshold_comes_from_validation(run_dir, data_dir):
+    loaded = load_run(run_dir)
+    cache = open_cache(data_dir)
+    val = cache.split("val")
+    p = loaded.predict_proba(cache.images, rows=val["index"].to_numpy())
+    y = val["label"].to_numpy()
+    assert roc_auc_score(y, p) == pytest.approx(loaded.card["val_metrics"]["val_auroc"], abs=1e-6)
+    assert loaded.threshold == pytest.approx(youden_threshold(y, p), abs=1e-6)
+
+
+def test_model_learns_the_synthetic_signal(run_dir, data_dir, tmp_path):
+    m = evaluate(run_dir, data_dir, "test", out=tmp_path)
+    assert m["auroc"] >= 0.9, m
+
+
+def test_evaluate_writes_metrics_and_plots_that_agree_with_sklearn(run_dir, data_dir, tmp_path):
+    m = evaluate(run_dir, data_dir, "test", out=tmp_path)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    for key in (
+        "auroc",
+        "accuracy",
+        "precision",
+        "sensitivity",
+        "specificity",
+        "f1",
+        "confusion_matrix",
+        "n",
+        "threshold",
+    ):
+        assert key in saved
+    assert saved["n"] == 40
+    for png in ("confusion_matrix.png", "roc_curve.png", "pr_curve.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    loaded = load_run(run_dir)
+    cache = open_cache(data_dir)
+    test = cache.split("test")
+    y = test["label"].to_numpy()
+    p = loaded.predict_proba(cache.images, rows=test["index"].to_numpy())
+    pred = (p >= m["threshold"]).astype(int)
+    assert m["auroc"] == pytest.approx(roc_auc_score(y, p))
+    assert m["accuracy"] == pytest.approx(accuracy_score(y, pred))
+    assert m["f1"] == pytest.approx(f1_score(y, pred))
+    (tn, fp), (fn, tp) = m["confusion_matrix"]
+    assert tn + fp + fn + tp == 40 and tp + fn == int(y.sum())
+
+
+def test_predict_from_files_matches_evaluation_from_cache(
+    run_dir, data_dir, synthetic_source, tmp_path
+):
+    """One preprocessing path: decoding the files again gives the cached probabilities."""
+    bad = tmp_path / "bad files"
+    bad.mkdir()
+    (bad / "corrupt.jpeg").write_bytes(b"\xff\xd8\xff garbage")
+    (bad / "empty.png").write_bytes(b"")
+    inputs = [
+        str(synthetic_source / "test"),
+        str(bad / "corrupt.jpeg"),
+        str(bad / "empty.png"),
+        str(tmp_path / "missing.png"),
+    ]
+    counts = predict_to_csv(run_dir, inputs, tmp_path / "p.csv", batch_size=7, workers=2)
+    df = pd.read_csv(tmp_path / "p.csv")
+    assert list(df.columns) == CSV_COLUMNS
+    assert len(df) == 40 + 3 and counts.ok == 40 and counts.failed == 3
+    errors = df[df["status"] == "error"].set_index("path")["error"]
+    assert "empty" in errors[str(bad / "empty.png")]
+    assert (
+        "not found" in errors[str(tmp_path / "missing.png")]
+        or "cannot open" in errors[str(tmp_path / "missing.png")]
+    )
+    ok = df[df["status"] == "ok"]
+    assert set(ok["label"]) <= {"NORMAL", "PNEUMONIA"}
+    assert ((ok["probability"] >= ok["threshold"]) == (ok["label"] == "PNEUMONIA")).all()
+    loaded = load_run(run_dir)
+    cache = open_cache(data_dir)
+    test = cache.split("test")
+    p_cache = dict(
+        zip(
+            test["path"],
+            loaded.predict_proba(cache.images, rows=test["index"].to_numpy()),
+            strict=True,
+        )
+    )
+    p_files = dict(zip(ok["path"], ok["probability"], strict=True))
+    assert set(p_files) == set(p_cache)
+    diffs = [abs(p_files[k] - p_cache[k]) for k in p_cache]
+    assert max(diffs) < 1e-5
+
+
+def test_predict_rejects_empty_inputs(run_dir, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no image files"):
+        predict_to_csv(run_dir, [str(tmp_path / "empty")], tmp_path / "p.csv")
+    with pytest.raises(UserError, match="matches no files"):
+        predict_to_csv(run_dir, [str(tmp_path / "*.dcm")], tmp_path / "p.csv")
+
+
+def test_evaluate_refuses_a_cache_with_other_preprocessing(run_dir, synthetic_source, tmp_path):
+    prepare(synthetic_source, tmp_path / "c48", PreprocessConfig(img_size=48), progress=False)
+    with pytest.raises(UserError, match="prepare the data again"):
+        evaluate(run_dir, tmp_path / "c48", "test")
+
+
+@pytest.mark.parametrize("imbalance", ["sampler", "none"])
+def test_other_imbalance_methods_and_timm_models_train(data_dir, tmp_path, imbalance):
+    out = tmp_path / imbalance
+    card = train(
+        TrainConfig(
+            data=str(data_dir),
+            out=str(out),
+            model="resnet10t",
+            epochs=1,
+            batch_size=16,
+            imbalance=imbalance,
+        ),
+        progress=False,
+    )
+    assert card["training"]["pos_weight"] is None  # never two compensations at once
+    assert card["architecture"] == "resnet10t"
+    assert load_run(out).predict_proba(np.zeros((2, 32, 32), np.uint8)).shape == (2,)
+
+
+def test_same_seed_same_weights(data_dir, tmp_path):
+    def weights(name):
+        train(
+            TrainConfig(
+                data=str(data_dir),
+                out=str(tmp_path / name),
+                model="seed_cnn",
+                epochs=1,
+                batch_size=16,
+                seed=3,
+            ),
+            progress=False,
+        )
+        return load_file(str(tmp_path / name / "model.safetensors"))
+
+    a, b = weights("a"), weights("b")
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_bad_training_options(data_dir, tmp_path):
+    with pytest.raises(UserError, match="--imbalance"):
+        train(TrainConfig(data=str(data_dir), out=str(tmp_path), imbalance="both"))
+    with pytest.raises(UserError, match="unknown model 'resnet181'"):
+        train(
+            TrainConfig(data=str(data_dir), out=str(tmp_path), model="resnet181", epochs=1),
+            progress=False,
+        )
