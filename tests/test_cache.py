@@ -24,7 +24,11 @@ def _add_bad_files(root):
     Image.new("RGBA", (70, 60), (120, 120, 120, 255)).save(d / "person903_bacteria_1.png")
     Image.new("CMYK", (70, 60), (10, 20, 30, 40)).save(d / "person904_bacteria_1.jpeg")
     Image.fromarray(np.full((60, 70), 3000, np.uint16)).save(d / "person905_bacteria_1.png")
-    return {"person900_bacteria_1.jpeg", "person901_bacteria_1.jpeg"}
+    (d / "notes.txt").write_text("reader's notes, not an image")
+    (d / ".DS_Store").write_bytes(b"\x00\x01")  # hidden: not data, not reported
+    (d / "__MACOSX").mkdir()
+    (d / "__MACOSX" / "._person1_bacteria_1.jpeg").write_bytes(b"\x00\x05\x16\x07")
+    return {"person900_bacteria_1.jpeg", "person901_bacteria_1.jpeg", "notes.txt"}
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -45,7 +49,7 @@ def test_prepare_writes_cache_and_reports_bad_files(tmp_path, workers):
     rejected_names = {p.split("/")[-1] for p in rejected["path"]}
     assert must_fail <= rejected_names  # empty and non-image always rejected
     assert all(isinstance(r, str) and r for r in rejected["reason"])
-    total_files = 30 * 2 + 6 * 2 + 6
+    total_files = 30 * 2 + 6 * 2 + 7  # the visible files
     assert len(cache.manifest) + len(rejected) == total_files  # nothing silently dropped
     assert cache.images.shape == (len(cache.manifest), 48, 48)
     names = {p.split("/")[-1] for p in cache.manifest["path"]}

@@ -20,6 +20,7 @@ import numpy as np
 from .errors import ImageReadError, UserError
 from .preprocess import PreprocessConfig, is_image_file, load_image
 from .runs import LoadedRun, load_run
+from .sources import is_hidden
 
 CSV_COLUMNS = ["path", "probability", "label", "threshold", "status", "error"]
 
@@ -34,7 +35,10 @@ def expand_inputs(inputs: list[str]) -> list[str]:
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and is_image_file(f))
+            found = sorted(
+                str(f) for f in p.rglob("*")
+                if f.is_file() and is_image_file(f) and not is_hidden(f, p)
+            )
             if not found:
                 raise UserError(f"no image files (.jpeg/.jpg/.png/...) in folder {p}")
             out += found

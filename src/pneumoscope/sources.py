@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .preprocess import is_image_file
 
 LABEL_FOLDERS = {"normal": 0, "pneumonia": 1}
 SPLIT_FOLDERS = {
@@ -138,9 +137,12 @@ def _describe(folder: Path) -> str:
 
 
 def _rows_in(cdir: Path, label: int, split: str, source: str, root: Path) -> list[SourceRow]:
-    files = sorted(p for p in cdir.rglob("*") if p.is_file() and not p.name.startswith("."))
-    return [
-        SourceRow(str(p), label, split, patient_or_file_id(p, root), source)
-        for p in files
-        if is_image_file(p) or p.suffix == ""
-    ]
+    # Every visible file is offered to the decoder, whatever its extension: a stray
+    # non-image then shows up in rejected.csv with its reason instead of vanishing.
+    files = sorted(p for p in cdir.rglob("*") if p.is_file() and not is_hidden(p, cdir))
+    return [SourceRow(str(p), label, split, patient_or_file_id(p, root), source) for p in files]
+
+
+def is_hidden(path: Path, below: Path) -> bool:
+    """Dot files and macOS zip debris (``__MACOSX``, ``._name``) are not data."""
+    return any(part.startswith((".", "__MACOSX")) for part in path.relative_to(below).parts)
