@@ -36,7 +36,8 @@ def expand_inputs(inputs: list[str]) -> list[str]:
         p = Path(item).expanduser()
         if p.is_dir():
             found = sorted(
-                str(f) for f in p.rglob("*")
+                str(f)
+                for f in p.rglob("*")
                 if f.is_file() and is_image_file(f) and not is_hidden(f, p)
             )
             if not found:

@@ -34,7 +34,6 @@ from .errors import UserError
 from .io_utils import atomic_write, write_json_atomic, write_text_atomic
 from .lit_module import Classifier
 from .metrics import binary_metrics, youden_threshold
-from .models import SEED_CNN
 from .plots import training_curves
 from .runs import CARD, WEIGHTS, save_weights
 
@@ -118,6 +117,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     cache = open_cache(cfg.data)
     out = Path(cfg.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
+    # model.json is written last and marks a finished run: a reused folder loses its old
+    # card first, so a retraining that fails is never mistaken for a finished run.
+    (out / CARD).unlink(missing_ok=True)
     pp = cache.preprocess
     train_rows = cache.split("train")
     val_rows = cache.split("val")
@@ -171,10 +173,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
     write_text_atomic(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     recorder = RunRecorder(out)
-    callbacks = [
-        recorder,
-        EarlyStopping(monitor="val_auroc", mode="max", patience=cfg.patience, verbose=False),
-    ]
+    early = EarlyStopping(monitor="val_auroc", mode="max", patience=cfg.patience, verbose=False)
+    callbacks = [recorder, early]
     if progress:
         from lightning.pytorch.callbacks import TQDMProgressBar
 
@@ -229,7 +229,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             "pos_weight": pos_weight,
             "epochs_run": int(len(history)),
             "train_seconds": round(train_seconds, 1),
-            "stopped_by": _stop_reason(trainer, cfg),
+            "stopped_by": _stop_reason(early, len(history), cfg),
             "seed": cfg.seed,
         },
         "best_epoch": int(recorder.best["epoch"]),
@@ -244,18 +244,12 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     return card
 
 
-def _stop_reason(trainer: L.Trainer, cfg: TrainConfig) -> str:
-    if trainer.current_epoch + 1 >= cfg.epochs and not trainer.should_stop:
-        return "max_epochs"
-    for cb in trainer.callbacks:
-        if isinstance(cb, EarlyStopping) and cb.stopped_epoch:
-            return "early_stopping"
-    return "max_time" if cfg.max_minutes else "max_epochs"
+def _stop_reason(early: EarlyStopping, epochs_run: int, cfg: TrainConfig) -> str:
+    if early.stopped_epoch:
+        return "early_stopping"
+    return "max_epochs" if epochs_run >= cfg.epochs else "max_time"
 
 
 def _quiet_lightning() -> None:
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-__all__ = ["TrainConfig", "train", "SEED_CNN"]
