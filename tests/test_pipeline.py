@@ -229,3 +229,56 @@ def test_bad_training_options(data_dir, tmp_path):
             TrainConfig(data=str(data_dir), out=str(tmp_path), model="resnet181", epochs=1),
             progress=False,
         )
+
+
+def test_training_ends_calibrated_and_predict_uses_it(run_dir, data_dir, tmp_path):
+    cal = json.loads((run_dir / "calibration.json").read_text())
+    assert cal["temperature"] > 0 and cal["policy"] == "youden"
+    assert set(cal["thresholds_by_policy"]) == {"youden", "f1", "cost", "sensitivity"}
+    assert cal["validation"]["after"]["nll"] <= cal["validation"]["before"]["nll"] + 1e-9
+    loaded = load_run(run_dir)
+    assert loaded.threshold == cal["threshold"] and loaded.temperature == cal["temperature"]
+    raw = load_run(run_dir, use_calibration=False)
+    x = open_cache(data_dir).images[:5]
+    z = raw.predict_logits(x)
+    np.testing.assert_allclose(
+        loaded.predict_proba(x), 1 / (1 + np.exp(-z / cal["temperature"])), rtol=1e-6
+    )
+
+
+def test_calibrate_policies_and_stale_calibration(run_dir, data_dir, tmp_path):
+    import shutil
+
+    from pneumoscope.calibration import calibrate
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    c = calibrate(run, data_dir, policy="sensitivity", target_sensitivity=0.99)
+    assert c["validation"]["at_threshold"]["sensitivity"] >= 0.99
+    with pytest.raises(UserError, match="--policy"):
+        calibrate(run, data_dir, policy="magic")
+    (run / "model.safetensors").write_bytes((run / "model.safetensors").read_bytes() + b" ")
+    with pytest.raises(UserError, match="other weights"):
+        load_run(run)
+
+
+def test_evaluate_report_and_compare(run_dir, data_dir, tmp_path):
+    from pneumoscope.compare import compare
+
+    m = evaluate(run_dir, data_dir, "test", out=tmp_path / "e", n_boot=200)
+    for k in ("auroc", "auprc", "balanced_accuracy", "ppv", "npv", "brier", "ece"):
+        assert k in m and k in m["ci"]
+        lo, hi = m["ci"][k]
+        assert lo <= m[k] <= hi or np.isnan(lo)
+    assert m["bootstrap"]["resampling_unit"] == "patient"
+    assert set(m["operating_points"]) == {"youden", "f1", "cost", "sensitivity"}
+    for png in ("reliability.png", "probability_histograms.png"):
+        assert (tmp_path / "e" / png).stat().st_size > 1000
+    page = (tmp_path / "e" / "report.html").read_text()
+    assert "data:image/png;base64," in page and 'src="http' not in page  # self-contained
+    for text in ("not a medical device", "95% CI", "Limitations", "Operating points"):
+        assert text.lower() in page.lower(), text
+    rows = compare([run_dir], tmp_path / "cmp.md")
+    assert rows[0]["run"] == run_dir.name
+    md = (tmp_path / "cmp.md").read_text()
+    assert md.startswith("| run |") and f"{m['auroc']:.3f}" in md

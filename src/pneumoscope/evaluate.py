@@ -1,50 +1,125 @@
-"""`pneumoscope evaluate`: metrics and plots of a run on one split of a prepared cache."""
+"""`pneumoscope evaluate`: metrics with confidence intervals, per-group results, plots and
+a self-contained HTML report, for one split of a prepared cache."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from . import plots
+from .bootstrap import bootstrap_ci
 from .cache import open_cache
 from .errors import UserError
 from .io_utils import write_json_atomic
-from .metrics import binary_metrics
-from .runs import load_run
+from .metrics import METRIC_LABELS, binary_metrics
+from .report import write_report
+from .runs import check_compatible, load_run, sigmoid
+
+GROUP_COLUMNS = ("source", "age_group")
+MIN_GROUP_SIZE = 10  # smaller groups are listed with their n, without metrics
+
+
+def _per_group(
+    rows: pd.DataFrame,
+    y: np.ndarray,
+    p: np.ndarray,
+    threshold: float,
+    groups: np.ndarray,
+    n_boot: int,
+    seed: int,
+) -> dict:
+    """Metrics with intervals for each value of each group column the manifest has."""
+    out: dict[str, dict] = {}
+    for col in GROUP_COLUMNS:
+        if col not in rows or rows[col].nunique() < 2:
+            continue
+        out[col] = {}
+        for value in sorted(rows[col].unique()):
+            mask = (rows[col] == value).to_numpy()
+            entry: dict = {"n": int(mask.sum())}
+            if mask.sum() >= MIN_GROUP_SIZE and len(np.unique(y[mask])) == 2:
+                entry.update(binary_metrics(y[mask], p[mask], threshold))
+                entry["ci"] = bootstrap_ci(
+                    y[mask], p[mask], threshold, groups[mask], n_boot=n_boot, seed=seed
+                )
+            out[col][str(value)] = entry
+    return out
 
 
 def evaluate(
-    run: str | Path, data: str | Path, split: str = "test", out: str | Path | None = None
+    run: str | Path,
+    data: str | Path,
+    split: str = "test",
+    out: str | Path | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> dict:
     loaded = load_run(run)
     cache = open_cache(data)
-    if cache.preprocess != loaded.preprocess:
-        raise UserError(
-            f"{data} was prepared with {cache.preprocess.to_dict()} but the run expects "
-            f"{loaded.preprocess.to_dict()}; prepare the data again with the run's --img-size "
-            "and --clahe settings"
-        )
-    rows = cache.split(split)
-    if rows["label"].nunique() < 2:
-        raise UserError(f"split '{split}' of {data} holds one class only: AUROC is undefined")
-    idx = rows["index"].to_numpy()
+    check_compatible(cache, loaded, data)
+    rows = cache.split(split).reset_index(drop=True)
     y = rows["label"].to_numpy()
-    prob = loaded.predict_proba(cache.images, rows=idx)
-    m = binary_metrics(y, prob, loaded.threshold)
+    if len(np.unique(y)) < 2:
+        raise UserError(f"split '{split}' of {data} holds one class only: AUROC is undefined")
+    if n_boot < 0:
+        raise UserError("--bootstrap must be 0 (no intervals) or more")
+    logits = loaded.predict_logits(cache.images, rows=rows["index"].to_numpy()).astype(float)
+    p_raw = sigmoid(logits)
+    p = sigmoid(logits / loaded.temperature)
+    thr = loaded.threshold
+    groups = rows["patient"].astype(str).to_numpy()
+    m = binary_metrics(y, p, thr)
+    ci = bootstrap_ci(y, p, thr, groups, n_boot=n_boot, seed=seed) if n_boot else {}
+    operating_points = {}
+    if loaded.calibration:
+        for pol, t in loaded.calibration["thresholds_by_policy"].items():
+            mp = binary_metrics(y, p, t)
+            operating_points[pol] = {
+                k: mp[k]
+                for k in (
+                    "threshold",
+                    "sensitivity",
+                    "specificity",
+                    "ppv",
+                    "npv",
+                    "f1",
+                    "accuracy",
+                    "confusion_matrix",
+                )
+            }
     out_dir = Path(out).expanduser() if out else loaded.root
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {
         "run": str(loaded.root),
         "data": str(Path(data).expanduser().resolve()),
         "split": split,
-        "threshold_policy": loaded.card.get("threshold_policy", "0.5"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "threshold_policy": loaded.threshold_policy,
+        "temperature": loaded.temperature,
         **m,
+        "ci": ci,
+        "bootstrap": {
+            "replicates": n_boot,
+            "level": 0.95,
+            "resampling_unit": "patient",
+            "n_patients": int(len(np.unique(groups))),
+            "seed": seed,
+        },
+        "uncalibrated": {k: binary_metrics(y, p_raw, 0.5)[k] for k in ("brier", "ece", "log_loss")},
+        "operating_points": operating_points,
+        "per_group": _per_group(rows, y, p, thr, groups, n_boot, seed) if n_boot else {},
+        "metric_labels": METRIC_LABELS,
     }
     write_json_atomic(out_dir / "metrics.json", result)
     plots.confusion(
-        m["confusion_matrix"],
-        out_dir / "confusion_matrix.png",
-        f"{split}: threshold {loaded.threshold:.3f}",
+        m["confusion_matrix"], out_dir / "confusion_matrix.png", f"{split}: threshold {thr:.3f}"
     )
-    plots.roc(y, prob, m["auroc"], loaded.threshold, out_dir / "roc_curve.png")
-    plots.pr(y, prob, out_dir / "pr_curve.png")
+    plots.roc(y, p, m["auroc"], thr, out_dir / "roc_curve.png")
+    plots.pr(y, p, out_dir / "pr_curve.png")
+    plots.reliability(y, p_raw, p, out_dir / "reliability.png", split)
+    plots.histograms(y, p, thr, out_dir / "probability_histograms.png")
+    write_report(out_dir / "report.html", result, loaded, cache)
     return result

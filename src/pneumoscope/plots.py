@@ -92,3 +92,58 @@ def pr(y: np.ndarray, p: np.ndarray, path: Path) -> None:
     ax.legend(loc="lower left")
     ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+def _reliability_curve(y: np.ndarray, p: np.ndarray, n_bins: int):
+    bins = np.clip((p * n_bins).astype(int), 0, n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    nz = count > 0
+    conf = np.bincount(bins, weights=p, minlength=n_bins)[nz] / count[nz]
+    obs = np.bincount(bins, weights=y.astype(float), minlength=n_bins)[nz] / count[nz]
+    return conf, obs, count[nz]
+
+
+def reliability(
+    y: np.ndarray,
+    p_before: np.ndarray,
+    p_after: np.ndarray,
+    path: Path,
+    split: str,
+    n_bins: int = 15,
+) -> None:
+    """Observed pneumonia rate against mean predicted probability, per probability bin."""
+    from .metrics import expected_calibration_error
+
+    fig, ax = plt.subplots(figsize=(5, 4.6))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, alpha=0.5, label="perfect calibration")
+    for p, name, style in ((p_before, "before (T = 1)", "-o"), (p_after, "after scaling", "-s")):
+        conf, obs, count = _reliability_curve(y, p, n_bins)
+        ece = expected_calibration_error(y, p, n_bins)
+        ax.plot(conf, obs, style, ms=4, label=f"{name}: ECE {ece:.3f}")
+    ax.set_xlabel("mean predicted probability of PNEUMONIA")
+    ax.set_ylabel("observed fraction PNEUMONIA")
+    ax.set_title(f"Reliability, {split} split ({n_bins} bins)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def histograms(y: np.ndarray, p: np.ndarray, threshold: float, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5.4, 3.8))
+    edges = np.linspace(0, 1, 41)
+    for label, name, color in ((0, CLASS_NAMES[0], "tab:blue"), (1, CLASS_NAMES[1], "tab:red")):
+        ax.hist(
+            p[y == label],
+            bins=edges,
+            alpha=0.55,
+            color=color,
+            label=f"true {name} (n={int((y == label).sum())})",
+        )
+    ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.3f}")
+    ax.set_xlabel("predicted probability of PNEUMONIA")
+    ax.set_ylabel("images")
+    ax.set_title("Predicted probabilities by true class")
+    ax.legend(fontsize=8)
+    _save(fig, path)

@@ -6,6 +6,7 @@ normalisation used at training time are repeated exactly.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,20 @@ from .preprocess import PreprocessConfig
 
 WEIGHTS = "model.safetensors"
 CARD = "model.json"
+CALIBRATION = "calibration.json"
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
+def weights_digest(run: Path) -> str:
+    """SHA-256 of the weights file, tying calibration.json to the weights it was fitted on."""
+    h = hashlib.sha256()
+    with open(run / WEIGHTS, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
@@ -47,14 +62,28 @@ class LoadedRun:
     model: torch.nn.Module
     mean: torch.Tensor
     std: torch.Tensor
+    calibration: dict | None = None
 
     @property
     def preprocess(self) -> PreprocessConfig:
         return PreprocessConfig.from_dict(self.card["preprocess"])
 
     @property
+    def temperature(self) -> float:
+        return float(self.calibration["temperature"]) if self.calibration else 1.0
+
+    @property
     def threshold(self) -> float:
+        """calibration.json's threshold when present, else the card's (Youden on validation)."""
+        if self.calibration:
+            return float(self.calibration["threshold"])
         return float(self.card.get("threshold", 0.5))
+
+    @property
+    def threshold_policy(self) -> str:
+        if self.calibration:
+            return f"{self.calibration['policy']} (calibrated, on validation)"
+        return self.card.get("threshold_policy", "0.5")
 
     @property
     def in_chans(self) -> int:
@@ -103,8 +132,11 @@ def read_card(run: str | Path) -> dict:
         raise UserError(f"{card_path} is not valid JSON ({exc}); train the run again") from None
 
 
-def load_run(run: str | Path) -> LoadedRun:
-    """Rebuild the model from its card and load the weights (safetensors: no pickle)."""
+def load_run(run: str | Path, use_calibration: bool = True) -> LoadedRun:
+    """Rebuild the model from its card and load the weights (safetensors: no pickle).
+
+    calibration.json is used when present and fitted on these very weights.
+    """
     run = Path(run).expanduser()
     card = read_card(run)
     model = build_model(
@@ -122,4 +154,33 @@ def load_run(run: str | Path) -> LoadedRun:
     norm = card["normalization"]
     mean = torch.tensor(norm["mean"], dtype=torch.float32)
     std = torch.tensor(norm["std"], dtype=torch.float32)
-    return LoadedRun(run, card, model, mean, std)
+    calibration = _read_calibration(run) if use_calibration else None
+    return LoadedRun(run, card, model, mean, std, calibration)
+
+
+def _read_calibration(run: Path) -> dict | None:
+    path = run / CALIBRATION
+    if not path.is_file():
+        return None
+    try:
+        cal = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(
+            f"{path} is not valid JSON ({exc}); run 'pneumoscope calibrate' again"
+        ) from None
+    if cal.get("weights_sha256") != weights_digest(run):
+        raise UserError(
+            f"{path} was fitted on other weights than {run / WEIGHTS}; run "
+            f"'pneumoscope calibrate --run {run} --data DATA' again"
+        )
+    return cal
+
+
+def check_compatible(cache, loaded: LoadedRun, data: str | Path) -> None:
+    """A cache prepared with other preprocessing than the run's would give wrong numbers."""
+    if cache.preprocess != loaded.preprocess:
+        raise UserError(
+            f"{data} was prepared with {cache.preprocess.to_dict()} but the run expects "
+            f"{loaded.preprocess.to_dict()}; prepare the data again with the run's --img-size "
+            "and --clahe settings"
+        )

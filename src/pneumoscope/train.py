@@ -35,7 +35,7 @@ from .io_utils import atomic_write, write_json_atomic, write_text_atomic
 from .lit_module import Classifier
 from .metrics import binary_metrics, youden_threshold
 from .plots import training_curves
-from .runs import CARD, WEIGHTS, save_weights
+from .runs import CALIBRATION, CARD, WEIGHTS, save_weights
 
 IMBALANCE_CHOICES = ("none", "pos-weight", "sampler")
 
@@ -120,6 +120,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     # model.json is written last and marks a finished run: a reused folder loses its old
     # card first, so a retraining that fails is never mistaken for a finished run.
     (out / CARD).unlink(missing_ok=True)
+    (out / CALIBRATION).unlink(missing_ok=True)
     pp = cache.preprocess
     train_rows = cache.split("train")
     val_rows = cache.split("val")
@@ -241,6 +242,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         "intended_use": "research and decision support; not a medical device",
     }
     write_json_atomic(out / CARD, card)
+    # Temperature and threshold on validation, so the run is usable as it stands.
+    from .calibration import calibrate
+
+    card["calibration"] = calibrate(out, cfg.data, policy="youden")
     return card
 
 
