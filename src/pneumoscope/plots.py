@@ -18,7 +18,7 @@ from .io_utils import atomic_write  # noqa: E402
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png", bbox_inches="tight"))
     plt.close(fig)
 
 
