@@ -281,4 +281,5 @@ def test_evaluate_report_and_compare(run_dir, data_dir, tmp_path):
     rows = compare([run_dir], tmp_path / "cmp.md")
     assert rows[0]["run"] == run_dir.name
     md = (tmp_path / "cmp.md").read_text()
-    assert md.startswith("| run |") and f"{m['auroc']:.3f}" in md
+    assert md.startswith(f"|  | {run_dir.name} |") and f"{m['auroc']:.3f}" in md
+    assert "| auroc |" in md

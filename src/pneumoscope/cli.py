@@ -250,10 +250,10 @@ def compare(
 ) -> None:
     """Runs' evaluation metrics side by side (value and 95% CI)."""
     from .compare import compare as run_compare
+    from .compare import transpose
 
-    rows = run_compare(runs, out)
-    header = list(rows[0])
-    _echo_table("runs compared", header, [[r[h] for h in header] for r in rows])
+    header, body = transpose(run_compare(runs, out))
+    _echo_table("runs compared: value (95% CI)", header, body)
     typer.echo(f"written to {out}")
 
 

@@ -54,10 +54,16 @@ def collect(runs: list[str | Path], metrics_name: str = "metrics.json") -> list[
     return rows
 
 
+def transpose(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Runs as columns, fields as rows: reads well however many metrics there are."""
+    header = ["", *(r["run"] for r in rows)]
+    return header, [[k, *(str(r[k]) for r in rows)] for k in rows[0] if k != "run"]
+
+
 def to_markdown(rows: list[dict]) -> str:
-    header = list(rows[0])
+    header, body = transpose(rows)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
     return "\n".join(lines) + "\n"
 
 
