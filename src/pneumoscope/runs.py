@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from .errors import UserError
 from .io_utils import atomic_write
-from .models import build_model
+from .models import SeedCNN, build_model
 from .preprocess import PreprocessConfig
 
 WEIGHTS = "model.safetensors"
@@ -44,6 +46,7 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def normalize(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, in_chans: int):
+    """Training-side twin of InferenceNet's normalisation (the same arithmetic)."""
     """uint8 (B,1,S,S) -> normalised float (B,in_chans,S,S); shared by training and inference."""
     x = x_uint8.float().div_(255.0)
     return normalize_float(x, mean, std, in_chans)
@@ -53,6 +56,42 @@ def normalize_float(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, in_c
     if in_chans != x.shape[1]:
         x = x.expand(-1, in_chans, -1, -1)
     return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+def split_head(net: nn.Module) -> tuple[Callable, nn.Module]:
+    """(features function, final linear layer) of a one-logit model.
+
+    The features are the penultimate activations: what the OOD guard measures distances
+    in, and what the last layer turns into the logit.
+    """
+    if isinstance(net, SeedCNN):
+        return (lambda x: net.head[:-1](net.features(x))), net.head[-1]
+    return (lambda x: net.forward_head(net.forward_features(x), pre_logits=True)), (
+        net.get_classifier()
+    )
+
+
+class InferenceNet(nn.Module):
+    """uint8 images (B, 1, S, S) -> (logits (B,), features (B, D)).
+
+    Normalisation and channel expansion live inside, so this module (and its ONNX export)
+    needs nothing but the preprocessed pixels.
+    """
+
+    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor, in_chans: int):
+        super().__init__()
+        self.net = net
+        self.in_chans = in_chans
+        self.register_buffer("mean", mean.clone().float().view(1, -1, 1, 1))
+        self.register_buffer("std", std.clone().float().view(1, -1, 1, 1))
+        self._features, self._fc = split_head(net)
+
+    def forward(self, x_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x_uint8.float() / 255.0
+        x = x.expand(-1, self.in_chans, -1, -1)
+        x = (x - self.mean) / self.std
+        f = self._features(x)
+        return self._fc(f).squeeze(1), f
 
 
 @dataclass
@@ -89,7 +128,24 @@ class LoadedRun:
     def in_chans(self) -> int:
         return int(self.card["in_chans"])
 
+    def inference_net(self) -> InferenceNet:
+        return InferenceNet(self.model, self.mean, self.std, self.in_chans).eval()
+
     @torch.inference_mode()
+    def logits_and_features(
+        self, images: np.ndarray, batch_size: int = 64, rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Logits (N,) and penultimate features (N, D) of preprocessed uint8 images."""
+        net = self.inference_net()
+        rows = np.arange(len(images)) if rows is None else np.asarray(rows)
+        logits, feats = [], []
+        for start in range(0, len(rows), batch_size):
+            chunk = np.ascontiguousarray(images[rows[start : start + batch_size]])
+            z, f = net(torch.from_numpy(chunk).unsqueeze(1))
+            logits.append(z.float().numpy())
+            feats.append(f.float().numpy())
+        return np.concatenate(logits), np.concatenate(feats)
+
     def predict_logits(
         self, images: np.ndarray, batch_size: int = 64, rows: np.ndarray | None = None
     ) -> np.ndarray:
@@ -98,14 +154,7 @@ class LoadedRun:
         ``rows`` selects images of a (memory-mapped) array batch by batch, so a large
         split is never loaded whole.
         """
-        rows = np.arange(len(images)) if rows is None else np.asarray(rows)
-        out = np.empty(len(rows), dtype=np.float32)
-        for start in range(0, len(rows), batch_size):
-            chunk = np.ascontiguousarray(images[rows[start : start + batch_size]])
-            x = torch.from_numpy(chunk).unsqueeze(1)
-            x = normalize(x, self.mean, self.std, self.in_chans)
-            out[start : start + len(chunk)] = self.model(x).squeeze(1).float().numpy()
-        return out
+        return self.logits_and_features(images, batch_size, rows)[0]
 
     def predict_proba(
         self, images: np.ndarray, batch_size: int = 64, rows: np.ndarray | None = None
