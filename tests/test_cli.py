@@ -100,7 +100,7 @@ def test_cli_end_to_end_with_a_bad_file(tmp_path):
     assert "threshold" in r.stdout
     r = run_cli("evaluate", "--run", str(tmp_path / "run"), "--data", str(tmp_path / "d"))
     assert r.returncode == 0, r.stderr
-    assert "auroc" in r.stdout and "TN" in r.stdout
+    assert "AUROC" in r.stdout and "95% CI" in r.stdout and "TN" in r.stdout
     r = run_cli(
         "predict",
         "--run",
