@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import ImageReadError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 MAX_PIXELS = 100_000_000  # refuse decompression bombs: 10k x 10k is already larger than any CXR
 MAX_FILE_BYTES = 512 * 1024 * 1024
 
@@ -44,6 +44,7 @@ def decode_gray(path: str | Path) -> np.ndarray:
 
     Handles 8/16-bit, gray, RGB, RGBA and CMYK files (OpenCV converts CMYK JPEGs to BGR).
     16-bit images are min-max scaled to 8 bits so their full range is kept.
+    DICOM files (recognised by content, not by name) go through ``dicom.decode_dicom``.
     """
     path = Path(path)
     try:
@@ -54,6 +55,10 @@ def decode_gray(path: str | Path) -> np.ndarray:
         raise ImageReadError("empty file (0 bytes)")
     if size > MAX_FILE_BYTES:
         raise ImageReadError(f"file too large ({size / 2**20:.0f} MiB)")
+    from .dicom import decode_dicom, is_dicom  # here: dicom.py imports this module
+
+    if is_dicom(path):
+        return decode_dicom(path)  # refuses Rows*Columns > MAX_PIXELS from the header
     data = np.fromfile(str(path), dtype=np.uint8)  # fromfile copes with unicode paths
     return decode_gray_bytes(data)
 
