@@ -257,7 +257,13 @@ def test_calibrate_policies_and_stale_calibration(run_dir, data_dir, tmp_path):
     assert c["validation"]["at_threshold"]["sensitivity"] >= 0.99
     with pytest.raises(UserError, match="--policy"):
         calibrate(run, data_dir, policy="magic")
-    (run / "model.safetensors").write_bytes((run / "model.safetensors").read_bytes() + b" ")
+    from safetensors.torch import save_file
+
+    state = load_file(str(run / "model.safetensors"))  # retrained weights: same shapes
+    save_file(
+        {k: v + 1 if v.is_floating_point() else v for k, v in state.items()},
+        str(run / "model.safetensors"),
+    )
     with pytest.raises(UserError, match="other weights"):
         load_run(run)
 
@@ -265,7 +271,7 @@ def test_calibrate_policies_and_stale_calibration(run_dir, data_dir, tmp_path):
 def test_evaluate_report_and_compare(run_dir, data_dir, tmp_path):
     from pneumoscope.compare import compare
 
-    m = evaluate(run_dir, data_dir, "test", out=tmp_path / "e", n_boot=200)
+    m = evaluate(run_dir, data_dir, "test", n_boot=200)  # into the run, where compare reads
     for k in ("auroc", "auprc", "balanced_accuracy", "ppv", "npv", "brier", "ece"):
         assert k in m and k in m["ci"]
         lo, hi = m["ci"][k]
@@ -273,8 +279,8 @@ def test_evaluate_report_and_compare(run_dir, data_dir, tmp_path):
     assert m["bootstrap"]["resampling_unit"] == "patient"
     assert set(m["operating_points"]) == {"youden", "f1", "cost", "sensitivity"}
     for png in ("reliability.png", "probability_histograms.png"):
-        assert (tmp_path / "e" / png).stat().st_size > 1000
-    page = (tmp_path / "e" / "report.html").read_text()
+        assert (run_dir / png).stat().st_size > 1000
+    page = (run_dir / "report.html").read_text()
     assert "data:image/png;base64," in page and 'src="http' not in page  # self-contained
     for text in ("not a medical device", "95% CI", "Limitations", "Operating points"):
         assert text.lower() in page.lower(), text

@@ -159,8 +159,10 @@ class LoadedRun:
     def predict_proba(
         self, images: np.ndarray, batch_size: int = 64, rows: np.ndarray | None = None
     ) -> np.ndarray:
-        logits = self.predict_logits(images, batch_size, rows).astype(np.float64)
-        return 1.0 / (1.0 + np.exp(-logits))
+        """Probabilities of PNEUMONIA, temperature-scaled when the run is calibrated."""
+        return sigmoid(
+            self.predict_logits(images, batch_size, rows).astype(np.float64) / self.temperature
+        )
 
 
 def read_card(run: str | Path) -> dict:
