@@ -62,6 +62,47 @@ def synthetic_source(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def data_dir(synthetic_source, tmp_path_factory) -> Path:
+    """The synthetic source prepared at 32 px (train / val / test)."""
+    from pneumoscope.prepare import prepare
+    from pneumoscope.preprocess import PreprocessConfig
+
+    out = tmp_path_factory.mktemp("cache")
+    prepare(
+        synthetic_source,
+        out,
+        PreprocessConfig(img_size=32),
+        val_fraction=0.2,
+        seed=0,
+        workers=2,
+        progress=False,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def run_dir(data_dir, tmp_path_factory) -> Path:
+    """One small trained, calibrated run shared by every test that needs a model."""
+    from pneumoscope.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("run")
+    train(
+        TrainConfig(
+            data=str(data_dir),
+            out=str(out),
+            model="seed_cnn",
+            epochs=8,
+            batch_size=16,
+            lr=3e-3,
+            seed=0,
+            patience=8,
+        ),
+        progress=False,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real X-rays beside the repository. Missing data is a failure, never a skip."""
     if not (SHARED_DATA / "chest_xray_224" / "train").is_dir():

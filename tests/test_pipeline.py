@@ -21,38 +21,6 @@ from pneumoscope.runs import load_run
 from pneumoscope.train import TrainConfig, train
 
 
-@pytest.fixture(scope="module")
-def data_dir(synthetic_source, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cache")
-    prepare(
-        synthetic_source,
-        out,
-        PreprocessConfig(img_size=32),
-        val_fraction=0.2,
-        seed=0,
-        workers=2,
-        progress=False,
-    )
-    return out
-
-
-@pytest.fixture(scope="module")
-def run_dir(data_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    cfg = TrainConfig(
-        data=str(data_dir),
-        out=str(out),
-        model="seed_cnn",
-        epochs=8,
-        batch_size=16,
-        lr=3e-3,
-        seed=0,
-        patience=8,
-    )
-    train(cfg, progress=False)
-    return out
-
-
 def test_run_directory_is_complete(run_dir):
     for name in ("model.safetensors", "model.json", "history.csv", "curves.png", "config.yaml"):
         assert (run_dir / name).is_file(), name

@@ -102,5 +102,8 @@ def calibrate(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_json_atomic(loaded.root / CALIBRATION, result)
+    from .ood import fit_ood  # the OOD guard is fitted on held-out data too
+
+    result["ood"] = fit_ood(loaded, cache)
     plots.reliability(y, sigmoid(logits), p_cal, loaded.root / "reliability_val.png", "validation")
     return result

@@ -120,7 +120,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     # model.json is written last and marks a finished run: a reused folder loses its old
     # card first, so a retraining that fails is never mistaken for a finished run.
     (out / CARD).unlink(missing_ok=True)
-    (out / CALIBRATION).unlink(missing_ok=True)
+    for stale in (CALIBRATION, "ood.json", "ood.safetensors", "model.onnx", "export.json"):
+        (out / stale).unlink(missing_ok=True)
     pp = cache.preprocess
     train_rows = cache.split("train")
     val_rows = cache.split("val")
