@@ -83,7 +83,18 @@ def test_predict_columns_csv_lists_dicom_and_awkward_paths(run_dir, synthetic_so
     mono1 = _dataset((4095 - img.astype(np.uint16) * 16), photometric="MONOCHROME1", bits_stored=12)
     _write(mono1, weird / "scan_mono1.dcm")
     _write(_dataset(None), weird / "nopixels.dcm")
-    (weird / "cmyk.jpg").write_bytes(b"")
+    (weird / "empty.jpg").write_bytes(b"")
+    from PIL import Image
+
+    from .test_preprocess import _png_header_only
+
+    Image.fromarray(img).convert("RGBA").save(weird / "rgba.png")
+    Image.fromarray(img).convert("CMYK").save(weird / "cmyk.jpg")
+    cv2.imwrite(str(weird / "sixteen.png"), img.astype(np.uint16) * 257)
+    (weird / "bomb.png").write_bytes(_png_header_only(60_000, 60_000))
+    (weird / "notes.png").write_text("not an image")
+    jpeg = cv2.imencode(".jpg", img)[1].tobytes()
+    (weird / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])
     listing = tmp_path / "list.csv"
     pd.DataFrame(
         {"path": ["Röntgen bilder 胸部/patient 1 ü.png", str(weird / "scan.dcm"), "missing.png"]}
@@ -93,15 +104,26 @@ def test_predict_columns_csv_lists_dicom_and_awkward_paths(run_dir, synthetic_so
     )
     df = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
     assert list(df.columns) == CSV_COLUMNS
-    assert len(df) == 5 + 3 and counts.ok == 5 and counts.failed == 3
+    truncated_ok = (df["path"].str.endswith("truncated.jpg") & (df["status"] == "ok")).sum()
+    assert len(df) == 11 + 3  # every input has its row
+    # readable: the PNG and scan.dcm (each twice: folder and list), MONOCHROME1, RGBA, CMYK,
+    # 16-bit; failing: no pixels, empty, bomb, text, missing, truncated (unless libjpeg pads)
+    assert counts.ok == 8 + truncated_ok and counts.failed == 6 - truncated_ok
     assert df["model_id"].nunique() == 1 and df["model_id"][0].endswith(
         weights_digest(run_dir)[:12]
     )
     by_name = df.set_index(df["path"].map(lambda p: p.split("/")[-1]))
     assert "without pixel data" in by_name.loc["nopixels.dcm", "error"]
-    assert "empty" in by_name.loc["cmyk.jpg", "error"]
-    # the PNG and the DICOM of the same pixels (and its MONOCHROME1 inverse) agree
     p_png = float(by_name.loc["patient 1 ü.png", "probability"].iloc[0])
+    assert "empty" in by_name.loc["empty.jpg", "error"]
+    assert "too large" in by_name.loc["bomb.png", "error"]
+    assert "not a readable image" in by_name.loc["notes.png", "error"]
+    for name in ("rgba.png", "cmyk.jpg", "sixteen.png"):
+        assert by_name.loc[name, "status"] == "ok", name
+    # RGBA and 16-bit hold the same picture as the PNG: same prediction
+    assert float(by_name.loc["rgba.png", "probability"]) == pytest.approx(p_png, abs=1e-6)
+    assert float(by_name.loc["sixteen.png", "probability"]) == pytest.approx(p_png, abs=0.02)
+    # the PNG and the DICOM of the same pixels (and its MONOCHROME1 inverse) agree
     assert float(by_name.loc["scan.dcm", "probability"].iloc[0]) == pytest.approx(p_png, abs=0.02)
     assert float(by_name.loc["scan_mono1.dcm", "probability"]) == pytest.approx(p_png, abs=0.02)
     ok = df[df["status"] == "ok"]
