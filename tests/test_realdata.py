@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -74,3 +76,13 @@ def test_real_slice_end_to_end(shared_data, tmp_path):
     by_name = dict(zip(df["path"].map(lambda p: p.split("/")[-1]), df["probability"], strict=True))
     for name, p in zip(test["path"].map(lambda p: p.split("/")[-1]), p_cache, strict=True):
         assert abs(by_name[name] - p) < 1e-5
+
+    # Grad-CAM on real X-rays: one finite, non-constant heatmap per image
+    from pneumoscope.explain import explain_files, gradcam
+
+    files = sorted(str(f) for f in (root / "test").rglob("*.jpeg"))[:4]
+    rows = explain_files(tmp_path / "run", files, tmp_path / "heat")
+    assert [r["status"] for r in rows] == ["ok"] * 4
+    assert all(Path(r["heatmap"]).stat().st_size > 1000 for r in rows)
+    heat = gradcam(load_run(tmp_path / "run"), cache.images[test["index"].to_numpy()[:4]])
+    assert np.isfinite(heat).all() and (heat.reshape(4, -1).std(axis=1) > 0).any()
