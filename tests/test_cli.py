@@ -13,6 +13,10 @@ COMMANDS = [
     ["train", "--help"],
     ["evaluate", "--help"],
     ["predict", "--help"],
+    ["calibrate", "--help"],
+    ["explain", "--help"],
+    ["export", "--help"],
+    ["compare", "--help"],
 ]
 
 
@@ -113,3 +117,66 @@ def test_cli_end_to_end_with_a_bad_file(tmp_path):
     assert "12 predicted, 1 failed" in r.stdout
     df = pd.read_csv(tmp_path / "p.csv")
     assert len(df) == 13 and (df["status"] == "error").sum() == 1
+
+
+def test_cli_export_onnx_backend_gradcam_and_explain(run_dir, data_dir, synthetic_source, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    r = run_cli(
+        "predict",
+        "--run",
+        str(run),
+        str(synthetic_source / "test"),
+        "--backend",
+        "onnx",
+        "--out",
+        str(tmp_path / "x.csv"),
+    )
+    _one_line_error(r, "pneumoscope export")  # no export yet: one line saying what to do
+    r = run_cli("export", "--run", str(run), "--data", str(data_dir), "--int8")
+    assert r.returncode == 0, r.stderr
+    assert "max |logit difference|" in r.stdout and (run / "model.onnx").is_file()
+    csvs = {}
+    for backend in ("torch", "onnx", "onnx-int8"):
+        out = tmp_path / f"{backend}.csv"
+        r = run_cli(
+            "predict",
+            "--run",
+            str(run),
+            str(synthetic_source / "test"),
+            "--backend",
+            backend,
+            "--out",
+            str(out),
+            "--no-progress",
+        )
+        assert r.returncode == 0, r.stderr
+        csvs[backend] = pd.read_csv(out)
+    assert (csvs["onnx"]["probability"] - csvs["torch"]["probability"]).abs().max() < 1e-4
+    assert (csvs["onnx"]["ood_score"] - csvs["torch"]["ood_score"]).abs().max() < 1e-3
+    assert (csvs["onnx-int8"]["probability"] - csvs["torch"]["probability"]).abs().max() < 0.05
+    r = run_cli(
+        "predict",
+        "--run",
+        str(run),
+        str(synthetic_source / "test" / "NORMAL"),
+        "--gradcam",
+        str(tmp_path / "cams"),
+        "--out",
+        str(tmp_path / "g.csv"),
+    )
+    assert r.returncode == 0, r.stderr
+    g = pd.read_csv(tmp_path / "g.csv")
+    assert g["heatmap"].map(lambda p: (tmp_path / "cams" / p.split("/")[-1]).is_file()).all()
+    r = run_cli(
+        "explain",
+        "--run",
+        str(run),
+        str(synthetic_source / "test" / "PNEUMONIA"),
+        "--out",
+        str(tmp_path / "explained"),
+    )
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "explained").glob("*.png"))) == 20
