@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 
 from . import CLASS_NAMES, __version__
-from .errors import ImageReadError, UserError
+from .errors import UserError
 from .io_utils import atomic_write, write_json_atomic
-from .preprocess import PreprocessConfig, load_image
+from .preprocess import PreprocessConfig, try_load_image
 from .sources import SourceRow
 
 MANIFEST_COLUMNS = ["index", "path", "label", "class_name", "patient", "split", "source"]
@@ -38,12 +38,7 @@ class PrepareResult:
 
 def _work(args: tuple[int, str, PreprocessConfig]) -> tuple[int, np.ndarray | None, str]:
     i, path, cfg = args
-    try:
-        return i, load_image(path, cfg), ""
-    except ImageReadError as exc:
-        return i, None, str(exc)
-    except Exception as exc:  # a decoder bug must not stop the whole run
-        return i, None, f"unexpected error: {type(exc).__name__}: {exc}"
+    return (i, *try_load_image(path, cfg))
 
 
 def preprocess_many(

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ImageReadError, UserError
+from .errors import UserError
 from .io_utils import atomic_write, write_text_atomic
 from .models import SeedCNN
-from .preprocess import load_image
+from .preprocess import try_load_image
 from .runs import LoadedRun, load_run, normalize, sigmoid
 
 CSV_COLUMNS = ["path", "probability", "label", "threshold", "status", "error", "heatmap"]
@@ -370,15 +370,6 @@ def heatmap_name(path: str | os.PathLike) -> str:
     return f"{stem}_{digest}.png"
 
 
-def _load(path: str, cfg) -> tuple[np.ndarray | None, str]:
-    try:
-        return load_image(path, cfg), ""
-    except ImageReadError as exc:
-        return None, str(exc)
-    except Exception as exc:  # one odd file must never stop the batch
-        return None, f"unexpected error: {type(exc).__name__}: {exc}"
-
-
 def explain_files(
     run_or_loaded: str | Path | LoadedRun,
     paths: list[str],
@@ -398,7 +389,7 @@ def explain_files(
     rows: list[dict] = []
     for start in range(0, len(paths), batch_size):
         chunk = [str(p) for p in paths[start : start + batch_size]]
-        loaded_chunk = [(p, *_load(p, cfg)) for p in chunk]
+        loaded_chunk = [(p, *try_load_image(p, cfg)) for p in chunk]
         good = [(p, img) for p, img, _ in loaded_chunk if img is not None]
         results: dict[int, tuple[float, np.ndarray]] = {}
         if good:

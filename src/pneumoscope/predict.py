@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import ImageReadError, UserError
+from .errors import UserError
 from .ood import load_guard
-from .preprocess import PreprocessConfig, is_image_file, load_image
+from .preprocess import PreprocessConfig, is_image_file, try_load_image
 from .runs import LoadedRun, load_run, sigmoid, weights_digest
 from .sources import is_hidden
 
@@ -91,15 +91,6 @@ class Counts:
     flagged_ood: int = 0
 
 
-def _load(path: str, cfg: PreprocessConfig) -> tuple[np.ndarray | None, str]:
-    try:
-        return load_image(path, cfg), ""
-    except ImageReadError as exc:
-        return None, str(exc)
-    except Exception as exc:  # one odd file must never stop the batch
-        return None, f"unexpected error: {type(exc).__name__}: {exc}"
-
-
 def _batches(
     paths: list[str], cfg: PreprocessConfig, batch_size: int, workers: int
 ) -> Iterator[list[tuple[str, np.ndarray | None, str]]]:
@@ -108,7 +99,9 @@ def _batches(
             chunk = paths[start : start + batch_size]
             yield [
                 (p, *r)
-                for p, r in zip(chunk, pool.map(lambda q: _load(q, cfg), chunk), strict=True)
+                for p, r in zip(
+                    chunk, pool.map(lambda q: try_load_image(q, cfg), chunk), strict=True
+                )
             ]
 
 

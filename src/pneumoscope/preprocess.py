@@ -159,5 +159,16 @@ def load_image(path: str | Path, cfg: PreprocessConfig) -> np.ndarray:
     return preprocess_gray(decode_gray(path), cfg)
 
 
+def try_load_image(path: str | Path, cfg: PreprocessConfig) -> tuple[np.ndarray | None, str]:
+    """(image, "") or (None, reason): how batch stages read files, so that one odd file,
+    even one that trips a decoder bug, becomes a reported row and never stops the batch."""
+    try:
+        return load_image(path, cfg), ""
+    except ImageReadError as exc:
+        return None, str(exc)
+    except Exception as exc:
+        return None, f"unexpected error: {type(exc).__name__}: {exc}"
+
+
 def is_image_file(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
