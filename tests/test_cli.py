@@ -114,7 +114,7 @@ def test_cli_end_to_end_with_a_bad_file(tmp_path):
         str(tmp_path / "p.csv"),
     )
     assert r.returncode == 1  # one input failed: the exit status says so
-    assert "12 predicted, 1 failed" in r.stdout
+    assert "12 predicted (0 flagged out-of-distribution), 1 failed" in r.stdout
     df = pd.read_csv(tmp_path / "p.csv")
     assert len(df) == 13 and (df["status"] == "error").sum() == 1
 
