@@ -66,6 +66,8 @@ def _limitations(card: dict, result: dict) -> list[str]:
         "Confidence intervals resample patients parsed from file names; images whose names "
         "carry no patient id count as independent patients, which can make intervals too "
         "narrow.",
+        "ECE is a binned, upward-biased estimate: resampling inflates it, so its bootstrap "
+        "interval can lie above the point estimate; read it as an upper range.",
         "Public X-ray labels come from report review and contain errors; the metrics measure "
         "agreement with those labels, not with a clinical gold standard.",
         "For research and decision support only; not a medical device and not a diagnosis.",
