@@ -120,7 +120,10 @@ def write_report(path: Path, result: dict, loaded, cache) -> None:
                 ],
                 [
                     "normalisation",
-                    f"mean {card['normalization']['mean']}, std {card['normalization']['std']}",
+                    "mean "
+                    + ", ".join(f"{v:.4f}" for v in card["normalization"]["mean"])
+                    + "; std "
+                    + ", ".join(f"{v:.4f}" for v in card["normalization"]["std"]),
                 ],
                 [
                     "training",
@@ -130,7 +133,7 @@ def write_report(path: Path, result: dict, loaded, cache) -> None:
                 ],
                 ["validation AUROC", card.get("val_metrics", {}).get("val_auroc", float("nan"))],
                 ["temperature", result["temperature"]],
-                ["threshold", f"{result['threshold']:.4f} ({result['threshold_policy']})"],
+                ["threshold", f"{result['threshold']:.4f}, policy {result['threshold_policy']}"],
             ],
         ),
         f"<h2>Metrics ({_e(result['split'])}, n = {result['n']}: {result['n_normal']} NORMAL, "
