@@ -68,7 +68,7 @@ def evaluate(
         raise UserError("--bootstrap must be 0 (no intervals) or more")
     logits = loaded.predict_logits(cache.images, rows=rows["index"].to_numpy()).astype(float)
     p_raw = sigmoid(logits)
-    p = sigmoid(logits / loaded.temperature)
+    p = loaded.proba_from_logits(logits)
     thr = loaded.threshold
     groups = rows["patient"].astype(str).to_numpy()
     m = binary_metrics(y, p, thr)

@@ -33,7 +33,7 @@ from .errors import UserError
 from .io_utils import atomic_write, write_text_atomic
 from .models import SeedCNN
 from .preprocess import try_load_image
-from .runs import LoadedRun, load_run, normalize, sigmoid
+from .runs import LoadedRun, load_run, normalize
 
 CSV_COLUMNS = ["path", "probability", "label", "threshold", "status", "error", "heatmap"]
 CSV_NAME = "explanations.csv"
@@ -396,7 +396,7 @@ def explain_files(
             imgs = np.stack([img for _, img in good])
             spec = spec or cam_spec(loaded.model, cfg.img_size, loaded.in_chans)
             logits = loaded.predict_logits(imgs, batch_size)
-            probs = sigmoid(logits / loaded.temperature)
+            probs = loaded.proba_from_logits(logits)
             heats = gradcam(loaded, imgs, batch_size, spec)
             good_idx = [i for i, (_, img, _) in enumerate(loaded_chunk) if img is not None]
             for k, i in enumerate(good_idx):

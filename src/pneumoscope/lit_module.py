@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from .augment import AugmentConfig, augment_batch
 from .metrics import binary_metrics
 from .models import build_model
-from .runs import normalize, normalize_float
+from .runs import normalize, normalize_float, sigmoid
 
 
 class Classifier(L.LightningModule):
@@ -87,7 +87,7 @@ class Classifier(L.LightningModule):
             t_y = np.concatenate([o[1] for o in self._train_out])
             t_loss = sum(o[2] * o[3] for o in self._train_out) / sum(o[3] for o in self._train_out)
             self._train_out.clear()
-            tm = binary_metrics(t_y, _sigmoid(t_logits), 0.5)
+            tm = binary_metrics(t_y, sigmoid(t_logits), 0.5)
             self.last_train = {
                 "train_loss": t_loss,
                 "train_accuracy": tm["accuracy"],
@@ -98,7 +98,7 @@ class Classifier(L.LightningModule):
         logits = np.concatenate([o[0] for o in self._val_out])
         y = np.concatenate([o[1] for o in self._val_out])
         self._val_out.clear()
-        probs = _sigmoid(logits)
+        probs = sigmoid(logits)
         loss = float(self._loss(torch.from_numpy(logits), torch.from_numpy(y)))
         m = binary_metrics(y, probs, 0.5)
         self.last_val = {"val_loss": loss, "val_accuracy": m["accuracy"], "val_auroc": m["auroc"]}
@@ -122,7 +122,3 @@ class Classifier(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))

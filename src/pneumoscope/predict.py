@@ -22,7 +22,7 @@ import pandas as pd
 from .errors import UserError
 from .ood import load_guard
 from .preprocess import PreprocessConfig, is_image_file, try_load_image
-from .runs import LoadedRun, load_run, sigmoid, weights_digest
+from .runs import LoadedRun, load_run, weights_digest
 from .sources import is_hidden
 
 CSV_COLUMNS = [
@@ -172,7 +172,7 @@ def predict_to_csv(
             if good:
                 imgs = np.stack([batch[i][1] for i in good])
                 logits, feats = runner.logits_and_features(imgs)
-                probs = sigmoid(logits.astype(np.float64) / loaded.temperature)
+                probs = loaded.proba_from_logits(logits)
                 scores, flags = guard.score(feats) if guard else (None, None)
                 heat = _heatmaps(loaded, imgs, [batch[i][0] for i in good], probs, gradcam_dir)
                 for k, i in enumerate(good):

@@ -46,7 +46,6 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def normalize(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, in_chans: int):
-    """Training-side twin of InferenceNet's normalisation (the same arithmetic)."""
     """uint8 (B,1,S,S) -> normalised float (B,in_chans,S,S); shared by training and inference."""
     x = x_uint8.float().div_(255.0)
     return normalize_float(x, mean, std, in_chans)
@@ -82,15 +81,12 @@ class InferenceNet(nn.Module):
         super().__init__()
         self.net = net
         self.in_chans = in_chans
-        self.register_buffer("mean", mean.clone().float().view(1, -1, 1, 1))
-        self.register_buffer("std", std.clone().float().view(1, -1, 1, 1))
+        self.register_buffer("mean", mean.clone().float())
+        self.register_buffer("std", std.clone().float())
         self._features, self._fc = split_head(net)
 
     def forward(self, x_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x_uint8.float() / 255.0
-        x = x.expand(-1, self.in_chans, -1, -1)
-        x = (x - self.mean) / self.std
-        f = self._features(x)
+        f = self._features(normalize(x_uint8, self.mean, self.std, self.in_chans))
         return self._fc(f).squeeze(1), f
 
 
@@ -156,13 +152,15 @@ class LoadedRun:
         """
         return self.logits_and_features(images, batch_size, rows)[0]
 
+    def proba_from_logits(self, logits: np.ndarray) -> np.ndarray:
+        """Probabilities of PNEUMONIA, temperature-scaled when the run is calibrated: the one
+        place the temperature is applied, whichever backend computed the logits."""
+        return sigmoid(np.asarray(logits, dtype=np.float64) / self.temperature)
+
     def predict_proba(
         self, images: np.ndarray, batch_size: int = 64, rows: np.ndarray | None = None
     ) -> np.ndarray:
-        """Probabilities of PNEUMONIA, temperature-scaled when the run is calibrated."""
-        return sigmoid(
-            self.predict_logits(images, batch_size, rows).astype(np.float64) / self.temperature
-        )
+        return self.proba_from_logits(self.predict_logits(images, batch_size, rows))
 
 
 def read_card(run: str | Path) -> dict:

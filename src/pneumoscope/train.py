@@ -31,9 +31,11 @@ from .augment import AugmentConfig
 from .cache import Cache, counts_table, open_cache
 from .data import make_loader
 from .errors import UserError
+from .export import INT8_FILE, ONNX_FILE, RECORD_FILE
 from .io_utils import atomic_write, write_json_atomic, write_text_atomic
 from .lit_module import Classifier
 from .metrics import binary_metrics, youden_threshold
+from .ood import OOD_CARD, OOD_STATS
 from .plots import training_curves
 from .runs import CALIBRATION, CARD, WEIGHTS, save_weights
 
@@ -120,7 +122,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     # model.json is written last and marks a finished run: a reused folder loses its old
     # card first, so a retraining that fails is never mistaken for a finished run.
     (out / CARD).unlink(missing_ok=True)
-    for stale in (CALIBRATION, "ood.json", "ood.safetensors", "model.onnx", "export.json"):
+    for stale in (CALIBRATION, OOD_CARD, OOD_STATS, ONNX_FILE, INT8_FILE, RECORD_FILE):
         (out / stale).unlink(missing_ok=True)
     pp = cache.preprocess
     train_rows = cache.split("train")
