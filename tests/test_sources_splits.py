@@ -15,9 +15,9 @@ from .conftest import write_kaggle_layout
 @pytest.mark.parametrize(
     "name, patient",
     [
-        ("person1000_bacteria_2931.jpeg", "person1000"),
-        ("person1000_virus_1681.jpeg", "person1000"),
-        ("person1_virus_6_1.jpeg", "person1"),
+        ("person1000_bacteria_2931.jpeg", "person1000_bacteria"),
+        ("person1000_virus_1681.jpeg", "person1000_virus"),
+        ("person1_virus_6_1.jpeg", "person1_virus"),
         ("IM-0115-0001.jpeg", "im-0115"),
         ("IM-0117-0001-0002.jpeg", "im-0117"),
         ("NORMAL2-IM-0381-0001.jpeg", "normal2-im-0381"),
