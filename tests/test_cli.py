@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 
@@ -46,7 +48,7 @@ def test_prepare_empty_folder(tmp_path):
     r = run_cli(
         "data", "prepare", "--source", str(tmp_path / "empty"), "--out", str(tmp_path / "o")
     )
-    _one_line_error(r, "no class folders", "NORMAL/")
+    _one_line_error(r, "no known layout", "empty folder", "NORMAL/")
 
 
 def test_prepare_folder_without_class_folders(tmp_path):
@@ -114,7 +116,8 @@ def test_cli_end_to_end_with_a_bad_file(tmp_path):
         str(tmp_path / "p.csv"),
     )
     assert r.returncode == 1  # one input failed: the exit status says so
-    assert "12 predicted (0 flagged out-of-distribution), 1 failed" in r.stdout
+    # how many a 1-epoch model flags as out-of-distribution depends on its exact weights
+    assert re.search(r"12 predicted \(\d+ flagged out-of-distribution\), 1 failed", r.stdout)
     df = pd.read_csv(tmp_path / "p.csv")
     assert len(df) == 13 and (df["status"] == "error").sum() == 1
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from . import config as tc
 from .errors import UserError
 
 app = typer.Typer(
@@ -50,116 +51,318 @@ def _echo_table(title: str, header: list[str], rows: list[list]) -> None:
     "prepare",
     epilog="Examples:\n\n"
     "  pneumoscope data prepare --source ~/chest_xray --out work/data224\n\n"
-    "  pneumoscope data prepare --source ~/chest_xray --out work/data128 --img-size 128 --no-clahe",
+    "  pneumoscope data prepare --source ~/chest_xray --out work/data128 --img-size 128 --no-clahe"
+    "\n\n"
+    "  pneumoscope data prepare --preset keras-combined-dedup --out work/combined128 "
+    "--img-size 128\n\n"
+    "  pneumoscope data prepare --source ped=~/chest_xray --source cov=~/covid19_pneumonia "
+    "--dedupe drop --split regroup --fractions 0.8,0.1,0.1 --out work/mix\n\n"
+    "Presets (configs/data): pediatric; keras-combined-naive (the Keras design's "
+    "combination as published: leaks copies of test images into train, for comparison "
+    "only); keras-combined-dedup (the same sources, de-duplicated). Writes images.npy, "
+    "manifest.csv, rejected.csv, excluded.csv, dropped.csv, duplicates.csv, "
+    "data_report.md/.json, prepare_config.yaml.",
 )
 def data_prepare(
-    source: Path = typer.Option(
-        ...,
-        help="Folder with NORMAL/ and PNEUMONIA/, or with "
-        "train|val|test/ holding them (the Kaggle layout).",
+    source: list[str] = typer.Option(
+        None,
+        help="PATH or NAME=PATH, repeatable: a folder with NORMAL/ and PNEUMONIA/ (optionally "
+        "inside train|val|test/), the Covid-19 & Pneumonia layout, a CSV of path,label[,...] "
+        "or an RSNA folder. NAME=PATH with a preset's source NAME moves that source; other "
+        "values replace a preset's sources. When copies are dropped, the first-listed "
+        "source's copy is kept.",
     ),
-    out: Path = typer.Option(
-        ...,
-        help="Output folder for the cache (images.npy, manifest.csv, rejected.csv, cache.json).",
+    out: Path = typer.Option(..., help="Output folder for the cache and the data report."),
+    preset: str = typer.Option(
+        None,
+        help="Named settings in configs/data: pediatric | keras-combined-naive | "
+        "keras-combined-dedup.",
     ),
-    img_size: int = typer.Option(224, help="Square side in pixels after resizing."),
-    clahe: bool = typer.Option(True, help="Contrast-limited adaptive histogram equalisation."),
+    config: Path = typer.Option(
+        None, help="YAML file of settings (e.g. an earlier OUT/prepare_config.yaml)."
+    ),
+    layout: list[str] = typer.Option(
+        None,
+        help="LAYOUT or NAME=LAYOUT where detection is ambiguous: class-folders | "
+        "covid19-pneumonia | csv | rsna.",
+    ),
+    covid_as: str = typer.Option(
+        None,
+        help="COVID19 folder of the Covid-19 & Pneumonia layout: exclude [default] | pneumonia.",
+    ),
+    rsna_not_normal: str = typer.Option(
+        None, help="RSNA 'No Lung Opacity / Not Normal': exclude [default] | normal."
+    ),
+    age_group: list[str] = typer.Option(
+        None,
+        help="child | adult, or NAME=child|adult: the age group of images whose age the "
+        "source does not give (for per-group evaluation).",
+    ),
+    split: str = typer.Option(
+        None,
+        help="given [default]: keep the sources' splits, a group found in several moves "
+        "whole; regroup: a fresh split of whole groups by --fractions and --seed.",
+    ),
     val_fraction: float = typer.Option(
-        0.1,
-        help="Validation share carved from train (grouped "
-        "by patient, stratified by label) when no usable val "
-        "split is given.",
+        None,
+        help="given: validation share carved from train (grouped, stratified by label) when "
+        "no usable val split is given [0.1].",
     ),
-    seed: int = typer.Option(0, help="Seed of the validation split."),
+    fractions: str = typer.Option(
+        None, help="regroup: train,val,test shares, stratified by label (and source) [0.8,0.1,0.1]."
+    ),
+    straddle: str = typer.Option(
+        None,
+        help="given: where a group that the sources put in several splits goes: test-side "
+        "[default] | first-source (the first-listed source's split) | keep (naive: leaks, "
+        "reported).",
+    ),
+    dedupe: str = typer.Option(
+        None,
+        help="group [default]: copies share one split, all kept | drop: one image per "
+        "duplicate cluster | off: naive, copies not linked (leaks reported).",
+    ),
+    conflicts: str = typer.Option(
+        None, help="Duplicates that carry both labels: drop [default] | keep (grouped)."
+    ),
+    near_threshold: int = typer.Option(
+        None,
+        help="Near duplicate: Hamming distance between 256-bit perceptual hashes [24]; "
+        "-1 = exact duplicates only.",
+    ),
+    img_size: int = typer.Option(None, help="Square side in pixels after resizing [224]."),
+    clahe: bool = typer.Option(
+        None, "--clahe/--no-clahe", help="Contrast-limited adaptive histogram equalisation [on]."
+    ),
+    seed: int = typer.Option(None, help="Seed of the splits [0]."),
     workers: int = typer.Option(0, help="Decoding processes (0 = all cores)."),
 ) -> None:
-    """Decode every image once into a memory-mapped cache with leak-free splits.
+    """Combine sources, find duplicates, split without leakage, and decode every image once
+    into a memory-mapped cache, with a data report (data_report.md).
 
     Unreadable files are listed in rejected.csv with their reason; they never stop the run.
     """
-    from .prepare import prepare
-    from .preprocess import PreprocessConfig
+    from .data_report import terminal_tables
+    from .prepare import prepare_data, resolve_config
 
-    res = prepare(
-        source,
-        out,
-        PreprocessConfig(img_size=img_size, clahe=clahe),
+    dc = resolve_config(
+        preset=preset,
+        config=config,
+        sources=source or None,
+        layout=layout or None,
+        covid_as=covid_as,
+        rsna_not_normal=rsna_not_normal,
+        age_group=age_group or None,
+        split=split,
         val_fraction=val_fraction,
+        fractions=fractions,
+        straddle=straddle,
+        dedupe=dedupe,
+        conflicts=conflicts,
+        near_threshold=near_threshold,
+        img_size=img_size,
+        clahe=clahe,
         seed=seed,
-        workers=workers or None,
     )
-    from .cache import counts_table
-
-    counts = counts_table(res.manifest)
-    _echo_table(
-        f"dataset in {out}",
-        ["split", "NORMAL", "PNEUMONIA", "total"],
-        [[s, c["NORMAL"], c["PNEUMONIA"], c["total"]] for s, c in counts.items()],
-    )
+    res = prepare_data(dc, out, workers=workers or None)
+    for title, header, rows in terminal_tables(res.report):
+        _echo_table(title, header, rows)
     typer.echo(f"splits: {res.split_note}")
+    leak = res.report["leakage"]
+    typer.echo(
+        "leakage check: "
+        + ("passed" if leak["passed"] else "FAILED")
+        + f" ({leak['groups_straddling_splits']} groups and "
+        f"{leak['duplicate_or_patient_groups_straddling_splits']} patient-or-copy groups in "
+        f"several splits; {leak['test_images_with_a_copy_outside_test']} test images with a "
+        "copy outside test)"
+    )
+    for w in res.report["warnings"]:
+        if w.startswith("LEAKAGE"):
+            typer.secho(f"WARNING: {w}", err=True, fg="red", bold=True)
+        elif "could not be read" not in w:
+            typer.echo(f"warning: {w}", err=True)
     if len(res.rejected):
         typer.echo(
             f"{len(res.rejected)} file(s) could not be read: see {out / 'rejected.csv'}", err=True
         )
         for _, r in res.rejected.head(5).iterrows():
             typer.echo(f"  {r['path']}: {r['reason']}", err=True)
+    typer.echo(f"report: {out / 'data_report.md'} (and data_report.json)")
 
 
-@app.command(
-    epilog="Examples:\n\n"
-    "  pneumoscope train --data work/data128 --out runs/r18 --model resnet18 --epochs 20\n\n"
-    "  pneumoscope train --data work/data150 --out runs/cnn --model seed_cnn --imbalance sampler",
-)
+@app.command(epilog=tc.TRAIN_EPILOG)
 def train(
-    data: Path = typer.Option(..., help="A folder made by 'pneumoscope data prepare'."),
-    out: Path = typer.Option(..., help="Run folder to write (weights, model.json, history)."),
+    ctx: typer.Context,
+    config: str = typer.Option(
+        None,
+        help="YAML config: a file, a preset name (seed1-cnn, seed2-efficientnet, fast-cpu) "
+        "or a run folder (its config.yaml). Flags given override it.",
+    ),
+    data: Path = typer.Option(None, help="A folder made by 'pneumoscope data prepare'."),
+    out: Path = typer.Option(None, help="Run folder to write (weights, model.json, history)."),
+    resume: Path = typer.Option(
+        None,
+        help="Continue this run from its last checkpoint (RUN/checkpoints/last.ckpt) with its "
+        "saved config; it ends where the uninterrupted run would have. Only --max-minutes "
+        "and --threads may be given with it (--max-minutes counts the total time).",
+    ),
     model: str = typer.Option(
-        "resnet18",
-        help="'seed_cnn' (the Keras design's 5-block CNN) or "
-        "any timm model name (resnet18, efficientnet_b0, ...).",
+        None,
+        help="'seed_cnn' (the Keras design's 5-block CNN) or any timm model name (resnet18, "
+        "efficientnet_b0, ...)." + tc.default_note("model"),
     ),
-    epochs: int = typer.Option(25, help="Maximum epochs (early stopping may end sooner)."),
-    batch_size: int = typer.Option(32, help="Images per step."),
-    lr: float = typer.Option(1e-3, help="Peak AdamW learning rate (warm-up, then cosine)."),
-    weight_decay: float = typer.Option(0.05, help="AdamW weight decay."),
+    img_size: int = typer.Option(
+        None,
+        help="Image size the config expects; must be the cache's (prepare a cache with "
+        "'data prepare --img-size N'). Default: the cache's.",
+    ),
+    in_chans: int = typer.Option(
+        None,
+        help="Network input channels: 1, or 3 (gray repeated, as ImageNet models expect)."
+        + tc.default_note("in_chans"),
+    ),
+    normalization: str = typer.Option(
+        None,
+        help="dataset (training images' mean/std) | imagenet (ImageNet mean/std) | none "
+        "(pixel / 255)." + tc.default_note("normalization"),
+    ),
+    eval_crop: float = typer.Option(
+        None,
+        help="Evaluation and inference: resize by this factor, then centre-crop back (1.15 = "
+        "the PyTorch design's resize 1.15x + center crop; 1 = none). Stored in model.json and "
+        "applied by predict/evaluate/export." + tc.default_note("eval_crop"),
+    ),
+    pretrained: bool = typer.Option(
+        None,
+        "--pretrained/--no-pretrained",
+        help="Start from timm's ImageNet weights (downloaded once into the Hugging Face "
+        "cache; offline, use --weights). The 1000-class head is dropped, the stem adapted to "
+        "--in-chans.",
+    ),
+    weights: Path = typer.Option(
+        None,
+        help="Start from a local file: a timm/Hugging Face checkpoint (.safetensors, or "
+        ".pth/.pt/.bin of plain tensors) or a previous pneumoscope run folder (fine-tuning).",
+    ),
+    freeze_epochs: int = typer.Option(
+        None,
+        help="Train only the classifier for this many first epochs."
+        + tc.default_note("freeze_epochs"),
+    ),
+    epochs: int = typer.Option(
+        None, help="Maximum epochs (early stopping may end sooner)." + tc.default_note("epochs")
+    ),
+    batch_size: int = typer.Option(
+        None, help="Images per step and process." + tc.default_note("batch_size")
+    ),
+    optimizer: str = typer.Option(
+        None,
+        help="adamw | rmsprop (Keras's: rho 0.9) | sgd (Nesterov momentum 0.9)."
+        + tc.default_note("optimizer"),
+    ),
+    lr: float = typer.Option(None, help="Peak learning rate." + tc.default_note("lr")),
+    weight_decay: float = typer.Option(
+        None, help="Weight decay." + tc.default_note("weight_decay")
+    ),
+    scheduler: str = typer.Option(
+        None,
+        help="cosine (linear warm-up, then cosine to 1% of --lr, per step) | plateau (halve "
+        "the rate when validation AUROC stalls for 2 epochs) | constant."
+        + tc.default_note("scheduler"),
+    ),
+    warmup_epochs: float = typer.Option(
+        None, help="Warm-up epochs of the cosine schedule." + tc.default_note("warmup_epochs")
+    ),
     imbalance: str = typer.Option(
-        "pos-weight", help="none | pos-weight | sampler (exactly one compensation, never two)."
+        None,
+        help="Exactly one class-imbalance compensation, never two: pos-weight (BCE "
+        "pos_weight = N_NORMAL / N_PNEUMONIA, so both classes weigh the same in the loss; "
+        "below 1 when pneumonia is the majority) | sampler (draw both classes equally "
+        "often) | none." + tc.default_note("imbalance"),
     ),
-    patience: int = typer.Option(6, help="Early stopping patience on validation AUROC, epochs."),
+    patience: int = typer.Option(
+        None,
+        help="Early stopping patience on validation AUROC, epochs." + tc.default_note("patience"),
+    ),
     max_minutes: float = typer.Option(
-        0,
-        help="Stop training after this many minutes (0 = no limit); the best epoch so far is kept.",
+        None,
+        help="Stop training after this many minutes (0 = no limit); the best epoch so far is "
+        "kept and --resume can continue.",
     ),
-    seed: int = typer.Option(0, help="Seed for weights, order and augmentation."),
-    threads: int = typer.Option(0, help="CPU threads (0 = all cores)."),
+    seed: int = typer.Option(
+        None,
+        help="Seed for weights, order and augmentation (a CPU run repeats bit for bit)."
+        + tc.default_note("seed"),
+    ),
+    threads: int = typer.Option(None, help="CPU threads per process (0 = cores / processes)."),
+    augment: list[str] = typer.Option(
+        None,
+        help="Augmentation setting KEY=VALUE, repeatable: rotation, zoom, shift, crop, aspect, "
+        "hflip, vflip, brightness, contrast, gamma, fill (see README).",
+    ),
+    accelerator: str = typer.Option(
+        None, help="auto | cpu | gpu | mps." + tc.default_note("accelerator")
+    ),
+    devices: int = typer.Option(
+        None,
+        help="Processes (GPUs, or CPU processes) per node; >1 runs DDP."
+        + tc.default_note("devices"),
+    ),
+    num_nodes: int = typer.Option(None, help="Machines (DDP)." + tc.default_note("num_nodes")),
+    strategy: str = typer.Option(
+        None,
+        help="auto | ddp | ddp_spawn (with --devices or --num-nodes > 1)."
+        + tc.default_note("strategy"),
+    ),
+    precision: str = typer.Option(
+        None,
+        help="32 | bf16-mixed | 16-mixed (CUDA GPU only) | bf16-true."
+        + tc.default_note("precision"),
+    ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train a one-logit classifier; the best epoch is chosen on validation AUROC and the
     decision threshold on validation (Youden), never on test."""
-    from .train import TrainConfig
+    from .config import resolve_config, resume_config
     from .train import train as run_train
+    from .weights import describe
 
-    cfg = TrainConfig(
-        data=str(data),
-        out=str(out),
-        model=model,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        imbalance=imbalance,
-        patience=patience,
-        max_minutes=max_minutes or None,
-        seed=seed,
-        threads=threads or None,
+    given = {
+        name: value
+        for name, value in ctx.params.items()
+        if name not in ("ctx", "config", "resume", "progress", "augment") and value is not None
+    }
+    for path_key in ("data", "out", "weights"):
+        if path_key in given:
+            given[path_key] = str(given[path_key])
+    if given.get("max_minutes") == 0:
+        given["max_minutes"] = None
+    if given.get("threads") == 0:
+        given["threads"] = None
+    if augment:
+        given["augment"] = tc.parse_augment(augment)
+    if resume is not None:
+        if config is not None:
+            raise UserError("--resume uses the run's own config.yaml; drop --config")
+        cfg = resume_config(resume, given)
+    else:
+        cfg = resolve_config(config, given)
+    card = run_train(
+        cfg, progress=progress, resume=resume is not None, echo=lambda m: typer.echo(m, err=True)
     )
-    card = run_train(cfg, progress=progress)
+    if not card:  # a DDP process other than global zero
+        return
     v, c = card["val_metrics"], card["calibration"]
     typer.echo(
         f"best epoch {card['best_epoch']}: val AUROC {v['val_auroc']:.4f}; temperature "
         f"{c['temperature']:.3f}, threshold {c['threshold']:.3f} (youden on validation); "
-        f"{card['training']['train_seconds']:.0f} s; run in {out}"
+        f"{card['training']['train_seconds']:.0f} s; stopped by "
+        f"{card['training']['stopped_by'].replace('_', ' ')}; run in {cfg.out}"
     )
+    init = card["training"].get("initial_weights")
+    if init:
+        typer.echo(f"initial weights: {describe(init)}")
 
 
 @app.command(

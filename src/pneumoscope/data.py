@@ -2,6 +2,11 @@
 
 A batch is gathered by indexing the uint8 array with a sorted index vector, so
 an epoch costs a few memcpy calls instead of one JPEG decode per image.
+
+Under distributed training (DDP) each process takes every world_size-th batch of the
+same seeded order, so the processes see disjoint batches and together one epoch; a
+training epoch has the same number of batches on every process. Evaluation splits the
+images across processes, each image exactly once, in equal batch counts.
 """
 
 from __future__ import annotations
@@ -21,6 +26,20 @@ class CacheBatches(Dataset):
     def __init__(self, images: np.ndarray, labels: np.ndarray):
         self.images = images
         self.labels = labels.astype(np.float32)
+
+    def __getstate__(self) -> dict:
+        # Spawned processes (ddp_spawn, worker processes) reopen the memory map by name
+        # instead of receiving a pickled copy of every image.
+        state = dict(self.__dict__)
+        name = getattr(self.images, "filename", None)
+        if name:
+            state["images"] = str(name)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state["images"], str):
+            state["images"] = np.load(state["images"], mmap_mode="r")
+        self.__dict__.update(state)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -60,9 +79,25 @@ class IndexBatchSampler(Sampler[np.ndarray]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __len__(self) -> int:
+    def _n_batches(self) -> int:
         n = len(self.rows)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __len__(self) -> int:
+        _, world = process_rank()
+        total = self._n_batches()
+        if world == 1:
+            return total
+        if self.drop_last:  # training: every world_size-th batch, the same count everywhere
+            return total // world
+        return self._eval_batches(world)
+
+    def _eval_batches(self, world: int) -> int:
+        """Evaluation under DDP: every image once, and the same number of batches on every
+        process (a process with fewer batches would leave the others waiting)."""
+        n = len(self.rows)
+        per_rank = -(-n // world)
+        return max(1, min(-(-per_rank // self.batch_size), n // world))
 
     def __iter__(self) -> Iterator[np.ndarray]:
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -74,10 +109,25 @@ class IndexBatchSampler(Sampler[np.ndarray]):
             order = rng.permutation(n)
         else:
             order = np.arange(n)
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            chunk = order[start : start + self.batch_size]
+        rank, world = process_rank()
+        if world > 1 and not self.drop_last:
+            for chunk in np.array_split(order[rank::world], self._eval_batches(world)):
+                yield self.rows[chunk]
+            return
+        batches = range(rank, self._n_batches(), world)[: len(self)]
+        for b in batches:
+            chunk = order[b * self.batch_size : (b + 1) * self.batch_size]
             if len(chunk):
                 yield self.rows[chunk]
+
+
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) of this process in a running torch.distributed group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def make_loader(

@@ -1,19 +1,24 @@
 """A run directory: weights (safetensors), model card (model.json) and batched inference.
 
 Everything predict and evaluate need is read from here, so the preprocessing and
-normalisation used at training time are repeated exactly.
+normalisation used at training time are repeated exactly. ``model_input`` is the one
+function from cached uint8 pixels to the network's input (scale, evaluation crop,
+channels, normalisation), used by validation during training and by every inference
+path (``InferenceNet``, hence predict, evaluate, calibrate, export).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -42,7 +47,13 @@ def weights_digest(run: Path) -> str:
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, tmp))
+
+    def write(tmp: str) -> None:
+        mode = os.stat(tmp).st_mode  # safetensors recreates the file owner-only; keep the mode
+        save_file(state, tmp)
+        os.chmod(tmp, mode)
+
+    atomic_write(path, write)
 
 
 def normalize(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, in_chans: int):
@@ -55,6 +66,31 @@ def normalize_float(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, in_c
     if in_chans != x.shape[1]:
         x = x.expand(-1, in_chans, -1, -1)
     return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+def center_crop_resize(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """Resize (B, C, S, S) to int(S * factor) then centre-crop S: torchvision's
+    ``Resize(int(S * f))`` + ``CenterCrop(S)``, the PyTorch design's evaluation transform."""
+    if factor == 1.0:
+        return x
+    s = x.shape[-1]
+    big = int(s * factor)
+    x = F.interpolate(x, size=(big, big), mode="bilinear", align_corners=False)
+    top = int(round((big - s) / 2.0))
+    return x[..., top : top + s, top : top + s]
+
+
+def model_input(
+    x_uint8: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    in_chans: int,
+    eval_crop: float = 1.0,
+) -> torch.Tensor:
+    """uint8 (B,1,S,S) -> the network's input for evaluation and inference: pixel / 255,
+    the evaluation crop (if any), channels, normalisation."""
+    x = center_crop_resize(x_uint8.float().div_(255.0), eval_crop)
+    return normalize_float(x, mean, std, in_chans)
 
 
 def split_head(net: nn.Module) -> tuple[Callable, nn.Module]:
@@ -77,16 +113,25 @@ class InferenceNet(nn.Module):
     needs nothing but the preprocessed pixels.
     """
 
-    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor, in_chans: int):
+    def __init__(
+        self,
+        net: nn.Module,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        in_chans: int,
+        eval_crop: float = 1.0,
+    ):
         super().__init__()
         self.net = net
         self.in_chans = in_chans
+        self.eval_crop = float(eval_crop)
         self.register_buffer("mean", mean.clone().float())
         self.register_buffer("std", std.clone().float())
         self._features, self._fc = split_head(net)
 
     def forward(self, x_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self._features(normalize(x_uint8, self.mean, self.std, self.in_chans))
+        x = model_input(x_uint8, self.mean, self.std, self.in_chans, self.eval_crop)
+        f = self._features(x)
         return self._fc(f).squeeze(1), f
 
 
@@ -124,8 +169,18 @@ class LoadedRun:
     def in_chans(self) -> int:
         return int(self.card["in_chans"])
 
+    @property
+    def eval_crop(self) -> float:
+        """Evaluation resize factor before the centre crop (1.0: none; runs made before the
+        option existed have none)."""
+        return float(self.card.get("eval_crop", 1.0))
+
+    def model_input(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 (B,1,S,S) -> exactly what the network saw at validation time."""
+        return model_input(x_uint8, self.mean, self.std, self.in_chans, self.eval_crop)
+
     def inference_net(self) -> InferenceNet:
-        return InferenceNet(self.model, self.mean, self.std, self.in_chans).eval()
+        return InferenceNet(self.model, self.mean, self.std, self.in_chans, self.eval_crop).eval()
 
     @torch.inference_mode()
     def logits_and_features(
