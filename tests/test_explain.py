@@ -22,6 +22,7 @@ from pneumoscope.explain import (
     overlay,
     save_explanation,
     target_layer,
+    uncrop_heat,
 )
 from pneumoscope.models import build_model
 from pneumoscope.preprocess import load_image
@@ -380,3 +381,33 @@ def test_explain_files_uses_temperature(tmp_path):
 
 
 # --------------------------------------------------------------------------- real run
+
+
+def test_heatmap_with_an_evaluation_crop_lands_on_the_full_image():
+    """A run with eval_crop (the PyTorch design's resize 1.15x + centre crop) is explained
+    through the same crop and the heat is mapped back: it still covers the patch, and the
+    border the crop cut away gets none."""
+    loaded = _loaded(_BlobNet(), 64)
+    loaded.card["eval_crop"] = 1.25
+    img = np.full((64, 64), 60, np.uint8)
+    img[14:30, 36:52] = 250  # inside the kept centre
+    heat = gradcam(loaded, img[None])[0]
+    blob = np.zeros((64, 64), bool)
+    blob[14:30, 36:52] = True
+    far = ~cv2.dilate(blob.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    assert heat[blob].mean() > 0.8
+    assert heat[far].max() < 0.05
+    assert heat[:, :5].max() == 0.0 and heat[:5, :].max() == 0.0  # cut off by the crop
+
+
+def test_uncrop_heat_inverts_the_centre_crop():
+    s, f = 40, 1.2
+    heat = np.ones((1, s, s), np.float32)
+    full = uncrop_heat(heat, f)[0]
+    big = int(s * f)
+    margin = (big - s) / 2 / f  # in full-image pixels
+    assert full[s // 2, s // 2] == 1.0
+    assert full[0, 0] == 0.0 and full[-1, -1] == 0.0
+    inside = full[s // 2] > 0.5
+    assert abs(inside.sum() - (s - 2 * margin)) <= 2
+    assert uncrop_heat(heat, 1.0) is heat

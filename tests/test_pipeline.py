@@ -244,7 +244,7 @@ def test_evaluate_report_and_compare(run_dir, data_dir, tmp_path):
         assert k in m and k in m["ci"]
         lo, hi = m["ci"][k]
         assert lo <= m[k] <= hi or np.isnan(lo)
-    assert m["bootstrap"]["resampling_unit"] == "patient"
+    assert m["bootstrap"]["resampling_unit"] == "group"  # patients joined with their copies
     assert set(m["operating_points"]) == {"youden", "f1", "cost", "sensitivity"}
     for png in ("reliability.png", "probability_histograms.png"):
         assert (run_dir / png).stat().st_size > 1000

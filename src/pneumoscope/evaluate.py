@@ -70,7 +70,10 @@ def evaluate(
     p_raw = sigmoid(logits)
     p = loaded.proba_from_logits(logits)
     thr = loaded.threshold
-    groups = rows["patient"].astype(str).to_numpy()
+    # Resample whole groups (a patient's images plus any copies of them) where the cache
+    # has them; older caches only know patients.
+    unit = "group" if "group" in rows.columns else "patient"
+    groups = rows[unit].astype(str).to_numpy()
     m = binary_metrics(y, p, thr)
     ci = bootstrap_ci(y, p, thr, groups, n_boot=n_boot, seed=seed) if n_boot else {}
     operating_points = {}
@@ -104,8 +107,8 @@ def evaluate(
         "bootstrap": {
             "replicates": n_boot,
             "level": 0.95,
-            "resampling_unit": "patient",
-            "n_patients": int(len(np.unique(groups))),
+            "resampling_unit": unit,
+            "n_patients": int(len(np.unique(groups))),  # resampled units (groups)
             "seed": seed,
         },
         "uncalibrated": {k: binary_metrics(y, p_raw, 0.5)[k] for k in ("brier", "ece", "log_loss")},

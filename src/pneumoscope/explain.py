@@ -33,7 +33,7 @@ from .errors import UserError
 from .io_utils import atomic_write, write_text_atomic
 from .models import SeedCNN
 from .preprocess import try_load_image
-from .runs import LoadedRun, load_run, normalize
+from .runs import LoadedRun, load_run
 
 CSV_COLUMNS = ["path", "probability", "label", "threshold", "status", "error", "heatmap"]
 CSV_NAME = "explanations.csv"
@@ -258,15 +258,11 @@ def gradcam(
             try:
                 for start in range(0, n, batch_size):
                     chunk = np.ascontiguousarray(images[start : start + batch_size])
-                    x = normalize(
-                        torch.from_numpy(chunk).unsqueeze(1),
-                        loaded.mean,
-                        loaded.std,
-                        loaded.in_chans,
-                    )
+                    # the run's own input path, evaluation crop included
+                    x = loaded.model_input(torch.from_numpy(chunk).unsqueeze(1))
                     x = x.to(cam.device).requires_grad_(True)
                     heat = cam(input_tensor=x, targets=[PositiveLogit()] * len(chunk))
-                    out[start : start + len(chunk)] = heat
+                    out[start : start + len(chunk)] = uncrop_heat(heat, loaded.eval_crop)
             finally:
                 cam.activations_and_grads.release()
     finally:
@@ -276,6 +272,19 @@ def gradcam(
         for m, training in modes:
             m.training = training
     return np.clip(np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+
+
+def uncrop_heat(heat: np.ndarray, eval_crop: float) -> np.ndarray:
+    """Map heat computed on the evaluation crop (resize by ``eval_crop``, centre-crop S)
+    back onto the full S x S image; the border the crop cut off gets no heat."""
+    if eval_crop == 1.0:
+        return heat
+    n, s, _ = heat.shape
+    big = int(s * eval_crop)
+    top = int(round((big - s) / 2.0))
+    full = np.zeros((n, big, big), np.float32)
+    full[:, top : top + s, top : top + s] = heat
+    return np.stack([cv2.resize(f, (s, s), interpolation=cv2.INTER_LINEAR) for f in full])
 
 
 # --------------------------------------------------------------------------- pictures

@@ -141,7 +141,8 @@ def write_report(path: Path, result: dict, loaded, cache) -> None:
         _table(["metric", "value", "95% CI"], metric_rows),
         f"<p class='note'>Confusion matrix at the threshold: TN {tn}, FP {fp}, FN {fn}, TP {tp}."
         f" Intervals: percentile bootstrap, {result['bootstrap']['replicates']} replicates "
-        f"resampling {result['bootstrap']['n_patients']} patients.</p>",
+        f"resampling {result['bootstrap']['n_patients']} "
+        f"{_unit_label(result['bootstrap'].get('resampling_unit', 'patient'))}.</p>",
     ]
     if result.get("operating_points"):
         rows = [
@@ -201,3 +202,7 @@ def write_report(path: Path, result: dict, loaded, cache) -> None:
         f"report</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
     )
     write_text_atomic(path, page)
+
+
+def _unit_label(unit: str) -> str:
+    return "patient groups (a patient's images and their copies)" if unit == "group" else "patients"
