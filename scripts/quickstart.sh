@@ -2,7 +2,8 @@
 # The whole job on an image folder: set up, prepare, train, evaluate, predict.
 #   bash scripts/quickstart.sh IMAGE_FOLDER [WORK_FOLDER]
 # IMAGE_FOLDER holds NORMAL/ and PNEUMONIA/, or train|test/ holding them (Kaggle layout).
-# Environment overrides: IMG_SIZE (128), MODEL (resnet18), EPOCHS (25), MAX_MINUTES (45).
+# Environment overrides: IMG_SIZE (128; the fast-cpu preset expects 128), MODEL (resnet18),
+# EPOCHS (16), MAX_MINUTES (30).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ $# -lt 1 ]]; then
@@ -19,8 +20,14 @@ bash "$root/scripts/setup_env.sh"
 ps="$root/.venv/bin/pneumoscope"
 set -x
 "$ps" data prepare --source "$src" --out "$work/data" --img-size "${IMG_SIZE:-128}"
-"$ps" train --data "$work/data" --out "$work/run" --model "${MODEL:-resnet18}" \
-  --epochs "${EPOCHS:-25}" --max-minutes "${MAX_MINUTES:-45}" --no-progress
+# The fast-cpu preset (configs/fast-cpu.yaml): ResNet-18 from scratch at 128 px, 16 epochs,
+# at most 30 minutes on 2 CPU cores. MODEL / EPOCHS / MAX_MINUTES override it.
+extra=()
+[[ -n "${IMG_SIZE:-}" ]] && extra+=(--img-size "$IMG_SIZE")
+[[ -n "${MODEL:-}" ]] && extra+=(--model "$MODEL")
+[[ -n "${EPOCHS:-}" ]] && extra+=(--epochs "$EPOCHS")
+[[ -n "${MAX_MINUTES:-}" ]] && extra+=(--max-minutes "$MAX_MINUTES")
+"$ps" train --config fast-cpu --data "$work/data" --out "$work/run" --no-progress "${extra[@]}"
 "$ps" evaluate --run "$work/run" --data "$work/data" --split test
 target="$src"
 for d in "$src"/test "$src"/*/test; do [[ -d "$d" ]] && target="$d" && break; done
