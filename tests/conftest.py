@@ -125,3 +125,15 @@ def run_cli(*args: str, cwd: Path | None = None):
         cwd=cwd,
         timeout=600,
     )
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tests share two cores with other jobs: a single intra-op thread avoids OpenMP
+    spin-waiting under contention (several times the CPU time for the same result)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

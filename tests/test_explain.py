@@ -28,15 +28,7 @@ from pneumoscope.models import build_model
 from pneumoscope.preprocess import load_image
 from pneumoscope.runs import LoadedRun, normalize, sigmoid
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tests share two cores with other jobs: a single intra-op thread avoids OpenMP
-    spin-waiting under contention (several times the CPU time for the same result)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _loaded(model: nn.Module, size: int, arch: str = "custom", clahe: bool = False) -> LoadedRun:

@@ -24,13 +24,7 @@ from pneumoscope.train import TrainConfig, train
 
 from .conftest import run_cli
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Kill(Callback):

@@ -30,13 +30,7 @@ from pneumoscope.train import train
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Two shared cores: one intra-op thread avoids OpenMP spin-waiting under contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(data_dir, out, **kw) -> TrainConfig:

@@ -18,13 +18,7 @@ from pneumoscope.weights import adapt_stem, load_into, read_state_dict
 
 from .conftest import run_cli
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def imagenet_resnet10t() -> torch.nn.Module:
