@@ -32,7 +32,6 @@ them alike, and their timed steps are pooled. Per timed step, from Lightning cal
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import os
 import platform
@@ -55,12 +54,17 @@ from torchvision.transforms import functional as TF
 from pneumoscope.augment import AugmentConfig
 from pneumoscope.cache import Cache, open_cache
 from pneumoscope.config import TrainConfig, resolve_config
-from pneumoscope.data import make_loader
 from pneumoscope.errors import UserError
 from pneumoscope.io_utils import write_json_atomic
 from pneumoscope.lit_module import Classifier, quiet_warnings
 from pneumoscope.preprocess import PreprocessConfig, preprocess_gray
-from pneumoscope.train import _quiet_lightning, check_input, normalization
+from pneumoscope.train import (
+    _quiet_lightning,
+    check_input,
+    classifier_kwargs,
+    make_train_loader,
+    normalization,
+)
 
 CACHE = "pneumoscope cache"
 
@@ -339,10 +343,10 @@ class Bench:
         self.aug = AugmentConfig.from_dict(cfg.augment)
         self.module_kwargs = classifier_kwargs(
             cfg,
-            img_size=self.cache.preprocess.img_size,
-            mean=self.mean,
-            std=self.std,
-            pos_weight=n_neg / n_pos if cfg.imbalance == "pos-weight" and n_pos else None,
+            self.cache.preprocess.img_size,
+            self.mean,
+            self.std,
+            n_neg / n_pos if cfg.imbalance == "pos-weight" and n_pos else None,
         )
         self.naive_dataset = ManifestImageFolder(
             paths,
@@ -354,15 +358,7 @@ class Bench:
         cfg = self.cfg
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         if pipeline == CACHE:
-            loader = make_loader(
-                self.cache,
-                "train",
-                cfg.batch_size,
-                shuffle=True,
-                seed=cfg.seed,
-                balance=cfg.imbalance == "sampler",
-                drop_last=True,
-            )
+            loader = make_train_loader(self.cache, cfg)
             module = TimedClassifier(**self.module_kwargs)
         else:
             loader = DataLoader(
@@ -414,17 +410,6 @@ class Bench:
             "wait_s": [wait[i] for i in timed_steps],
             "hook_s": [module.hook_log[i] for i in timed_steps],
         }
-
-
-def classifier_kwargs(cfg: TrainConfig, **given) -> dict:
-    """Classifier's arguments as ``pneumoscope train`` fills them: the config's fields of
-    the same name (whatever Classifier takes today), plus those given. The initial weights
-    are random ('pretrained' is not passed): they change nothing in the timing."""
-    kwargs = {"architecture": cfg.model, **given}
-    for name in inspect.signature(Classifier.__init__).parameters:
-        if name not in kwargs and name not in ("self", "pretrained") and hasattr(cfg, name):
-            kwargs[name] = getattr(cfg, name)
-    return kwargs
 
 
 def summarize(raw: dict[str, list[float]], batch_size: int, epoch_steps: int) -> dict:

@@ -182,6 +182,43 @@ def _check_resumable(out: Path) -> Path:
     return ckpt
 
 
+def classifier_kwargs(cfg: TrainConfig, img_size: int, mean, std, pos_weight: float | None) -> dict:
+    """The Classifier's arguments for ``cfg`` (random initial weights; ``initial_weights``
+    loads any others afterwards). bench/train.py builds its model with the same call."""
+    return {
+        "architecture": cfg.model,
+        "in_chans": cfg.in_chans,
+        "img_size": img_size,
+        "mean": mean,
+        "std": std,
+        "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "warmup_epochs": cfg.warmup_epochs,
+        "pos_weight": pos_weight,
+        "augment": cfg.augment,
+        "seed": cfg.seed,
+        "eval_crop": cfg.eval_crop,
+        "optimizer": cfg.optimizer,
+        "scheduler": cfg.scheduler,
+        "plateau_factor": cfg.plateau_factor,
+        "plateau_patience": cfg.plateau_patience,
+    }
+
+
+def make_train_loader(cache: Cache, cfg: TrainConfig):
+    """The training split's loader: seeded shuffle or class-balanced draws, full batches.
+    bench/train.py times this same loader."""
+    return make_loader(
+        cache,
+        "train",
+        cfg.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        balance=cfg.imbalance == "sampler",
+        drop_last=True,
+    )
+
+
 def train(
     cfg: TrainConfig,
     progress: bool = True,
@@ -239,24 +276,7 @@ def train(
     # same in the loss (below 1 here, since pneumonia is the majority); the sampler instead
     # draws both classes equally often. Stacking both would compensate twice.
     pos_weight = n_neg / n_pos if cfg.imbalance == "pos-weight" else None
-    module = Classifier(
-        architecture=cfg.model,
-        in_chans=cfg.in_chans,
-        img_size=pp.img_size,
-        mean=mean,
-        std=std,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        warmup_epochs=cfg.warmup_epochs,
-        pos_weight=pos_weight,
-        augment=cfg.augment,
-        seed=cfg.seed,
-        eval_crop=cfg.eval_crop,
-        optimizer=cfg.optimizer,
-        scheduler=cfg.scheduler,
-        plateau_factor=cfg.plateau_factor,
-        plateau_patience=cfg.plateau_patience,
-    )
+    module = Classifier(**classifier_kwargs(cfg, pp.img_size, mean, std, pos_weight))
     init = None
     if ckpt is None:  # a resumed run takes every weight from its checkpoint
         from .weights import describe, initial_weights
@@ -267,15 +287,7 @@ def train(
         say(f"initial weights: {describe(init)}")
     else:
         say(f"resuming {out} from {ckpt}")
-    train_loader = make_loader(
-        cache,
-        "train",
-        cfg.batch_size,
-        shuffle=True,
-        seed=cfg.seed,
-        balance=cfg.imbalance == "sampler",
-        drop_last=True,
-    )
+    train_loader = make_train_loader(cache, cfg)
     val_loader = make_loader(cache, "val", max(64, cfg.batch_size))
 
     if rank0:  # only now, when everything was checked and read (--weights may lie in out)
