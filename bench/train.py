@@ -11,6 +11,9 @@ batch size and with torch.set_num_threads(--threads). Only the input pipeline di
   * pneumoscope cache: ``data.make_loader`` over the memory-mapped uint8 cache, then the
     module's ``on_after_batch_transfer`` (``augment_batch`` + ``normalize_float``), i.e.
     the code ``pneumoscope train`` runs;
+  * cache, NCHW layout (when the config trains channels-last, as the presets do): the
+    same, with the network and its input in the default NCHW memory layout, to show what
+    the layout alone is worth;
   * naive JPEG (ImageFolder-style): a torchvision dataset over the same JPEG paths (from
     the cache manifest) that decodes each file with PIL at every access, converts it to
     grayscale, resizes and applies CLAHE with the cache's own ``preprocess_gray`` (so the
@@ -67,6 +70,7 @@ from pneumoscope.train import (
 )
 
 CACHE = "pneumoscope cache"
+CACHE_NCHW = "cache, NCHW layout"
 
 
 def naive_name(workers: int) -> str:
@@ -357,9 +361,12 @@ class Bench:
     def loader_and_module(self, pipeline: str, workers: int):
         cfg = self.cfg
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        if pipeline == CACHE:
+        if pipeline in (CACHE, CACHE_NCHW):
             loader = make_train_loader(self.cache, cfg)
-            module = TimedClassifier(**self.module_kwargs)
+            kwargs = dict(self.module_kwargs)
+            if pipeline == CACHE_NCHW:  # the same pipeline, the network in NCHW layout
+                kwargs["channels_last"] = False
+            module = TimedClassifier(**kwargs)
         else:
             loader = DataLoader(
                 self.naive_dataset,
@@ -470,6 +477,8 @@ def main(argv: list[str] | None = None) -> None:
     _quiet_lightning()
     epoch_steps = len(bench.rows) // cfg.batch_size
     pipelines = [(CACHE, 0)] + [(naive_name(w), w) for w in args.naive_workers]
+    if cfg.channels_last:  # what the channels-last layout alone is worth
+        pipelines.insert(1, (CACHE_NCHW, 0))
     raw: dict[str, dict[str, list[float]]] = {
         name: {"step_s": [], "compute_s": [], "wait_s": [], "hook_s": []} for name, _ in pipelines
     }
@@ -509,6 +518,7 @@ def report(args, bench: Bench, results: dict, epoch_steps: int, load_before, wal
             "batch_size": cfg.batch_size,
             "optimizer": cfg.optimizer,
             "precision": str(cfg.precision),
+            "channels_last": cfg.channels_last,
             "threads": args.threads,
             "steps": args.steps,
             "warmup": args.warmup,

@@ -20,7 +20,7 @@ bash "$root/scripts/setup_env.sh"
 ps="$root/.venv/bin/pneumoscope"
 set -x
 "$ps" data prepare --source "$src" --out "$work/data" --img-size "${IMG_SIZE:-128}"
-# The fast-cpu preset (configs/fast-cpu.yaml): ResNet-18 from scratch at 128 px, 16 epochs,
+# The fast-cpu preset (configs/fast-cpu.yaml): ResNet-18 from scratch at 128 px, 17 epochs,
 # at most 30 minutes on 2 CPU cores. MODEL / EPOCHS / MAX_MINUTES override it.
 extra=()
 [[ -n "${IMG_SIZE:-}" ]] && extra+=(--img-size "$IMG_SIZE")

@@ -45,7 +45,13 @@ def test_bench_train_writes_a_well_formed_report(data_dir, tmp_path):
     # the naive pipeline reproduces the cache's pixels
     assert report["naive_pixels_vs_cache"]["max_abs_diff"] <= 2
     pipelines = report["pipelines"]
-    assert set(pipelines) == {"pneumoscope cache", "naive JPEG, 0 workers", "naive JPEG, 1 worker"}
+    assert set(pipelines) == {
+        "pneumoscope cache",
+        "cache, NCHW layout",  # the presets train channels-last: what the layout is worth
+        "naive JPEG, 0 workers",
+        "naive JPEG, 1 worker",
+    }
+    assert cfg["channels_last"] is True
     assert pipelines["naive JPEG, 0 workers"]["speedup_vs_naive"] == 1.0
     for r in pipelines.values():
         assert r["timed_steps"] == 2 and len(r["raw_ms"]["step_s"]) == 2

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pneumoscope.bootstrap import bootstrap_ci
-from pneumoscope.calibration import fit_temperature, nll
+from pneumoscope.calibration import fit_temperature, nll, temperature_warning
 from pneumoscope.metrics import METRIC_LABELS, binary_metrics
 
 
@@ -66,6 +66,20 @@ def test_temperature_recovers_a_known_miscalibration(true_t):
     before = binary_metrics(y, 1 / (1 + np.exp(-logits)), 0.5)["ece"]
     after = binary_metrics(y, 1 / (1 + np.exp(-logits / t)), 0.5)["ece"]
     assert after < before
+
+
+def test_a_temperature_stuck_at_its_bound_is_flagged():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 400)
+    logits = rng.normal(0, 20, 400)  # confident and unrelated to the labels
+    t = fit_temperature(logits, y)
+    assert t > 50 and "upper end" in temperature_warning(t)
+    separated = rng.normal(0, 2, 400)
+    t = fit_temperature(separated, (separated > 0).astype(int))
+    assert t < 0.02 and "perfectly separated" in temperature_warning(t)
+    z = rng.normal(0, 2.5, 2000)
+    y = (rng.random(2000) < 1 / (1 + np.exp(-z))).astype(int)
+    assert temperature_warning(fit_temperature(2 * z, y)) is None
 
 
 def test_nll_is_stable_for_extreme_logits():

@@ -236,6 +236,37 @@ def test_calibrate_policies_and_stale_calibration(run_dir, data_dir, tmp_path):
         load_run(run)
 
 
+def test_threshold_on_augmented_validation_views(run_dir, data_dir, tmp_path):
+    import shutil
+
+    from pneumoscope.calibration import augmented_view_logits, calibrate
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    plain = json.loads((run / "calibration.json").read_text())
+    c = calibrate(run, data_dir, views=3, views_seed=7)
+    n_val = c["validation"]["n"]
+    tv = c["threshold_views"]
+    assert tv["views"] == 3 and tv["n_scored"] == 4 * n_val and 0 <= tv["views_auroc"] <= 1
+    assert tv["augment"] == json.loads((run / "model.json").read_text())["training"]["augment"]
+    # the temperature is fitted on the plain images only; the same seed gives the same views
+    assert c["temperature"] == pytest.approx(plain["temperature"], rel=1e-9)
+    assert calibrate(run, data_dir, views=3, views_seed=7)["threshold"] == c["threshold"]
+    assert "3 augmented views" in load_run(run).threshold_policy
+    # views under an identity augmentation are the plain predictions
+    loaded = load_run(run, use_calibration=False)
+    loaded.card["training"]["augment"] = {
+        k: 0.0 for k in ("rotation", "zoom", "shift", "brightness", "contrast")
+    }
+    cache = open_cache(data_dir)
+    rows = cache.split("val")["index"].to_numpy()
+    z = augmented_view_logits(loaded, cache.images, rows, views=2)
+    np.testing.assert_allclose(z[0], loaded.predict_logits(cache.images, rows=rows), atol=1e-4)
+    np.testing.assert_array_equal(z[0], z[1])
+    with pytest.raises(UserError, match="--views"):
+        calibrate(run, data_dir, views=-1)
+
+
 def test_evaluate_report_and_compare(run_dir, data_dir, tmp_path):
     from pneumoscope.compare import compare
 

@@ -183,6 +183,15 @@ def test_a_cache_of_another_size_or_clahe_is_refused_with_the_prepare_command(da
         with pytest.raises(UserError, match="pneumoscope data prepare") as e:
             train(tiny(data_dir, tmp_path / "r", **over), progress=False)
         assert expect in str(e.value) and "\n" not in str(e.value)
+    # a cache made by `data prepare` records its settings: the advice repeats them
+    saved = tmp_path / "cache"
+    saved.mkdir()
+    for f in data_dir.iterdir():
+        (saved / f.name).symlink_to(f)
+    (saved / "prepare_config.yaml").write_text("sources: [x]\n")
+    with pytest.raises(UserError) as e:
+        train(tiny(saved, tmp_path / "r", img_size=150), progress=False)
+    assert f"data prepare --config {saved / 'prepare_config.yaml'} " in str(e.value)
     with pytest.raises(UserError, match="needs a CUDA GPU.*bf16-mixed"):
         train(tiny(data_dir, tmp_path / "r", precision="16-mixed"), progress=False)
 

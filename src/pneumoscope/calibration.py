@@ -5,6 +5,15 @@ log-likelihood of the validation labels. It leaves the ranking (AUROC) unchanged
 makes the probabilities honest. The threshold is then chosen on the calibrated
 validation probabilities by a policy. Everything lands in RUN/calibration.json, which
 predict and evaluate read.
+
+``views`` K > 0 chooses the threshold on the validation images plus K randomly
+transformed copies of each, drawn from the run's own training augmentation (seeded).
+The training augmentation states the variation the model is meant to be indifferent to
+(field of view, position, exposure); a threshold chosen on plain validation images alone
+sits wherever those particular films put it. In the pediatric set, where validation
+NORMAL films share the training films' wide field of view, the plain choice is low:
+tighter films (as on other sites, or in the official test split) then cross it.
+The temperature is always fitted on the plain validation images.
 """
 
 from __future__ import annotations
@@ -21,7 +30,15 @@ from .cache import Cache, open_cache
 from .errors import UserError
 from .io_utils import write_json_atomic
 from .metrics import POLICIES, binary_metrics, choose_threshold
-from .runs import CALIBRATION, check_compatible, load_run, sigmoid, weights_digest
+from .runs import (
+    CALIBRATION,
+    LoadedRun,
+    check_compatible,
+    load_run,
+    normalize_float,
+    sigmoid,
+    weights_digest,
+)
 
 
 def nll(logits: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> float:
@@ -31,12 +48,32 @@ def nll(logits: np.ndarray, y: np.ndarray, temperature: float = 1.0) -> float:
     return float(np.mean(np.logaddexp(0.0, z) - y * z))
 
 
+LOG_T_BOUND = 4.0  # T is searched in [e^-4, e^4] = [0.018, 54.6]
+
+
+def temperature_warning(t: float) -> str | None:
+    """A line for a temperature stuck at its search bound, else None."""
+    if abs(np.log(t)) < LOG_T_BOUND - 1e-3:
+        return None
+    if t > 1:
+        return (
+            f"temperature {t:.3g} is at the upper end of its search range: the validation "
+            "logits carry almost no information about the labels, so the probabilities are "
+            "not calibrated; train longer or check the data"
+        )
+    return (
+        f"temperature {t:.3g} is at the lower end of its search range: the validation set "
+        "is perfectly separated, so nothing bounds how confident the probabilities become; "
+        "calibrate on a larger validation set"
+    )
+
+
 def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     """The T > 0 minimising validation NLL (searched on log T, bounded to [e^-4, e^4])."""
     y = np.asarray(y, dtype=np.float64)
     res = minimize_scalar(
         lambda lt: nll(logits, y, float(np.exp(lt))),
-        bounds=(-4.0, 4.0),
+        bounds=(-LOG_T_BOUND, LOG_T_BOUND),
         method="bounded",
         options={"xatol": 1e-6},
     )
@@ -52,6 +89,37 @@ def data_digest(cache: Cache, rows: np.ndarray, labels: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def augmented_view_logits(
+    loaded: LoadedRun,
+    images: np.ndarray,
+    rows: np.ndarray,
+    views: int,
+    seed: int = 0,
+    batch_size: int = 128,
+) -> np.ndarray:
+    """Logits (views, N) of ``views`` copies of each image, transformed by the run's
+    training augmentation exactly as training fed them (augment_batch, then the
+    normalisation; no evaluation crop), with a generator seeded by ``seed``."""
+    import torch
+
+    from .augment import AugmentConfig, augment_batch
+
+    aug = AugmentConfig.from_dict(loaded.card.get("training", {}).get("augment") or {})
+    net = loaded.model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    out = np.empty((views, len(rows)), dtype=np.float64)
+    with torch.inference_mode():
+        for v in range(views):
+            for start in range(0, len(rows), batch_size):
+                chunk = np.ascontiguousarray(images[rows[start : start + batch_size]])
+                x = torch.from_numpy(chunk).unsqueeze(1).float().div_(255.0)
+                x = normalize_float(
+                    augment_batch(x, aug, gen), loaded.mean, loaded.std, loaded.in_chans
+                )
+                out[v, start : start + len(chunk)] = net(x).squeeze(1).float().numpy()
+    return out
+
+
 def _summary(y: np.ndarray, logits: np.ndarray, t: float) -> dict:
     m = binary_metrics(y, sigmoid(logits / t), 0.5)
     return {"nll": nll(logits, y, t), "ece": m["ece"], "brier": m["brier"], "auroc": m["auroc"]}
@@ -64,6 +132,8 @@ def calibrate(
     cost_fn: float = 5.0,
     cost_fp: float = 1.0,
     target_sensitivity: float = 0.95,
+    views: int = 0,
+    views_seed: int = 0,
 ) -> dict:
     if policy not in POLICIES:
         raise UserError(f"--policy must be one of {', '.join(POLICIES)}, got '{policy}'")
@@ -71,6 +141,8 @@ def calibrate(
         raise UserError("--cost-fn and --cost-fp must be positive")
     if not 0.0 < target_sensitivity <= 1.0:
         raise UserError("--target-sensitivity must be in (0, 1]")
+    if views < 0:
+        raise UserError(f"--views must be 0 or more, got {views}")
     loaded = load_run(run, use_calibration=False)
     cache = open_cache(data)
     check_compatible(cache, loaded, data)
@@ -83,11 +155,26 @@ def calibrate(
     t = fit_temperature(logits, y)
     p_cal = sigmoid(logits / t)
     params = {"cost_fn": cost_fn, "cost_fp": cost_fp, "target_sensitivity": target_sensitivity}
-    thresholds = {pol: choose_threshold(y, p_cal, pol, **params) for pol in POLICIES}
+    y_thr, p_thr, view_note = y, p_cal, None
+    if views:
+        z_views = augmented_view_logits(loaded, cache.images, rows, views, views_seed)
+        p_views = sigmoid(z_views / t)
+        y_thr = np.concatenate([y] + [y] * views)
+        p_thr = np.concatenate([p_cal, p_views.ravel()])
+        view_note = {
+            "views": views,
+            "seed": views_seed,
+            "augment": loaded.card.get("training", {}).get("augment"),
+            "n_scored": int(len(y_thr)),
+            "views_auroc": binary_metrics(np.tile(y, views), p_views.ravel(), 0.5)["auroc"],
+        }
+    thresholds = {pol: choose_threshold(y_thr, p_thr, pol, **params) for pol in POLICIES}
     result = {
         "temperature": t,
+        "temperature_warning": temperature_warning(t),
         "policy": policy,
         "policy_params": params,
+        "threshold_views": view_note,
         "threshold": thresholds[policy],
         "thresholds_by_policy": thresholds,
         "validation": {

@@ -35,6 +35,17 @@ data_app = typer.Typer(
 app.add_typer(data_app, name="data")
 
 
+def _run_threshold_views(run: Path) -> int:
+    """The run's training setting for threshold views (0 for runs made before it existed)."""
+    import yaml
+
+    cfg = Path(run) / "config.yaml"
+    try:
+        return int((yaml.safe_load(cfg.read_text()) or {}).get("threshold_views") or 0)
+    except (OSError, ValueError, yaml.YAMLError):
+        return 0
+
+
 def _echo_table(title: str, header: list[str], rows: list[list]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -320,6 +331,19 @@ def train(
         help="32 | bf16-mixed | 16-mixed (CUDA GPU only) | bf16-true."
         + tc.default_note("precision"),
     ),
+    threshold_views: int = typer.Option(
+        None,
+        help="Choose the threshold on validation plus this many copies of each validation "
+        "image under the training augmentation (0 = plain validation only; see calibrate "
+        "--views)." + tc.default_note("threshold_views"),
+    ),
+    channels_last: bool = typer.Option(
+        None,
+        "--channels-last/--no-channels-last",
+        help="Channels-last (NHWC) memory layout for the network: faster convolutions on CPU "
+        "and GPU (equal up to float rounding; a seeded run still repeats bit for bit)."
+        + tc.default_note("channels_last"),
+    ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train a one-logit classifier; the best epoch is chosen on validation AUROC and the
@@ -363,6 +387,8 @@ def train(
     init = card["training"].get("initial_weights")
     if init:
         typer.echo(f"initial weights: {describe(init)}")
+    if c.get("temperature_warning"):
+        typer.echo(f"warning: {c['temperature_warning']}", err=True)
 
 
 @app.command(
@@ -383,13 +409,22 @@ def calibrate(
     target_sensitivity: float = typer.Option(
         0.95, help="Minimum sensitivity (policy sensitivity)."
     ),
+    views: int = typer.Option(
+        None,
+        help="Also score this many copies of each validation image under the run's training "
+        "augmentation (seeded) and choose the threshold on all of them, so it holds up when "
+        "field of view, position or exposure vary. The temperature is still fitted on the "
+        "plain images. Default: the run's training setting (threshold_views), else 0.",
+    ),
 ) -> None:
     """Fit temperature scaling on validation logits, then choose the threshold on the
     calibrated validation probabilities; writes RUN/calibration.json, which predict and
     evaluate read. Training already ends with the default (youden) calibration."""
     from .calibration import calibrate as run_cal
 
-    c = run_cal(run, data, policy, cost_fn, cost_fp, target_sensitivity)
+    if views is None:
+        views = _run_threshold_views(run)
+    c = run_cal(run, data, policy, cost_fn, cost_fp, target_sensitivity, views=views)
     b, a = c["validation"]["before"], c["validation"]["after"]
     _echo_table(
         f"validation (n={c['validation']['n']}), temperature {c['temperature']:.3f}",
@@ -400,11 +435,19 @@ def calibrate(
         ],
     )
     at = c["validation"]["at_threshold"]
+    tv = c.get("threshold_views")
+    if tv:
+        typer.echo(
+            f"threshold chosen on {tv['n_scored']} scores: the validation images plus "
+            f"{tv['views']} augmented views of each (views AUROC {tv['views_auroc']:.4f})"
+        )
     typer.echo(
         f"threshold {c['threshold']:.4f} ({policy}): validation sensitivity "
         f"{at['sensitivity']:.3f}, specificity {at['specificity']:.3f}; "
         f"written to {run / 'calibration.json'}"
     )
+    if c.get("temperature_warning"):
+        typer.echo(f"warning: {c['temperature_warning']}", err=True)
 
 
 @app.command(

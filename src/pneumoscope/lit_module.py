@@ -58,6 +58,7 @@ class Classifier(L.LightningModule):
         scheduler: str = "cosine",
         plateau_factor: float = 0.5,
         plateau_patience: int = 2,
+        channels_last: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -86,6 +87,15 @@ class Classifier(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         quiet_warnings()  # runs in every process, including ddp_spawn's
+        if self.hparams.channels_last:
+            # NHWC: oneDNN's and cuDNN's fast convolution layout. Values are unchanged (the
+            # weights file is written contiguous); only the strides differ.
+            self.net.to(memory_format=torch.channels_last)
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(1)
@@ -104,8 +114,8 @@ class Classifier(L.LightningModule):
             gen = torch.Generator(device=x.device)
             gen.manual_seed(_mix(hp.seed, self.global_step, self.global_rank, 0))
             xf = augment_batch(x.float().div_(255.0), self.aug, gen)
-            return normalize_float(xf, self.mean, self.std, hp.in_chans), y
-        return model_input(x, self.mean, self.std, hp.in_chans, hp.eval_crop), y
+            return self._layout(normalize_float(xf, self.mean, self.std, hp.in_chans)), y
+        return self._layout(model_input(x, self.mean, self.std, hp.in_chans, hp.eval_crop)), y
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         pw = None if self.pos_weight is None else self.pos_weight.to(logits.device)

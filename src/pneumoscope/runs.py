@@ -162,7 +162,9 @@ class LoadedRun:
     @property
     def threshold_policy(self) -> str:
         if self.calibration:
-            return f"{self.calibration['policy']} (calibrated, on validation)"
+            views = (self.calibration.get("threshold_views") or {}).get("views")
+            extra = f" + {views} augmented views of each image" if views else ""
+            return f"{self.calibration['policy']} (calibrated, on validation{extra})"
         return self.card.get("threshold_policy", "0.5")
 
     @property

@@ -99,9 +99,11 @@ def check_input(cfg: TrainConfig, cache: Cache) -> None:
         size = cfg.img_size or pp.img_size
         clahe = pp.clahe if cfg.clahe is None else cfg.clahe
         flags = f"--img-size {size}" + ("" if clahe else " --no-clahe")
+        saved = Path(cfg.data) / "prepare_config.yaml"  # the same sources and splits
+        inputs = f"--config {saved}" if saved.is_file() else "--source SOURCE"
         raise UserError(
             f"the config asks for {' and '.join(wrong)} but {cfg.data} holds other images; "
-            f"prepare a cache for it: pneumoscope data prepare --source SOURCE "
+            f"prepare a cache for it: pneumoscope data prepare {inputs} "
             f"--out {cfg.data}_{size} {flags}, then train with --data {cfg.data}_{size}"
         )
 
@@ -202,6 +204,7 @@ def classifier_kwargs(cfg: TrainConfig, img_size: int, mean, std, pos_weight: fl
         "scheduler": cfg.scheduler,
         "plateau_factor": cfg.plateau_factor,
         "plateau_patience": cfg.plateau_patience,
+        "channels_last": cfg.channels_last,
     }
 
 
@@ -425,7 +428,7 @@ def _finish(
     # Temperature and threshold on validation, so the run is usable as it stands.
     from .calibration import calibrate
 
-    card["calibration"] = calibrate(out, cfg.data, policy="youden")
+    card["calibration"] = calibrate(out, cfg.data, policy="youden", views=cfg.threshold_views)
     return card
 
 
