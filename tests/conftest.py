@@ -96,6 +96,11 @@ def run_dir(data_dir, tmp_path_factory) -> Path:
             lr=3e-3,
             seed=0,
             patience=8,
+            # 96 training images for 8 epochs is a chaotic trajectory: any change of
+            # float rounding (the memory layout, here) is like another seed, and some
+            # seeds need more epochs in either layout. This seed learns in NCHW; the
+            # training tests cover channels-last.
+            channels_last=False,
         ),
         progress=False,
     )
