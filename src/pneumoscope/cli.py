@@ -35,6 +35,11 @@ data_app = typer.Typer(
 app.add_typer(data_app, name="data")
 
 
+def _views_note(calibration: dict) -> str:
+    views = (calibration.get("threshold_views") or {}).get("views")
+    return f" + {views} augmented views of each image" if views else ""
+
+
 def _run_threshold_views(run: Path) -> int:
     """The run's training setting for threshold views (0 for runs made before it existed)."""
     import yaml
@@ -380,7 +385,8 @@ def train(
     v, c = card["val_metrics"], card["calibration"]
     typer.echo(
         f"best epoch {card['best_epoch']}: val AUROC {v['val_auroc']:.4f}; temperature "
-        f"{c['temperature']:.3f}, threshold {c['threshold']:.3f} (youden on validation); "
+        f"{c['temperature']:.3f}, threshold {c['threshold']:.3f} (youden on validation"
+        f"{_views_note(c)}); "
         f"{card['training']['train_seconds']:.0f} s; stopped by "
         f"{card['training']['stopped_by'].replace('_', ' ')}; run in {cfg.out}"
     )
