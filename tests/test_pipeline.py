@@ -253,6 +253,13 @@ def test_threshold_on_augmented_validation_views(run_dir, data_dir, tmp_path):
     assert c["temperature"] == pytest.approx(plain["temperature"], rel=1e-9)
     assert calibrate(run, data_dir, views=3, views_seed=7)["threshold"] == c["threshold"]
     assert "3 augmented views" in load_run(run).threshold_policy
+    # without views, calibrate takes the run's training setting from its card
+    card_path = run / "model.json"
+    card = json.loads(card_path.read_text())
+    assert card["training"]["threshold_views"] == 0
+    card["training"]["threshold_views"] = 2
+    card_path.write_text(json.dumps(card))
+    assert calibrate(run, data_dir)["threshold_views"]["n_scored"] == 3 * n_val
     # views under an identity augmentation are the plain predictions
     loaded = load_run(run, use_calibration=False)
     loaded.card["training"]["augment"] = {

@@ -132,18 +132,22 @@ def calibrate(
     cost_fn: float = 5.0,
     cost_fp: float = 1.0,
     target_sensitivity: float = 0.95,
-    views: int = 0,
+    views: int | None = None,
     views_seed: int = 0,
 ) -> dict:
+    """``views`` None: the run's training setting (model.json training.threshold_views;
+    0 for runs made before it existed)."""
     if policy not in POLICIES:
         raise UserError(f"--policy must be one of {', '.join(POLICIES)}, got '{policy}'")
     if cost_fn <= 0 or cost_fp <= 0:
         raise UserError("--cost-fn and --cost-fp must be positive")
     if not 0.0 < target_sensitivity <= 1.0:
         raise UserError("--target-sensitivity must be in (0, 1]")
+    loaded = load_run(run, use_calibration=False)
+    if views is None:
+        views = int(loaded.card.get("training", {}).get("threshold_views") or 0)
     if views < 0:
         raise UserError(f"--views must be 0 or more, got {views}")
-    loaded = load_run(run, use_calibration=False)
     cache = open_cache(data)
     check_compatible(cache, loaded, data)
     val = cache.split("val")

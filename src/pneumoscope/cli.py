@@ -35,22 +35,6 @@ data_app = typer.Typer(
 app.add_typer(data_app, name="data")
 
 
-def _views_note(calibration: dict) -> str:
-    views = (calibration.get("threshold_views") or {}).get("views")
-    return f" + {views} augmented views of each image" if views else ""
-
-
-def _run_threshold_views(run: Path) -> int:
-    """The run's training setting for threshold views (0 for runs made before it existed)."""
-    import yaml
-
-    cfg = Path(run) / "config.yaml"
-    try:
-        return int((yaml.safe_load(cfg.read_text()) or {}).get("threshold_views") or 0)
-    except (OSError, ValueError, yaml.YAMLError):
-        return 0
-
-
 def _echo_table(title: str, header: list[str], rows: list[list]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -354,6 +338,7 @@ def train(
     """Train a one-logit classifier; the best epoch is chosen on validation AUROC and the
     decision threshold on validation (Youden), never on test."""
     from .config import resolve_config, resume_config
+    from .runs import views_note
     from .train import train as run_train
     from .weights import describe
 
@@ -386,7 +371,7 @@ def train(
     typer.echo(
         f"best epoch {card['best_epoch']}: val AUROC {v['val_auroc']:.4f}; temperature "
         f"{c['temperature']:.3f}, threshold {c['threshold']:.3f} (youden on validation"
-        f"{_views_note(c)}); "
+        f"{views_note(c)}); "
         f"{card['training']['train_seconds']:.0f} s; stopped by "
         f"{card['training']['stopped_by'].replace('_', ' ')}; run in {cfg.out}"
     )
@@ -428,8 +413,6 @@ def calibrate(
     evaluate read. Training already ends with the default (youden) calibration."""
     from .calibration import calibrate as run_cal
 
-    if views is None:
-        views = _run_threshold_views(run)
     c = run_cal(run, data, policy, cost_fn, cost_fp, target_sensitivity, views=views)
     b, a = c["validation"]["before"], c["validation"]["after"]
     _echo_table(

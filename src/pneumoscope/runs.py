@@ -135,6 +135,12 @@ class InferenceNet(nn.Module):
         return self._fc(f).squeeze(1), f
 
 
+def views_note(calibration: dict) -> str:
+    """' + K augmented views of each image' when calibration.json's threshold used them."""
+    views = (calibration.get("threshold_views") or {}).get("views")
+    return f" + {views} augmented views of each image" if views else ""
+
+
 @dataclass
 class LoadedRun:
     root: Path
@@ -162,8 +168,7 @@ class LoadedRun:
     @property
     def threshold_policy(self) -> str:
         if self.calibration:
-            views = (self.calibration.get("threshold_views") or {}).get("views")
-            extra = f" + {views} augmented views of each image" if views else ""
+            extra = views_note(self.calibration)
             return f"{self.calibration['policy']} (calibrated, on validation{extra})"
         return self.card.get("threshold_policy", "0.5")
 

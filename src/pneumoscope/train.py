@@ -408,6 +408,7 @@ def _finish(
             "scheduler": cfg.scheduler,
             "freeze_epochs": cfg.freeze_epochs,
             "augment": cfg.augment,
+            "threshold_views": cfg.threshold_views,
             "batch_size_per_process": cfg.batch_size,
             "processes": cfg.devices * cfg.num_nodes,
             "precision": str(cfg.precision),
@@ -428,7 +429,7 @@ def _finish(
     # Temperature and threshold on validation, so the run is usable as it stands.
     from .calibration import calibrate
 
-    card["calibration"] = calibrate(out, cfg.data, policy="youden", views=cfg.threshold_views)
+    card["calibration"] = calibrate(out, cfg.data, policy="youden")  # views: the card's
     return card
 
 
