@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -272,6 +273,54 @@ def test_threshold_on_augmented_validation_views(run_dir, data_dir, tmp_path):
     np.testing.assert_array_equal(z[0], z[1])
     with pytest.raises(UserError, match="--views"):
         calibrate(run, data_dir, views=-1)
+
+
+def test_evaluate_writes_every_image_and_names_the_most_confident_errors(
+    run_dir, data_dir, tmp_path
+):
+    m = evaluate(run_dir, data_dir, "test", out=tmp_path, n_boot=0)
+    df = pd.read_csv(tmp_path / m["per_image"]["csv"])
+    cache = open_cache(data_dir)
+    test = cache.split("test")
+    assert len(df) == m["n"] == len(test)
+    assert set(df["path"]) == set(test["path"])
+    assert (df["predicted"] == (df["probability"] >= m["threshold"])).all()
+    counts = df["outcome"].value_counts().reindex(["TN", "FP", "FN", "TP"], fill_value=0)
+    assert m["confusion_matrix"] == [[counts.TN, counts.FP], [counts.FN, counts.TP]]
+    assert m["accuracy"] == pytest.approx((df["label"] == df["predicted"]).mean())
+    # the named errors are the most confident ones, in order
+    for key, outcome, high_first in (
+        ("false_positives", "FP", True),
+        ("false_negatives", "FN", False),
+    ):
+        named = [e["probability"] for e in m["per_image"][key]]
+        ranked = df[df["outcome"] == outcome]["probability"].sort_values(ascending=not high_first)
+        assert named == pytest.approx(ranked.head(len(named)).tolist())
+        assert len(named) == min(8, len(ranked))
+    page = (tmp_path / "report.html").read_text()
+    assert "Most confident errors" in page and m["per_image"]["csv"] in page
+    assert "No intervals: evaluated with --bootstrap 0." in page
+    n_thumbs = len(m["per_image"]["false_positives"]) + len(m["per_image"]["false_negatives"])
+    assert page.count("<div class='thumbs'>") == sum(
+        bool(m["per_image"][k]) for k in ("false_positives", "false_negatives")
+    )
+    for e in m["per_image"]["false_positives"] + m["per_image"]["false_negatives"]:
+        assert f"{Path(e['path']).name}: p = {e['probability']:.3f}" in page
+    assert n_thumbs == 0 or "data:image/png;base64," in page
+
+
+def test_per_image_outcomes_and_worst_errors_on_known_scores():
+    from pneumoscope.evaluate import per_image, worst_errors
+
+    rows = pd.DataFrame({"index": [7, 3, 5, 1, 9, 4], "path": list("abcdef")})
+    y = np.array([0, 0, 0, 1, 1, 1])
+    p = np.array([0.9, 0.6, 0.1, 0.2, 0.05, 0.7])
+    df = per_image(rows, y, p, threshold=0.5)
+    assert df["outcome"].tolist() == ["FP", "FP", "TN", "FN", "FN", "TP"]
+    w = worst_errors(df, n=1)
+    assert [e["path"] for e in w["false_positives"]] == ["a"]
+    assert [e["path"] for e in w["false_negatives"]] == ["e"]
+    assert w["false_positives"][0]["index"] == 7
 
 
 def test_evaluate_report_and_compare(run_dir, data_dir, tmp_path):

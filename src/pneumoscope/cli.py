@@ -454,7 +454,8 @@ def evaluate(
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
 ) -> None:
     """Metrics with 95% bootstrap intervals (resampling patients), per source and age group
-    where known, operating points of every threshold policy, plots and report.html."""
+    where known, operating points of every threshold policy, every image's probability and
+    outcome (predictions_SPLIT.csv), plots and report.html with the most confident errors."""
     from .evaluate import evaluate as run_eval
     from .metrics import METRIC_LABELS
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from . import plots
 from .bootstrap import bootstrap_ci
-from .cache import open_cache
+from .cache import open_cache, write_csv
 from .errors import UserError
 from .io_utils import write_json_atomic
 from .metrics import METRIC_LABELS, binary_metrics
@@ -20,6 +20,36 @@ from .runs import check_compatible, load_run, sigmoid
 
 GROUP_COLUMNS = ("source", "age_group")
 MIN_GROUP_SIZE = 10  # smaller groups are listed with their n, without metrics
+N_WORST = 8  # most confident false positives and false negatives named in metrics.json
+PER_IMAGE_COLUMNS = ("index", "path", "source", "patient", "group", "age_group", "class_name")
+
+
+def per_image(rows: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold: float) -> pd.DataFrame:
+    """One row per evaluated image: its calibrated probability, call and outcome, so every
+    error can be traced back to its file."""
+    df = rows[[c for c in PER_IMAGE_COLUMNS if c in rows.columns]].copy()
+    df["label"] = y
+    df["probability"] = p
+    pred = (p >= threshold).astype(int)
+    df["predicted"] = pred
+    df["outcome"] = np.select(
+        [(y == 1) & (pred == 1), (y == 0) & (pred == 0), (y == 0) & (pred == 1)],
+        ["TP", "TN", "FP"],
+        default="FN",
+    )
+    return df
+
+
+def worst_errors(df: pd.DataFrame, n: int = N_WORST) -> dict[str, list[dict]]:
+    """The n false positives with the highest and the n false negatives with the lowest
+    probability: where the model is most confidently wrong."""
+    fp = df[df["outcome"] == "FP"].sort_values("probability", ascending=False, kind="stable")
+    fn = df[df["outcome"] == "FN"].sort_values("probability", ascending=True, kind="stable")
+    cols = [c for c in ("index", "path", "source", "probability") if c in df.columns]
+    return {
+        "false_positives": fp[cols].head(n).to_dict("records"),
+        "false_negatives": fn[cols].head(n).to_dict("records"),
+    }
 
 
 def _per_group(
@@ -116,6 +146,10 @@ def evaluate(
         "per_group": _per_group(rows, y, p, thr, groups, n_boot, seed) if n_boot else {},
         "metric_labels": METRIC_LABELS,
     }
+    images = per_image(rows, y, p, thr)
+    predictions_csv = f"predictions_{split}.csv"
+    write_csv(out_dir / predictions_csv, images)
+    result["per_image"] = {"csv": predictions_csv, **worst_errors(images)}
     write_json_atomic(out_dir / "metrics.json", result)
     plots.confusion(
         m["confusion_matrix"], out_dir / "confusion_matrix.png", f"{split}: threshold {thr:.3f}"

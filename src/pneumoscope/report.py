@@ -7,6 +7,9 @@ import html
 import math
 from pathlib import Path
 
+import cv2
+import numpy as np
+
 from . import __version__
 from .io_utils import write_text_atomic
 
@@ -20,6 +23,9 @@ h1{font-size:22px;margin-bottom:2px}h2{font-size:17px;margin-top:28px;border-bot
 #f0d18a;padding:8px 12px;border-radius:4px}.grid{display:flex;flex-wrap:wrap;gap:12px}
 .grid figure{margin:0}.grid img{max-width:520px;width:100%;border:1px solid #e3e6ea}
 figcaption{font-size:12px;color:#5a6270}code{background:#f3f4f6;padding:1px 4px}
+.thumbs{display:flex;flex-wrap:wrap;gap:8px}.thumbs figure{margin:0;width:132px}
+.thumbs img{width:128px;height:128px;border:1px solid #e3e6ea}.thumbs figcaption{
+overflow-wrap:anywhere}
 """
 
 
@@ -52,6 +58,44 @@ def _img(path: Path, caption: str) -> str:
         f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{b64}">'
         f"<figcaption>{_e(caption)}</figcaption></figure>"
     )
+
+
+def _thumb(img, caption: str) -> str:
+    ok, png = cv2.imencode(".png", np.asarray(img))
+    if not ok:
+        return ""
+    b64 = base64.b64encode(png.tobytes()).decode()
+    return (
+        f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{b64}">'
+        f"<figcaption>{_e(caption)}</figcaption></figure>"
+    )
+
+
+def _errors_section(result: dict, cache) -> list[str]:
+    """Thumbnails of the most confident errors, as the model saw them (the cached input)."""
+    pi = result.get("per_image")
+    if not pi:
+        return []
+    parts = [
+        "<h2>Most confident errors</h2>",
+        f"<p class='note'>The model's input for each image, with its calibrated probability. "
+        f"Every image's probability and outcome is in <code>{_e(pi['csv'])}</code>.</p>",
+    ]
+    (_, n_fp), (n_fn, _) = result["confusion_matrix"]
+    for key, title, total in (
+        ("false_positives", "NORMAL called PNEUMONIA (highest probability first)", n_fp),
+        ("false_negatives", "PNEUMONIA called NORMAL (lowest probability first)", n_fn),
+    ):
+        items = pi.get(key, [])
+        figs = [
+            _thumb(
+                cache.images[int(e["index"])], f"{Path(e['path']).name}: p = {e['probability']:.3f}"
+            )
+            for e in items
+        ]
+        parts += [f"<h3>{_e(title)}: {len(items)} of {total} shown</h3>"]
+        parts += ["<div class='thumbs'>", *figs, "</div>"] if figs else ["<p>None.</p>"]
+    return parts
 
 
 def _limitations(card: dict, result: dict) -> list[str]:
@@ -140,9 +184,7 @@ def write_report(path: Path, result: dict, loaded, cache) -> None:
         f"{result['n_pneumonia']} PNEUMONIA)</h2>",
         _table(["metric", "value", "95% CI"], metric_rows),
         f"<p class='note'>Confusion matrix at the threshold: TN {tn}, FP {fp}, FN {fn}, TP {tp}."
-        f" Intervals: percentile bootstrap, {result['bootstrap']['replicates']} replicates "
-        f"resampling {result['bootstrap']['n_patients']} "
-        f"{_unit_label(result['bootstrap'].get('resampling_unit', 'patient'))}.</p>",
+        f" {_intervals_note(result['bootstrap'])}</p>",
     ]
     if result.get("operating_points"):
         rows = [
@@ -189,6 +231,7 @@ def write_report(path: Path, result: dict, loaded, cache) -> None:
         _img(loaded.root / "reliability_val.png", "reliability on validation"),
         _img(loaded.root / "curves.png", "training curves"),
     ]
+    parts += _errors_section(result, cache)
     parts += [
         "<h2>Plots</h2>",
         "<div class='grid'>",
@@ -202,6 +245,16 @@ def write_report(path: Path, result: dict, loaded, cache) -> None:
         f"report</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
     )
     write_text_atomic(path, page)
+
+
+def _intervals_note(b: dict) -> str:
+    if not b.get("replicates"):
+        return "No intervals: evaluated with --bootstrap 0."
+    unit = _unit_label(b.get("resampling_unit", "patient"))
+    return (
+        f"Intervals: percentile bootstrap, {b['replicates']} replicates resampling "
+        f"{b['n_patients']} {unit}."
+    )
 
 
 def _unit_label(unit: str) -> str:
