@@ -36,6 +36,7 @@ from .runs import (
     check_compatible,
     load_run,
     normalize_float,
+    row_batches,
     sigmoid,
     weights_digest,
 )
@@ -110,8 +111,7 @@ def augmented_view_logits(
     out = np.empty((views, len(rows)), dtype=np.float64)
     with torch.inference_mode():
         for v in range(views):
-            for start in range(0, len(rows), batch_size):
-                chunk = np.ascontiguousarray(images[rows[start : start + batch_size]])
+            for start, chunk in row_batches(images, rows, batch_size):
                 x = torch.from_numpy(chunk).unsqueeze(1).float().div_(255.0)
                 x = normalize_float(
                     augment_batch(x, aug, gen), loaded.mean, loaded.std, loaded.in_chans

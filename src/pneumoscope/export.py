@@ -33,7 +33,15 @@ import torch
 from . import __version__
 from .errors import UserError
 from .io_utils import atomic_write, write_json_atomic
-from .runs import WEIGHTS, InferenceNet, LoadedRun, load_run, read_card, weights_digest
+from .runs import (
+    WEIGHTS,
+    InferenceNet,
+    LoadedRun,
+    load_run,
+    read_card,
+    row_batches,
+    weights_digest,
+)
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -309,11 +317,9 @@ class OnnxRunner:
         split is never loaded whole.
         """
         self._check_images(images)
-        rows = np.arange(len(images)) if rows is None else np.asarray(rows)
         logits = [np.zeros(0, np.float32)]
         feats = [np.zeros((0, self.n_features), np.float32)]
-        for start in range(0, len(rows), batch_size):
-            chunk = np.ascontiguousarray(images[rows[start : start + batch_size]])
+        for _, chunk in row_batches(images, rows, batch_size):
             z, f = _run(self.session, chunk)
             logits.append(z)
             feats.append(f)

@@ -50,25 +50,22 @@ def _table(header: list[str], rows: list[list]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _img(path: Path, caption: str) -> str:
-    if not path.is_file():
-        return ""
-    b64 = base64.b64encode(path.read_bytes()).decode()
+def _figure(png: bytes, caption: str) -> str:
+    """An embedded PNG with its caption: the page stays one self-contained file."""
+    b64 = base64.b64encode(png).decode()
     return (
         f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{b64}">'
         f"<figcaption>{_e(caption)}</figcaption></figure>"
     )
+
+
+def _img(path: Path, caption: str) -> str:
+    return _figure(path.read_bytes(), caption) if path.is_file() else ""
 
 
 def _thumb(img, caption: str) -> str:
     ok, png = cv2.imencode(".png", np.asarray(img))
-    if not ok:
-        return ""
-    b64 = base64.b64encode(png.tobytes()).decode()
-    return (
-        f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{b64}">'
-        f"<figcaption>{_e(caption)}</figcaption></figure>"
-    )
+    return _figure(png.tobytes(), caption) if ok else ""
 
 
 def _errors_section(result: dict, cache) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +135,16 @@ class InferenceNet(nn.Module):
         return self._fc(f).squeeze(1), f
 
 
+def row_batches(
+    images: np.ndarray, rows: np.ndarray | None, batch_size: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(start, contiguous uint8 chunk) of ``images[rows]`` batch by batch, so a large
+    (memory-mapped) split is never loaded whole; ``rows`` None means every image."""
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows)
+    for start in range(0, len(rows), batch_size):
+        yield start, np.ascontiguousarray(images[rows[start : start + batch_size]])
+
+
 def views_note(calibration: dict) -> str:
     """' + K augmented views of each image' when calibration.json's threshold used them."""
     views = (calibration.get("threshold_views") or {}).get("views")
@@ -195,10 +205,8 @@ class LoadedRun:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Logits (N,) and penultimate features (N, D) of preprocessed uint8 images."""
         net = self.inference_net()
-        rows = np.arange(len(images)) if rows is None else np.asarray(rows)
         logits, feats = [], []
-        for start in range(0, len(rows), batch_size):
-            chunk = np.ascontiguousarray(images[rows[start : start + batch_size]])
+        for _, chunk in row_batches(images, rows, batch_size):
             z, f = net(torch.from_numpy(chunk).unsqueeze(1))
             logits.append(z.float().numpy())
             feats.append(f.float().numpy())
