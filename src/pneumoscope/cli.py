@@ -333,6 +333,12 @@ def train(
         "and GPU (equal up to float rounding; a seeded run still repeats bit for bit)."
         + tc.default_note("channels_last"),
     ),
+    ema_decay: float = typer.Option(
+        None,
+        help="Keep an exponential moving average of the weights, updated after every "
+        "optimiser step with this decay (e.g. 0.998; 0 = off); validation, checkpoint "
+        "choice and the saved model use the average." + tc.default_note("ema_decay"),
+    ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train a one-logit classifier; the best epoch is chosen on validation AUROC and the

@@ -78,6 +78,9 @@ class TrainConfig:
     # the threshold is chosen on validation plus this many augmented copies of each image
     threshold_views: int = 0
     channels_last: bool = True  # NHWC: 1.08x faster fast-cpu steps here (bench/train.py)
+    # exponential moving average of the weights after every optimiser step (0 = off); the
+    # average is what validation scores and what the run saves
+    ema_decay: float = 0.0
 
     def validate(self) -> None:
         _choice("imbalance", self.imbalance, IMBALANCE_CHOICES)
@@ -97,6 +100,8 @@ class TrainConfig:
             raise UserError(
                 f"--freeze-epochs must be in [0, epochs) ({self.epochs}), got {self.freeze_epochs}"
             )
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise UserError(f"--ema-decay must be in [0, 1) (0 = off), got {self.ema_decay}")
         if self.threshold_views < 0:
             raise UserError(f"--threshold-views must be 0 or more, got {self.threshold_views}")
         if self.devices < 1 or self.num_nodes < 1:

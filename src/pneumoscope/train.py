@@ -1,7 +1,8 @@
 """Train a classifier on a prepared cache and write a self-contained run directory.
 
 RUN/
-    model.safetensors  best weights (highest validation AUROC), written when they improve
+    model.safetensors  best weights (highest validation AUROC), written when they improve;
+                       with --ema-decay, the weights' moving average (what validation scored)
     model.json         model card: architecture, preprocessing, input channels,
                        normalisation, evaluation crop, threshold, training data, initial
                        weights, validation metrics
@@ -44,6 +45,7 @@ from .callbacks import (
     FreezeBackbone,
     LastCheckpoint,
     RunRecorder,
+    WeightEMA,
 )
 from .config import IMBALANCE_CHOICES, TrainConfig  # noqa: F401  (re-exported)
 from .data import make_loader
@@ -301,6 +303,8 @@ def train(
     cbs: list[Callback] = [recorder, early, LastCheckpoint(out / CHECKPOINT_DIR / LAST_CKPT)]
     if cfg.freeze_epochs:
         cbs.append(FreezeBackbone(cfg.freeze_epochs))
+    if cfg.ema_decay:
+        cbs.append(WeightEMA(cfg.ema_decay))
     if progress:
         from lightning.pytorch.callbacks import TQDMProgressBar
 
@@ -409,6 +413,7 @@ def _finish(
             "freeze_epochs": cfg.freeze_epochs,
             "augment": cfg.augment,
             "threshold_views": cfg.threshold_views,
+            "ema_decay": cfg.ema_decay,
             "batch_size_per_process": cfg.batch_size,
             "processes": cfg.devices * cfg.num_nodes,
             "precision": str(cfg.precision),
