@@ -336,7 +336,7 @@ def train(
     ema_decay: float = typer.Option(
         None,
         help="Keep an exponential moving average of the weights, updated after every "
-        "optimiser step with this decay (e.g. 0.998; 0 = off); validation, checkpoint "
+        "optimiser step with this decay (e.g. 0.995; 0 = off); validation, checkpoint "
         "choice and the saved model use the average." + tc.default_note("ema_decay"),
     ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
