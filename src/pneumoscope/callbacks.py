@@ -84,7 +84,6 @@ class WeightEMA(WeightAveraging):
 
     def __init__(self, decay: float):
         super().__init__(use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(decay))
-        self.decay = float(decay)
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         return step_idx is not None
