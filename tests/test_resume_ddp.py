@@ -151,7 +151,9 @@ def test_sampler_shards_batches_across_processes(monkeypatch):
     assert set(seen_train) <= set(single)  # the same seeded order, split by rank
 
 
-def test_two_cpu_processes_with_ddp(data_dir, tmp_path):
+@pytest.mark.parametrize("ema", [0.0, 0.8])
+def test_two_cpu_processes_with_ddp(data_dir, tmp_path, ema):
+    """With a weight EMA each process keeps the same average; the saved one is what was scored."""
     out = tmp_path / "ddp"
     r = run_cli(
         "train",
@@ -173,12 +175,15 @@ def test_two_cpu_processes_with_ddp(data_dir, tmp_path):
         "cpu",
         "--threads",
         "1",
+        "--ema-decay",
+        str(ema),
         "--no-progress",
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("best epoch") == 1  # one summary: only global zero reports
     card = json.loads((out / "model.json").read_text())
     assert card["training"]["processes"] == 2
+    assert card["training"]["ema_decay"] == ema
     hist = pd.read_csv(out / "history.csv")
     assert list(hist["epoch"]) == [0, 1]  # one row per epoch, not one per process
     # the saved validation AUROC is over the whole validation set, not one process's half
