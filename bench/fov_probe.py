@@ -6,7 +6,7 @@ pneumonia". This zooms the validation NORMAL images in (a centre crop resized ba
 a tighter film would look) and reports how many cross the run's threshold. A robust
 model keeps the rate near its un-zoomed value.
 
-    python bench/fov_probe.py --run runs/fast-cpu --data work/pediatric128
+    python bench/fov_probe.py --run runs/fast-cpu --data work/pediatric160
 """
 
 from __future__ import annotations

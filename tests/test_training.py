@@ -86,6 +86,20 @@ def test_presets_are_plain_yaml_and_say_what_the_designs_did(tmp_path):
     assert (s2.scheduler, s2.patience, s2.imbalance) == ("plateau", 5, "pos-weight")
     a2 = s2.augment
     assert (a2["crop"], a2["hflip"], a2["rotation"], a2["vflip"]) == (0.1, 0.5, 5, 0.0)
+    fc = resolve_config("fast-cpu", over)  # the reference recipe of the README
+    assert (fc.model, fc.img_size, fc.clahe, fc.epochs, fc.scheduler) == (
+        "resnet18",
+        160,
+        True,
+        12,
+        "cosine",
+    )
+    assert (fc.pretrained, fc.imbalance, fc.threshold_views, fc.max_minutes) == (
+        False,
+        "pos-weight",
+        4,
+        30,
+    )
     # a weights file given by flag replaces the preset's download
     s2w = resolve_config("seed2-efficientnet", {**over, "weights": "b0.safetensors"})
     assert s2w.weights == "b0.safetensors" and s2w.pretrained is False
