@@ -58,9 +58,10 @@ def temperature_warning(t: float) -> str | None:
         return None
     if t > 1:
         return (
-            f"temperature {t:.3g} is at the upper end of its search range: the validation "
-            "logits carry almost no information about the labels, so the probabilities are "
-            "not calibrated; train longer or check the data"
+            f"temperature {t:.3g} is at the upper end of its search range: no temperature "
+            "makes the validation logits much better than a constant 0.5 (they carry little "
+            "information, or are shifted towards one class, as after a very short run), so "
+            "the probabilities are not calibrated; train longer or check the data"
         )
     return (
         f"temperature {t:.3g} is at the lower end of its search range: the validation set "
