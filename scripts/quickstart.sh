@@ -2,8 +2,8 @@
 # The whole job on an image folder: set up, prepare, train, evaluate, predict.
 #   bash scripts/quickstart.sh IMAGE_FOLDER [WORK_FOLDER]
 # IMAGE_FOLDER holds NORMAL/ and PNEUMONIA/, or train|test/ holding them (Kaggle layout).
-# Environment overrides: IMG_SIZE (160; the fast-cpu preset expects 160), MODEL (resnet18),
-# EPOCHS (12), MAX_MINUTES (30).
+# Environment overrides: IMG_SIZE, MODEL, EPOCHS, MAX_MINUTES (defaults: the fast-cpu preset's,
+# configs/fast-cpu.yaml).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ $# -lt 1 ]]; then
@@ -19,9 +19,12 @@ fi
 bash "$root/scripts/setup_env.sh"
 ps="$root/.venv/bin/pneumoscope"
 set -x
-"$ps" data prepare --source "$src" --out "$work/data" --img-size "${IMG_SIZE:-160}"
-# The fast-cpu preset (configs/fast-cpu.yaml): ResNet-18 from scratch at 160 px, 12 epochs,
-# at most 30 minutes on 2 CPU cores. MODEL / EPOCHS / MAX_MINUTES override it.
+# The cache is prepared at the preset's own image size, read from the preset, so the two
+# cannot drift apart when the recipe changes.
+preset_size="$("$root/.venv/bin/python" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["img_size"])' "$root/configs/fast-cpu.yaml")"
+"$ps" data prepare --source "$src" --out "$work/data" --img-size "${IMG_SIZE:-$preset_size}"
+# The fast-cpu preset (configs/fast-cpu.yaml): ResNet-18 from scratch, at most 30 minutes
+# on 2 CPU cores. MODEL / EPOCHS / MAX_MINUTES override it.
 extra=()
 [[ -n "${IMG_SIZE:-}" ]] && extra+=(--img-size "$IMG_SIZE")
 [[ -n "${MODEL:-}" ]] && extra+=(--model "$MODEL")
