@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 import torch
 
-from pneumoscope.cache import open_cache
-from pneumoscope.runs import load_run
+from pneumoscope.data.cache import open_cache
+from pneumoscope.model.run import load_run
 
 ZOOMS = (1.0, 1.15, 1.3, 1.5)
 

@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from pneumoscope.cache import open_cache
-from pneumoscope.export import INT8_OPS, OnnxRunner, export_onnx, export_problem
-from pneumoscope.io_utils import write_json_atomic
-from pneumoscope.runs import check_compatible, load_run, sigmoid
+from pneumoscope.core.io import write_json_atomic
+from pneumoscope.data.cache import open_cache
+from pneumoscope.inference.export import INT8_OPS, OnnxRunner, export_onnx, export_problem
+from pneumoscope.model.run import check_compatible, load_run, sigmoid
 
 BACKENDS = ("torch eager", "onnxruntime fp32", "onnxruntime int8")
 BASELINE = BACKENDS[0]

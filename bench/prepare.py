@@ -35,11 +35,11 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from pneumoscope.cache import decode_rows
-from pneumoscope.dedupe import PHASH_SIZE, exact_hash, hamming, hex_to_words
-from pneumoscope.io_utils import write_json_atomic
-from pneumoscope.preprocess import PreprocessConfig
-from pneumoscope.sources import parse_source_spec, read_source
+from pneumoscope.core.io import write_json_atomic
+from pneumoscope.data.cache import decode_rows
+from pneumoscope.data.dedupe import PHASH_SIZE, exact_hash, hamming, hex_to_words
+from pneumoscope.data.preprocess import PreprocessConfig
+from pneumoscope.data.sources import parse_source_spec, read_source
 
 BASELINE = "naive PIL loop"
 

@@ -54,14 +54,14 @@ from torchvision import transforms as T
 from torchvision.datasets import VisionDataset
 from torchvision.transforms import functional as TF
 
-from pneumoscope.augment import AugmentConfig
-from pneumoscope.cache import Cache, open_cache
-from pneumoscope.config import TrainConfig, resolve_config
-from pneumoscope.errors import UserError
-from pneumoscope.io_utils import write_json_atomic
-from pneumoscope.lit_module import Classifier, quiet_warnings
-from pneumoscope.preprocess import PreprocessConfig, preprocess_gray
-from pneumoscope.train import (
+from pneumoscope.core.errors import UserError
+from pneumoscope.core.io import write_json_atomic
+from pneumoscope.data.augment import AugmentConfig
+from pneumoscope.data.cache import Cache, open_cache
+from pneumoscope.data.preprocess import PreprocessConfig, preprocess_gray
+from pneumoscope.training.config import TrainConfig, resolve_config
+from pneumoscope.training.module import Classifier, quiet_warnings
+from pneumoscope.training.train import (
     _quiet_lightning,
     check_input,
     classifier_kwargs,

@@ -64,8 +64,8 @@ def synthetic_source(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def data_dir(synthetic_source, tmp_path_factory) -> Path:
     """The synthetic source prepared at 32 px (train / val / test)."""
-    from pneumoscope.prepare import prepare
-    from pneumoscope.preprocess import PreprocessConfig
+    from pneumoscope.data.prepare import prepare
+    from pneumoscope.data.preprocess import PreprocessConfig
 
     out = tmp_path_factory.mktemp("cache")
     prepare(
@@ -83,7 +83,7 @@ def data_dir(synthetic_source, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def run_dir(data_dir, tmp_path_factory) -> Path:
     """One small trained, calibrated run shared by every test that needs a model."""
-    from pneumoscope.train import TrainConfig, train
+    from pneumoscope.training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("run")
     train(

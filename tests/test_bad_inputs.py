@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pneumoscope.cache import build_cache
-from pneumoscope.preprocess import PreprocessConfig
-from pneumoscope.sources import read_source
+from pneumoscope.data.cache import build_cache
+from pneumoscope.data.preprocess import PreprocessConfig
+from pneumoscope.data.sources import read_source
 
 from .conftest import fake_xray
 from .test_dicom import _dataset, _ramp, _write

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pneumoscope.bootstrap import bootstrap_ci
-from pneumoscope.calibration import fit_temperature, nll, temperature_warning
-from pneumoscope.metrics import METRIC_LABELS, binary_metrics
+from pneumoscope.evaluation.bootstrap import bootstrap_ci
+from pneumoscope.evaluation.calibration import fit_temperature, nll, temperature_warning
+from pneumoscope.evaluation.metrics import METRIC_LABELS, binary_metrics
 
 
 def _scores(n: int, seed: int):
@@ -89,7 +89,7 @@ def test_nll_is_stable_for_extreme_logits():
 def test_per_group_metrics_for_each_source_and_age_group():
     import pandas as pd
 
-    from pneumoscope.evaluate import MIN_GROUP_SIZE, _per_group
+    from pneumoscope.evaluation.evaluate import MIN_GROUP_SIZE, _per_group
 
     y, p = _scores(400, 5)
     rows = pd.DataFrame(

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pneumoscope.cache import open_cache
-from pneumoscope.errors import UserError
-from pneumoscope.prepare import prepare
-from pneumoscope.preprocess import PreprocessConfig, load_image
+from pneumoscope.core.errors import UserError
+from pneumoscope.data.cache import open_cache
+from pneumoscope.data.prepare import prepare
+from pneumoscope.data.preprocess import PreprocessConfig, load_image
 
 from .conftest import write_kaggle_layout
 

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from pneumoscope.errors import UserError
-from pneumoscope.prepare import PRESET_DIR, DataConfig, prepare, preset_names, resolve_config
-from pneumoscope.preprocess import PreprocessConfig
+from pneumoscope.core.errors import UserError
+from pneumoscope.data.prepare import PRESET_DIR, DataConfig, prepare, preset_names, resolve_config
+from pneumoscope.data.preprocess import PreprocessConfig
 
 from .conftest import run_cli, write_kaggle_layout
 from .test_groups_splits import write_copy_source

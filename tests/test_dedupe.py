@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pneumoscope.dedupe import (
+from pneumoscope.data.dedupe import (
     NEAR_THRESHOLD,
     PHASH_BITS,
     exact_hash,
@@ -18,8 +18,8 @@ from pneumoscope.dedupe import (
     perceptual_hash,
     popcount,
 )
-from pneumoscope.preprocess import decode_gray
-from pneumoscope.sources import patient_from_name
+from pneumoscope.data.preprocess import decode_gray
+from pneumoscope.data.sources import patient_from_name
 
 from .conftest import fake_xray
 

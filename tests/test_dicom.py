@@ -21,10 +21,10 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from pneumoscope import dicom
-from pneumoscope.dicom import decode_dicom, dicom_metadata, is_dicom, parse_age
-from pneumoscope.errors import ImageReadError
-from pneumoscope.preprocess import (
+from pneumoscope.core.errors import ImageReadError
+from pneumoscope.data import dicom as dicom
+from pneumoscope.data.dicom import decode_dicom, dicom_metadata, is_dicom, parse_age
+from pneumoscope.data.preprocess import (
     PreprocessConfig,
     decode_gray,
     is_image_file,

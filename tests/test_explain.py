@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from pneumoscope.errors import UserError
-from pneumoscope.explain import (
+from pneumoscope.core.errors import UserError
+from pneumoscope.data.preprocess import load_image
+from pneumoscope.inference.explain import (
     CSV_COLUMNS,
     cam_spec,
     caption,
@@ -24,9 +25,8 @@ from pneumoscope.explain import (
     target_layer,
     uncrop_heat,
 )
-from pneumoscope.models import build_model
-from pneumoscope.preprocess import load_image
-from pneumoscope.runs import LoadedRun, normalize, sigmoid
+from pneumoscope.model.architectures import build_model
+from pneumoscope.model.run import LoadedRun, normalize, sigmoid
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

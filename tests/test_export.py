@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pneumoscope.errors import UserError
-from pneumoscope.export import (
+from pneumoscope.core.errors import UserError
+from pneumoscope.inference.export import (
     INT8_FILE,
     LOGIT_TOLERANCE,
     ONNX_FILE,
@@ -18,8 +18,8 @@ from pneumoscope.export import (
     OnnxRunner,
     export_onnx,
 )
-from pneumoscope.models import build_model
-from pneumoscope.runs import load_run, save_weights, weights_digest
+from pneumoscope.model.architectures import build_model
+from pneumoscope.model.run import load_run, save_weights, weights_digest
 
 SIZE = 32
 

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumoscope.cache import open_cache
-from pneumoscope.errors import UserError
-from pneumoscope.groups import UnionFind, build_groups, group_names
-from pneumoscope.prepare import prepare
-from pneumoscope.preprocess import PreprocessConfig
-from pneumoscope.splits import (
+from pneumoscope.core.errors import UserError
+from pneumoscope.data.cache import open_cache
+from pneumoscope.data.groups import UnionFind, build_groups, group_names
+from pneumoscope.data.prepare import prepare
+from pneumoscope.data.preprocess import PreprocessConfig
+from pneumoscope.data.splits import (
     regroup_splits,
     resolve_given,
     straddling_groups,
@@ -272,7 +272,7 @@ def test_real_copies_are_all_found_and_nothing_else(shared_data, tmp_path):
 
 
 def test_unsplit_rows_next_to_a_split_source_get_their_own_test_share():
-    from pneumoscope.splits import assign_splits
+    from pneumoscope.data.splits import assign_splits
 
     given = ["train"] * 200 + ["test"] * 50 + [""] * 200
     labels = [i % 2 for i in range(450)]

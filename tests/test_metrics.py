@@ -17,7 +17,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from pneumoscope.metrics import (
+from pneumoscope.evaluation.metrics import (
     binary_metrics,
     choose_threshold,
     expected_calibration_error,

@@ -11,15 +11,15 @@ import pytest
 from safetensors.torch import load_file
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-from pneumoscope.cache import open_cache
-from pneumoscope.errors import UserError
-from pneumoscope.evaluate import evaluate
-from pneumoscope.metrics import youden_threshold
-from pneumoscope.predict import CSV_COLUMNS, predict_to_csv
-from pneumoscope.prepare import prepare
-from pneumoscope.preprocess import PreprocessConfig
-from pneumoscope.runs import load_run
-from pneumoscope.train import TrainConfig, train
+from pneumoscope.core.errors import UserError
+from pneumoscope.data.cache import open_cache
+from pneumoscope.data.prepare import prepare
+from pneumoscope.data.preprocess import PreprocessConfig
+from pneumoscope.evaluation.evaluate import evaluate
+from pneumoscope.evaluation.metrics import youden_threshold
+from pneumoscope.inference.predict import CSV_COLUMNS, predict_to_csv
+from pneumoscope.model.run import load_run
+from pneumoscope.training.train import TrainConfig, train
 
 
 def test_run_directory_is_complete(run_dir):
@@ -218,7 +218,7 @@ def test_training_ends_calibrated_and_predict_uses_it(run_dir, data_dir, tmp_pat
 def test_calibrate_policies_and_stale_calibration(run_dir, data_dir, tmp_path):
     import shutil
 
-    from pneumoscope.calibration import calibrate
+    from pneumoscope.evaluation.calibration import calibrate
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
@@ -240,7 +240,7 @@ def test_calibrate_policies_and_stale_calibration(run_dir, data_dir, tmp_path):
 def test_threshold_on_augmented_validation_views(run_dir, data_dir, tmp_path):
     import shutil
 
-    from pneumoscope.calibration import augmented_view_logits, calibrate
+    from pneumoscope.evaluation.calibration import augmented_view_logits, calibrate
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
@@ -310,7 +310,7 @@ def test_evaluate_writes_every_image_and_names_the_most_confident_errors(
 
 
 def test_per_image_outcomes_and_worst_errors_on_known_scores():
-    from pneumoscope.evaluate import per_image, worst_errors
+    from pneumoscope.evaluation.evaluate import per_image, worst_errors
 
     rows = pd.DataFrame({"index": [7, 3, 5, 1, 9, 4], "path": list("abcdef")})
     y = np.array([0, 0, 0, 1, 1, 1])
@@ -324,7 +324,7 @@ def test_per_image_outcomes_and_worst_errors_on_known_scores():
 
 
 def test_evaluate_report_and_compare(run_dir, data_dir, tmp_path):
-    from pneumoscope.compare import compare
+    from pneumoscope.evaluation.compare import compare
 
     m = evaluate(run_dir, data_dir, "test", n_boot=200)  # into the run, where compare reads
     for k in ("auroc", "auprc", "balanced_accuracy", "ppv", "npv", "brier", "ece"):

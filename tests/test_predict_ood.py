@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumoscope.errors import UserError
-from pneumoscope.ood import load_guard
-from pneumoscope.predict import CSV_COLUMNS, predict_to_csv
-from pneumoscope.runs import weights_digest
+from pneumoscope.core.errors import UserError
+from pneumoscope.inference.predict import CSV_COLUMNS, predict_to_csv
+from pneumoscope.model.ood import load_guard
+from pneumoscope.model.run import weights_digest
 
 from .test_dicom import _dataset, _write
 
@@ -45,7 +45,7 @@ def test_ood_guard_is_fitted_at_calibration_and_documented(run_dir):
 def timm_run(data_dir, tmp_path_factory):
     """A small timm backbone: its pooled conv features are what the guard measures best
     (the seed CNN's 128 post-ReLU dense features barely register a photo or a document)."""
-    from pneumoscope.train import TrainConfig, train
+    from pneumoscope.training.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("r10")
     train(

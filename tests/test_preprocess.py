@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumoscope.errors import ImageReadError
-from pneumoscope.preprocess import PreprocessConfig, decode_gray, load_image, preprocess_gray
+from pneumoscope.core.errors import ImageReadError
+from pneumoscope.data.preprocess import PreprocessConfig, decode_gray, load_image, preprocess_gray
 
 
 def _gradient(h: int = 80, w: int = 100) -> np.ndarray:

@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumoscope.cache import open_cache
-from pneumoscope.evaluate import evaluate
-from pneumoscope.predict import predict_to_csv
-from pneumoscope.prepare import prepare
-from pneumoscope.preprocess import PreprocessConfig
-from pneumoscope.runs import load_run
-from pneumoscope.train import TrainConfig, train
+from pneumoscope.data.cache import open_cache
+from pneumoscope.data.prepare import prepare
+from pneumoscope.data.preprocess import PreprocessConfig
+from pneumoscope.evaluation.evaluate import evaluate
+from pneumoscope.inference.predict import predict_to_csv
+from pneumoscope.model.run import load_run
+from pneumoscope.training.train import TrainConfig, train
 
 pytestmark = pytest.mark.realdata
 
@@ -78,7 +78,7 @@ def test_real_slice_end_to_end(shared_data, tmp_path):
         assert abs(by_name[name] - p) < 1e-5
 
     # Grad-CAM on real X-rays: one finite, non-constant heatmap per image
-    from pneumoscope.explain import explain_files, gradcam
+    from pneumoscope.inference.explain import explain_files, gradcam
 
     files = sorted(str(f) for f in (root / "test").rglob("*.jpeg"))[:4]
     rows = explain_files(tmp_path / "run", files, tmp_path / "heat")

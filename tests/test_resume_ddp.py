@@ -14,13 +14,13 @@ from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
-from pneumoscope.cache import open_cache
-from pneumoscope.callbacks import AtomicCheckpointIO
-from pneumoscope.config import resume_config
-from pneumoscope.data import IndexBatchSampler
-from pneumoscope.errors import UserError
-from pneumoscope.runs import load_run
-from pneumoscope.train import TrainConfig, train
+from pneumoscope.core.errors import UserError
+from pneumoscope.data.cache import open_cache
+from pneumoscope.data.loader import IndexBatchSampler
+from pneumoscope.model.run import load_run
+from pneumoscope.training.callbacks import AtomicCheckpointIO
+from pneumoscope.training.config import resume_config
+from pneumoscope.training.train import TrainConfig, train
 
 from .conftest import run_cli
 
@@ -135,7 +135,7 @@ def test_sampler_shards_batches_across_processes(monkeypatch):
     rows = np.arange(100, 153)  # 53 rows
     seen_train, seen_eval, counts = [], [], []
     for rank in (0, 1, 2):
-        monkeypatch.setattr("pneumoscope.data.process_rank", lambda r=rank: (r, 3))
+        monkeypatch.setattr("pneumoscope.data.loader.process_rank", lambda r=rank: (r, 3))
         tr = IndexBatchSampler(rows, 8, shuffle=True, seed=4, drop_last=True)
         ev = IndexBatchSampler(rows, 8, shuffle=False)
         tb, eb = list(tr), list(ev)
@@ -146,7 +146,7 @@ def test_sampler_shards_batches_across_processes(monkeypatch):
     assert len(set(counts)) == 1  # the same number of evaluation batches everywhere
     assert sorted(seen_eval) == list(rows)  # every validation image exactly once
     assert len(seen_train) == len(set(seen_train))  # disjoint training batches
-    monkeypatch.setattr("pneumoscope.data.process_rank", lambda: (0, 1))
+    monkeypatch.setattr("pneumoscope.data.loader.process_rank", lambda: (0, 1))
     single = [int(i) for b in IndexBatchSampler(rows, 8, True, seed=4, drop_last=True) for i in b]
     assert set(seen_train) <= set(single)  # the same seeded order, split by rank
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pneumoscope.predict import predict_to_csv
+from pneumoscope.inference.predict import predict_to_csv
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from pneumoscope.errors import UserError
-from pneumoscope.source_covid import COVID_EXCLUDED
-from pneumoscope.sources import (
+from pneumoscope.core.errors import UserError
+from pneumoscope.data.layouts.covid import COVID_EXCLUDED
+from pneumoscope.data.sources import (
     LAYOUTS,
     detect_layout,
     parse_source_spec,
@@ -294,8 +294,8 @@ def test_rsna_bad_target_lines_and_missing_columns(tmp_path):
 
 
 def test_rsna_rows_go_through_the_cache(tmp_path):
-    from pneumoscope.cache import build_cache
-    from pneumoscope.preprocess import PreprocessConfig
+    from pneumoscope.data.cache import build_cache
+    from pneumoscope.data.preprocess import PreprocessConfig
 
     read = read_source("rsna", _rsna(tmp_path / "rsna"))
     res = build_cache(read.rows, tmp_path / "cache", PreprocessConfig(32), "", 1, False)

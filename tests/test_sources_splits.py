@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pneumoscope.errors import UserError
-from pneumoscope.sources import patient_from_name, scan_class_folders
-from pneumoscope.splits import MIN_GIVEN_VAL, assign_splits, grouped_val_split
+from pneumoscope.core.errors import UserError
+from pneumoscope.data.sources import patient_from_name, scan_class_folders
+from pneumoscope.data.splits import MIN_GIVEN_VAL, assign_splits, grouped_val_split
 
 from .conftest import write_kaggle_layout
 

@@ -18,14 +18,14 @@ from lightning.pytorch.callbacks import Callback
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from pneumoscope.augment import AugmentConfig, augment_batch
-from pneumoscope.cache import open_cache
-from pneumoscope.config import CONFIG_DIR, TrainConfig, resolve_config
-from pneumoscope.errors import UserError
-from pneumoscope.predict import predict_to_csv
-from pneumoscope.preprocess import try_load_image
-from pneumoscope.runs import load_run, sigmoid
-from pneumoscope.train import train
+from pneumoscope.core.errors import UserError
+from pneumoscope.data.augment import AugmentConfig, augment_batch
+from pneumoscope.data.cache import open_cache
+from pneumoscope.data.preprocess import try_load_image
+from pneumoscope.inference.predict import predict_to_csv
+from pneumoscope.model.run import load_run, sigmoid
+from pneumoscope.training.config import CONFIG_DIR, TrainConfig, resolve_config
+from pneumoscope.training.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -142,7 +142,7 @@ def test_config_precedence_and_one_line_errors(tmp_path):
 
 def test_cli_config_then_run_config_yaml_repeats_the_run_bit_for_bit(data_dir, tmp_path):
     """A CPU run with a seed repeats exactly, and RUN/config.yaml reproduces it."""
-    from pneumoscope.cli import app
+    from pneumoscope.cli.app import app
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
@@ -307,7 +307,7 @@ def test_seed2_input_is_in_the_card_and_predict_applies_the_crop(
 
 
 def test_seed2_crop_survives_onnx_export(seed2_run, data_dir, tmp_path):
-    from pneumoscope.export import export_onnx
+    from pneumoscope.inference.export import export_onnx
 
     run = tmp_path / "run"
     shutil.copytree(seed2_run[0], run)

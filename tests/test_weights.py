@@ -11,10 +11,10 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from pneumoscope.errors import UserError
-from pneumoscope.models import build_model
-from pneumoscope.train import TrainConfig, train
-from pneumoscope.weights import adapt_stem, load_into, read_state_dict
+from pneumoscope.core.errors import UserError
+from pneumoscope.model.architectures import build_model
+from pneumoscope.model.weights import adapt_stem, load_into, read_state_dict
+from pneumoscope.training.train import TrainConfig, train
 
 from .conftest import run_cli
 
@@ -162,7 +162,7 @@ def test_fine_tune_from_a_previous_run(data_dir, tmp_path):
     assert all(torch.equal(v, saved[k]) for k, v in net.state_dict().items())
     from typer.testing import CliRunner
 
-    from pneumoscope.cli import app
+    from pneumoscope.cli.app import app
 
     args = ["train", "--data", str(data_dir), "--out", str(tmp_path / "children")]
     args += ["--model", "seed_cnn", "--weights", str(run_dir), "--epochs", "1"]

@@ -1,5 +1,5 @@
 """pneumoscope: pneumonia detection on chest X-rays, from image folders to honest numbers."""
 
-__version__ = "0.1.0"
+from pneumoscope.core import CLASS_NAMES, __version__
 
-CLASS_NAMES = ("NORMAL", "PNEUMONIA")  # label 0, label 1
+__all__ = ["CLASS_NAMES", "__version__"]

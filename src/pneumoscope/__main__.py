@@ -1,3 +1,3 @@
-from .cli import main
+from pneumoscope.cli.app import main
 
 main()

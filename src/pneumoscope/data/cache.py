@@ -1,0 +1,361 @@
+"""The dataset cache: every image decoded and preprocessed once, stored as one uint8 array.
+
+Layout of a cache directory:
+    images.npy    (N, S, S) uint8, memory-mapped by training and evaluation
+    manifest.csv  one row per cached image (see MANIFEST_COLUMNS)
+    rejected.csv  every file that could not be read, with its reason
+    cache.json    preprocessing parameters, counts and how the splits were made
+
+``pneumoscope data prepare`` adds excluded.csv, duplicates.csv, data_report.json/.md and
+prepare_config.yaml (see prepare.py). Each image is decoded once, in a worker process,
+which also hashes it: the exact hash of the decoded full-resolution pixels and the
+perceptual hash of a normalised thumbnail (dedupe.py), so duplicate search costs no
+second decode.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pneumoscope.core import CLASS_NAMES, __version__
+from pneumoscope.core.errors import ImageReadError, UserError
+from pneumoscope.core.io import atomic_write, write_json_atomic
+from pneumoscope.data.dedupe import exact_hash, perceptual_hash
+from pneumoscope.data.groups import build_groups, group_names, patient_key
+from pneumoscope.data.preprocess import (
+    PreprocessConfig,
+    decode_gray,
+    preprocess_gray,
+    try_load_image,
+)
+from pneumoscope.data.sources import SourceRow
+
+MANIFEST_COLUMNS = [
+    "index",
+    "path",
+    "label",
+    "class_name",
+    "patient",  # namespaced by source: "pediatric:person12"
+    "split",
+    "source",
+    "group",  # patient and duplicate group: never in two splits
+    "age_group",  # child | adult | unknown
+    "age",
+    "sex",
+    "view",
+    "source_split",  # the split the source gave ("" when none)
+    "sha1",  # exact hash of the decoded grayscale pixels
+    "phash",  # 256-bit perceptual hash (hex) of the normalised thumbnail
+    "height",  # decoded size before preprocessing
+    "width",
+]
+STRING_COLUMNS = (
+    "patient", "split", "source", "group", "age_group", "sex", "view", "source_split",
+    "sha1", "phash",
+)  # fmt: skip
+
+
+@dataclass
+class PrepareResult:
+    manifest: pd.DataFrame
+    rejected: pd.DataFrame
+    split_note: str
+    report: dict = field(default_factory=dict)  # data_report.json's content (prepare only)
+
+
+@dataclass
+class Decoded:
+    """Every row decoded once: preprocessed pixels in a partial memmap, hashes, failures."""
+
+    tmp_path: Path
+    ok: np.ndarray  # bool per row
+    reasons: dict[int, str]
+    sha1: list[str]
+    phash: list[str]
+    height: np.ndarray
+    width: np.ndarray
+    img_size: int
+
+
+def _work(args: tuple[int, str, PreprocessConfig]) -> tuple[int, np.ndarray | None, str]:
+    i, path, cfg = args
+    return (i, *try_load_image(path, cfg))
+
+
+def preprocess_many(
+    paths: list[str], cfg: PreprocessConfig, workers: int, chunksize: int = 32
+) -> Iterator[tuple[int, np.ndarray | None, str]]:
+    """Yield (index, image or None, error) for each path, in input order, using ``workers``."""
+    jobs = ((i, p, cfg) for i, p in enumerate(paths))
+    if workers <= 1:
+        yield from map(_work, jobs)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from pool.map(_work, jobs, chunksize=chunksize)
+
+
+def decode_and_hash(path: str, cfg: PreprocessConfig) -> tuple:
+    """(image, "", sha1, phash, height, width) or (None, reason, "", "", 0, 0) for one file.
+
+    The image is exactly ``preprocess.load_image(path, cfg)``; the hashes come from the
+    same decode, before resizing and CLAHE.
+    """
+    try:
+        gray = decode_gray(path)
+        img = preprocess_gray(gray, cfg)
+        return img, "", exact_hash(gray), perceptual_hash(gray), *gray.shape
+    except ImageReadError as exc:
+        return None, str(exc), "", "", 0, 0
+    except Exception as exc:  # one odd file never stops the batch
+        return None, f"unexpected error: {type(exc).__name__}: {exc}", "", "", 0, 0
+
+
+def _work_hashed(args: tuple[int, str, PreprocessConfig]) -> tuple:
+    i, path, cfg = args
+    return (i, *decode_and_hash(path, cfg))
+
+
+def decode_rows(
+    paths: Sequence[str],
+    out: Path,
+    cfg: PreprocessConfig,
+    workers: int | None = None,
+    progress: bool = True,
+    chunksize: int = 16,
+) -> Decoded:
+    """Decode, hash and preprocess every path (``workers`` processes) into a partial memmap
+    ``out/.images.partial.npy``; ``write_cache`` turns it into the cache."""
+    out.mkdir(parents=True, exist_ok=True)
+    workers = workers or (os.cpu_count() or 1)
+    n, s = len(paths), cfg.img_size
+    tmp_path = out / ".images.partial.npy"
+    arr = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.uint8, shape=(n, s, s))
+    dec = Decoded(
+        tmp_path, np.zeros(n, bool), {}, [""] * n, [""] * n, np.zeros(n, int), np.zeros(n, int), s
+    )
+    # Modules the workers need, imported before the pool forks: each worker would
+    # otherwise pay ~0.5 s importing imagehash/scipy and pydicom on its first image.
+    import imagehash  # noqa: F401
+
+    from pneumoscope.data import dicom  # noqa: F401
+
+    jobs = ((i, p, cfg) for i, p in enumerate(paths))
+    if workers <= 1:
+        results: Iterable = map(_work_hashed, jobs)
+        pool = None
+    else:
+        pool = ProcessPoolExecutor(max_workers=workers)
+        results = pool.map(_work_hashed, jobs, chunksize=chunksize)
+    try:
+        for i, img, err, sha1, phash, h, w in _with_progress(results, n, progress, "decoding"):
+            if img is None:
+                dec.reasons[i] = err
+                continue
+            arr[i] = img
+            dec.ok[i] = True
+            dec.sha1[i], dec.phash[i], dec.height[i], dec.width[i] = sha1, phash, h, w
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    arr.flush()
+    del arr
+    return dec
+
+
+def write_cache(
+    out: Path,
+    cfg: PreprocessConfig,
+    rows: Sequence[SourceRow],
+    dec: Decoded,
+    keep: np.ndarray,
+    columns: dict[str, Sequence],
+    split_note: str,
+    info: dict | None = None,
+) -> PrepareResult:
+    """Store the rows ``keep`` (indices into ``rows``, in cache order) as images.npy and
+    manifest.csv, the unreadable rows as rejected.csv, and cache.json.
+
+    ``columns`` holds manifest columns for the kept rows (split, group, patient, ...),
+    overriding what the rows themselves say.
+    """
+    keep = np.asarray(keep, dtype=np.int64)
+    if not dec.ok[keep].all():
+        raise ValueError("write_cache: a kept row was not decoded")
+    s = dec.img_size
+    src = np.load(dec.tmp_path, mmap_mode="r")
+    if len(keep) == len(rows) and np.array_equal(keep, np.arange(len(rows))):
+        del src
+        os.replace(dec.tmp_path, out / "images.npy")
+    else:  # compact: the cache holds the kept images only
+        part = out / ".images.compact.npy"
+        final = np.lib.format.open_memmap(part, mode="w+", dtype=np.uint8, shape=(len(keep), s, s))
+        for start in range(0, len(keep), 512):
+            final[start : start + 512] = src[keep[start : start + 512]]
+        final.flush()
+        del final, src
+        os.replace(part, out / "images.npy")
+        dec.tmp_path.unlink()
+    kept = [rows[i] for i in keep]
+    base = {
+        "index": np.arange(len(keep)),
+        "path": [r.path for r in kept],
+        "label": [r.label for r in kept],
+        "class_name": [CLASS_NAMES[r.label] for r in kept],
+        "patient": [patient_key(r.source, r.patient) for r in kept],
+        "split": [r.split for r in kept],
+        "source": [r.source for r in kept],
+        "group": [patient_key(r.source, r.patient) for r in kept],
+        "age_group": [r.age_group or "unknown" for r in kept],
+        "age": [np.nan if r.age is None else r.age for r in kept],
+        "sex": [r.sex for r in kept],
+        "view": [r.view for r in kept],
+        "source_split": [r.split for r in kept],
+        "sha1": [dec.sha1[i] for i in keep],
+        "phash": [dec.phash[i] for i in keep],
+        "height": dec.height[keep],
+        "width": dec.width[keep],
+    }
+    base.update({k: list(v) for k, v in columns.items()})
+    manifest = pd.DataFrame(base, columns=MANIFEST_COLUMNS)
+    rejected = rejected_frame(rows, dec)
+    write_csv(out / "manifest.csv", manifest)
+    write_csv(out / "rejected.csv", rejected)
+    write_json_atomic(
+        out / "cache.json",
+        {
+            "pneumoscope_version": __version__,
+            "preprocess": cfg.to_dict(),
+            "n_images": int(len(keep)),
+            "n_rejected": int(len(rejected)),
+            "split_note": split_note,
+            "counts": counts_table(manifest),
+            **(info or {}),
+        },
+    )
+    return PrepareResult(manifest, rejected, split_note)
+
+
+def rejected_frame(rows: Sequence[SourceRow], dec: Decoded) -> pd.DataFrame:
+    bad = sorted(dec.reasons)
+    return pd.DataFrame(
+        {
+            "path": [rows[i].path for i in bad],
+            "source": [rows[i].source for i in bad],
+            "split": [rows[i].split for i in bad],
+            "reason": [dec.reasons[i] for i in bad],
+        },
+        columns=["path", "source", "split", "reason"],
+    )
+
+
+def build_cache(
+    rows: list[SourceRow],
+    out: str | Path,
+    cfg: PreprocessConfig,
+    split_note: str,
+    workers: int | None = None,
+    progress: bool = True,
+) -> PrepareResult:
+    """Decode, preprocess and store every row as it is (its split, no duplicate handling);
+    unreadable files go to rejected.csv. ``prepare`` is the full pipeline."""
+    out = Path(out)
+    dec = decode_rows([r.path for r in rows], out, cfg, workers, progress)
+    keep = np.flatnonzero(dec.ok)
+    if len(keep) == 0:
+        fail_unreadable(out, rows, dec)
+    kept = [rows[i] for i in keep]
+    roots = build_groups([r.source for r in kept], [r.patient for r in kept])
+    return write_cache(out, cfg, rows, dec, keep, {"group": group_names(roots)}, split_note)
+
+
+def fail_unreadable(out: Path, rows: Sequence[SourceRow], dec: Decoded) -> None:
+    """Every file failed: write rejected.csv, remove the partial array, raise UserError."""
+    write_csv(out / "rejected.csv", rejected_frame(rows, dec))
+    dec.tmp_path.unlink(missing_ok=True)
+    first = next(iter(dec.reasons.values()), "")
+    raise UserError(
+        f"none of the {len(rows)} image files could be read (first reason: {first}); "
+        f"see every reason in {out / 'rejected.csv'}"
+    )
+
+
+def write_csv(path: Path, df: pd.DataFrame) -> None:
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False, quoting=csv.QUOTE_MINIMAL))
+
+
+def _with_progress(it: Iterable, total: int, enabled: bool, label: str) -> Iterator:
+    if not enabled:
+        yield from it
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    cols = (f"[bold]{label}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*cols, transient=False) as prog:
+        task = prog.add_task(label, total=total)
+        for item in it:
+            yield item
+            prog.advance(task)
+
+
+def counts_table(manifest: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """{split: {NORMAL: n, PNEUMONIA: n, total: n}} in train/val/test order."""
+    out: dict[str, dict[str, int]] = {}
+    for split in ("train", "val", "test"):
+        sub = manifest[manifest["split"] == split]
+        if len(sub) == 0:
+            continue
+        row = {name: int((sub["label"] == lab).sum()) for lab, name in enumerate(CLASS_NAMES)}
+        row["total"] = int(len(sub))
+        out[split] = row
+    return out
+
+
+@dataclass
+class Cache:
+    """A prepared dataset directory, opened read-only."""
+
+    root: Path
+    images: np.ndarray  # memory-mapped (N, S, S) uint8
+    manifest: pd.DataFrame
+    info: dict
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return PreprocessConfig.from_dict(self.info["preprocess"])
+
+    def split(self, name: str) -> pd.DataFrame:
+        sub = self.manifest[self.manifest["split"] == name]
+        if len(sub) == 0:
+            have = ", ".join(sorted(self.manifest["split"].unique()))
+            raise UserError(f"split '{name}' is empty in {self.root} (it has: {have})")
+        return sub
+
+
+def open_cache(root: str | Path) -> Cache:
+    root = Path(root).expanduser()
+    if not (root / "cache.json").is_file() or not (root / "images.npy").is_file():
+        raise UserError(
+            f"not a prepared dataset: {root} (run 'pneumoscope data prepare "
+            f"--source IMAGES --out {root}' first)"
+        )
+    info = json.loads((root / "cache.json").read_text())
+    images = np.load(root / "images.npy", mmap_mode="r")
+    manifest = pd.read_csv(root / "manifest.csv", dtype={c: str for c in STRING_COLUMNS})
+    for col in STRING_COLUMNS:  # older caches lack the newer columns
+        if col in manifest:
+            manifest[col] = manifest[col].fillna("")
+    if len(manifest) != images.shape[0]:
+        raise UserError(
+            f"{root}: manifest.csv has {len(manifest)} rows but images.npy has "
+            f"{images.shape[0]}; prepare the dataset again"
+        )
+    return Cache(root, images, manifest, info)

@@ -1,0 +1,188 @@
+"""A CSV listing: ``path,label[,patient_id,age,sex,view,split]``, one image per line.
+
+Headers are matched case-insensitively with common variants (``patient``,
+``patient_id``, ``PatientID``; ``sex``/``gender``; ...). Labels are 0/1 or the class
+names NORMAL/PNEUMONIA. Relative paths are relative to the CSV's own folder.
+
+Nothing listed disappears: a line with an empty path, an unknown label or an unknown
+split becomes an :class:`~pneumoscope.sources.Excluded` naming its line; a path that
+does not exist stays a row, and the decoder later lists it as "file not found".
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+from pneumoscope.core.errors import UserError
+from pneumoscope.data.dicom import parse_age
+from pneumoscope.data.sources import (
+    MAX_AGE,
+    SPLIT_FOLDERS,
+    Excluded,
+    SourceRead,
+    SourceRow,
+    age_group_of,
+    fill_from_dicom,
+    patient_or_file_id,
+)
+
+# canonical column -> accepted header spellings (after lower-casing, spaces/dashes -> "_")
+COLUMNS = {
+    "path": ("path", "file", "filename", "file_name", "filepath", "file_path", "image",
+             "image_path", "img", "img_path"),
+    "label": ("label", "class", "class_name", "target", "y", "diagnosis"),
+    "patient": ("patient_id", "patient", "patientid", "subject", "subject_id"),
+    "age": ("age", "patient_age", "age_years"),
+    "age_group": ("age_group", "agegroup"),
+    "sex": ("sex", "gender", "patient_sex"),
+    "view": ("view", "view_position", "viewposition", "projection"),
+    "split": ("split", "subset", "fold_name"),
+}  # fmt: skip
+REQUIRED = ("path", "label")
+LABEL_TEXT = {"0": 0, "1": 1, "normal": 0, "pneumonia": 1, "0.0": 0, "1.0": 1}
+SEX_TEXT = {"m": "M", "male": "M", "f": "F", "female": "F"}
+GROUP_TEXT = {"child": "child", "pediatric": "child", "paediatric": "child", "adult": "adult"}
+
+
+def read_csv_source(name: str, path: Path, default_age_group: str = "") -> SourceRead:
+    """Rows from a CSV file (or from the single .csv file in a folder)."""
+    csv_path = _csv_file(Path(path).expanduser())
+    base = csv_path.parent.resolve()
+    try:
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        text = csv_path.read_text(encoding="latin-1")
+    except OSError as exc:
+        raise UserError(f"cannot read {csv_path}: {exc.strerror or exc}") from None
+    first = text.lstrip("\r\n").split("\n", 1)[0]
+    if not first.strip():
+        raise UserError(f"{csv_path} is empty: expected a header line path,label[,patient_id,...]")
+    reader = csv.reader(io.StringIO(text, newline=""), dialect=_dialect(first))
+    header = next((r for r in reader if any(c.strip() for c in r)), [])
+    columns = _map_columns(header, csv_path)
+    rows: list[SourceRow] = []
+    excluded: list[Excluded] = []
+    bad_ages = 0
+    for cells in reader:
+        lineno = reader.line_num  # the file's own line number, as a spreadsheet shows it
+        if not any(c.strip() for c in cells):
+            continue  # a blank line lists no file
+
+        def cell(key: str, cells: list[str] = cells) -> str:
+            i = columns.get(key)
+            return cells[i].strip() if i is not None and i < len(cells) else ""
+
+        raw_path = cell("path")
+        if not raw_path:
+            excluded.append(Excluded(f"{csv_path}:{lineno}", name, f"line {lineno}: empty path"))
+            continue
+        file = _resolve(raw_path, base)
+        raw_label = cell("label")
+        label = LABEL_TEXT.get(raw_label.lower())
+        if label is None:
+            reason = f"line {lineno}: label {raw_label!r} is not 0/1 or NORMAL/PNEUMONIA"
+            excluded.append(Excluded(str(file), name, reason))
+            continue
+        raw_split = cell("split")
+        split = SPLIT_FOLDERS.get(raw_split.lower(), None) if raw_split else ""
+        if split is None:
+            reason = f"line {lineno}: split {raw_split!r} is not train/val/test (or empty)"
+            excluded.append(Excluded(str(file), name, reason))
+            continue
+        age = _age(cell("age"))
+        if cell("age") and age is None:
+            bad_ages += 1
+        group = GROUP_TEXT.get(cell("age_group").lower(), "")
+        rows.append(
+            SourceRow(
+                str(file),
+                label,
+                split,
+                cell("patient") or patient_or_file_id(file, base),
+                name,
+                age_group=age_group_of(age, group or default_age_group),
+                age=age,
+                sex=SEX_TEXT.get(cell("sex").lower(), ""),
+                view=cell("view").upper(),
+            )
+        )
+    if not rows and not excluded:
+        raise UserError(f"{csv_path} lists no images (only a header line)")
+    fill_from_dicom(rows, default_age_group)
+    notes = []
+    if bad_ages:
+        notes.append(f"{csv_path.name}: {bad_ages} ages not understood (kept as unknown)")
+    if excluded:
+        notes.append(f"{csv_path.name}: {len(excluded)} lines left out (see the excluded list)")
+    return SourceRead(rows, excluded, "csv", notes)
+
+
+def _csv_file(path: Path) -> Path:
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = sorted(p for p in path.glob("*.csv") if p.is_file())
+        if len(found) == 1:
+            return found[0]
+        what = ", ".join(p.name for p in found) if found else "no .csv file"
+        raise UserError(f"--layout csv needs one CSV file: {path} holds {what}; give the file")
+    raise UserError(f"CSV not found: {path}")
+
+
+def _dialect(header: str) -> type[csv.Dialect]:
+    """Comma by default; a header with more semicolons or tabs than commas (spreadsheet
+    exports in many locales) is read with that separator."""
+    delimiter = max(",;\t", key=lambda d: (header.count(d), d == ","))
+
+    class Listing(csv.excel):
+        pass
+
+    Listing.delimiter = delimiter
+    return Listing
+
+
+def _norm(header: str) -> str:
+    return header.strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def _map_columns(header: list[str], csv_path: Path) -> dict[str, int]:
+    found = [_norm(h) for h in header]
+    columns: dict[str, int] = {}
+    for key, names in COLUMNS.items():
+        for i, h in enumerate(found):
+            if h in names:
+                columns[key] = i
+                break
+    missing = [k for k in REQUIRED if k not in columns]
+    if missing:
+        shown = ", ".join(h.strip() for h in header if h.strip()) or "none"
+        raise UserError(
+            f"{csv_path}: missing column {' and '.join(repr(m) for m in missing)} "
+            f"(found: {shown}); "
+            "expected a header path,label[,patient_id,age,sex,view,split]"
+        )
+    return columns
+
+
+def _resolve(raw: str, base: Path) -> Path:
+    if os.sep == "/" and "\\" in raw and not (base / raw).exists():
+        raw = raw.replace("\\", "/")  # a listing written on Windows
+    p = Path(raw).expanduser()
+    return (p if p.is_absolute() else base / p).resolve()
+
+
+def _age(text: str) -> float | None:
+    """Years from ``7``, ``4.5`` or a DICOM age string (``058Y``, ``018M``); None when
+    missing or implausible."""
+    if not text:
+        return None
+    age = parse_age(text)
+    if age is None:
+        try:
+            age = float(text)
+        except ValueError:
+            return None
+    return age if 0.0 <= age <= MAX_AGE else None

@@ -1,0 +1,173 @@
+"""The one preprocessing path: dataset building, training, prediction and serving all call it.
+
+An image is decoded once to 8-bit grayscale, contrast-equalised with CLAHE (optional)
+and resized to a square. The parameters live in ``PreprocessConfig`` and are stored in
+the cache and in each run's ``model.json`` so that prediction repeats them exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pneumoscope.core.errors import ImageReadError
+from pneumoscope.data.dicom import decode_dicom, is_dicom
+from pneumoscope.data.limits import MAX_PIXELS
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
+MAX_FILE_BYTES = 512 * 1024 * 1024
+
+cv2.setNumThreads(1)  # parallelism comes from worker processes, not from OpenCV threads
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    img_size: int = 224
+    clahe: bool = True
+    clahe_clip_limit: float = 2.0
+    clahe_tile_grid: int = 8
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PreprocessConfig:
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+
+def decode_gray(path: str | Path) -> np.ndarray:
+    """Decode an image file to a 2-D uint8 array, or raise ImageReadError with the reason.
+
+    Handles 8/16-bit, gray, RGB, RGBA and CMYK files (OpenCV converts CMYK JPEGs to BGR).
+    16-bit images are min-max scaled to 8 bits so their full range is kept.
+    DICOM files (recognised by content, not by name) go through ``dicom.decode_dicom``.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ImageReadError(f"cannot open file: {exc.strerror or exc}") from None
+    if size == 0:
+        raise ImageReadError("empty file (0 bytes)")
+    if size > MAX_FILE_BYTES:
+        raise ImageReadError(f"file too large ({size / 2**20:.0f} MiB)")
+    if is_dicom(path):
+        return decode_dicom(path)  # refuses Rows*Columns > MAX_PIXELS from the header
+    data = np.fromfile(str(path), dtype=np.uint8)  # fromfile copes with unicode paths
+    return decode_gray_bytes(data)
+
+
+def decode_gray_bytes(data: np.ndarray | bytes) -> np.ndarray:
+    """Decode encoded image bytes (JPEG, PNG, ...) to a 2-D uint8 array."""
+    buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
+    if buf.size == 0:
+        raise ImageReadError("empty file (0 bytes)")
+    _check_dimensions(buf)
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageReadError("not a readable image (corrupt, truncated or unsupported format)")
+    return to_gray_uint8(img)
+
+
+def _check_dimensions(buf: np.ndarray) -> None:
+    """Refuse huge images from their header, before allocating their pixels."""
+    # cv2.imdecode has no header-only mode; PNG and JPEG headers are cheap to parse.
+    dims = _png_dims(buf) or _jpeg_dims(buf)
+    if dims and dims[0] * dims[1] > MAX_PIXELS:
+        raise ImageReadError(
+            f"image too large ({dims[1]}x{dims[0]} pixels, limit {MAX_PIXELS // 1_000_000} MP)"
+        )
+
+
+def _png_dims(buf: np.ndarray) -> tuple[int, int] | None:
+    if buf.size >= 24 and bytes(buf[:8]) == b"\x89PNG\r\n\x1a\n":
+        w = int.from_bytes(bytes(buf[16:20]), "big")
+        h = int.from_bytes(bytes(buf[20:24]), "big")
+        return h, w
+    return None
+
+
+def _jpeg_dims(buf: np.ndarray) -> tuple[int, int] | None:
+    b = buf.tobytes() if buf.size < 65536 else bytes(buf[:65536])
+    if not b.startswith(b"\xff\xd8"):
+        return None
+    i = 2
+    while i + 9 < len(b):
+        if b[i] != 0xFF:
+            i += 1
+            continue
+        marker = b[i + 1]
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            h = int.from_bytes(b[i + 5 : i + 7], "big")
+            w = int.from_bytes(b[i + 7 : i + 9], "big")
+            return h, w
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        seg = int.from_bytes(b[i + 2 : i + 4], "big")
+        i += 2 + seg
+    return None
+
+
+def to_gray_uint8(img: np.ndarray) -> np.ndarray:
+    """Any decoded array (H,W), (H,W,3) BGR, (H,W,4) BGRA, 8 or 16 bit -> (H,W) uint8."""
+    if img.ndim == 3:
+        if img.shape[2] == 4:
+            img = cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY)
+        elif img.shape[2] == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+        elif img.shape[2] == 1:
+            img = img[:, :, 0]
+        else:
+            raise ImageReadError(f"unsupported channel count {img.shape[2]}")
+    if img.ndim != 2 or min(img.shape) < 8:
+        raise ImageReadError(f"unsupported image shape {tuple(img.shape)}")
+    if img.dtype == np.uint8:
+        return np.ascontiguousarray(img)
+    img = img.astype(np.float32)
+    lo, hi = float(img.min()), float(img.max())
+    if hi <= lo:
+        return np.zeros(img.shape, dtype=np.uint8)
+    return np.round((img - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def preprocess_gray(gray: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Decoded grayscale -> model-ready uint8 square of ``cfg.img_size``.
+
+    Resize first (area interpolation when shrinking), then CLAHE, so that the
+    tile grid covers the same anatomy whatever the source resolution.
+    """
+    s = cfg.img_size
+    interp = cv2.INTER_AREA if gray.shape[0] >= s and gray.shape[1] >= s else cv2.INTER_LINEAR
+    out = cv2.resize(gray, (s, s), interpolation=interp)
+    if cfg.clahe:
+        clahe = cv2.createCLAHE(
+            clipLimit=cfg.clahe_clip_limit, tileGridSize=(cfg.clahe_tile_grid, cfg.clahe_tile_grid)
+        )
+        out = clahe.apply(out)
+    return out
+
+
+def load_image(path: str | Path, cfg: PreprocessConfig) -> np.ndarray:
+    """Decode and preprocess one file: the function every stage uses."""
+    return preprocess_gray(decode_gray(path), cfg)
+
+
+def try_load_image(path: str | Path, cfg: PreprocessConfig) -> tuple[np.ndarray | None, str]:
+    """(image, "") or (None, reason): how batch stages read files, so that one odd file,
+    even one that trips a decoder bug, becomes a reported row and never stops the batch."""
+    try:
+        return load_image(path, cfg), ""
+    except ImageReadError as exc:
+        return None, str(exc)
+    except Exception as exc:
+        return None, f"unexpected error: {type(exc).__name__}: {exc}"
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(IMAGE_EXTENSIONS)

@@ -1,0 +1,76 @@
+"""`pneumoscope compare`: several runs' evaluations side by side, as a table and markdown."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from pneumoscope.core.errors import UserError
+from pneumoscope.core.io import write_text_atomic
+from pneumoscope.model.run import read_card
+
+COLUMNS = (
+    "auroc",
+    "auprc",
+    "accuracy",
+    "balanced_accuracy",
+    "sensitivity",
+    "specificity",
+    "f1",
+    "brier",
+    "ece",
+)
+
+
+def _cell(m: dict, key: str) -> str:
+    v = m.get(key, float("nan"))
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    lo, hi = m.get("ci", {}).get(key, [float("nan"), float("nan")])
+    return f"{v:.3f}" if math.isnan(lo) else f"{v:.3f} ({lo:.3f}-{hi:.3f})"
+
+
+def collect(runs: list[str | Path], metrics_name: str = "metrics.json") -> list[dict]:
+    rows = []
+    for run in runs:
+        run = Path(run).expanduser()
+        card = read_card(run)
+        mpath = run / metrics_name
+        if not mpath.is_file():
+            raise UserError(
+                f"{mpath} not found: run 'pneumoscope evaluate --run {run} --data DATA' first"
+            )
+        m = json.loads(mpath.read_text())
+        rows.append(
+            {
+                "run": run.name,
+                "model": f"{card['architecture']} {card['preprocess']['img_size']}px",
+                "split": f"{m.get('split')} (n={m.get('n')})",
+                "threshold": f"{m['threshold']:.3f} {m.get('threshold_policy', '').split(' ')[0]}",
+                **{k: _cell(m, k) for k in COLUMNS},
+            }
+        )
+    return rows
+
+
+def transpose(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Runs as columns, fields as rows: reads well however many metrics there are."""
+    header = ["", *(r["run"] for r in rows)]
+    return header, [[k, *(str(r[k]) for r in rows)] for k in rows[0] if k != "run"]
+
+
+def to_markdown(rows: list[dict]) -> str:
+    header, body = transpose(rows)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    return "\n".join(lines) + "\n"
+
+
+def compare(runs: list[str | Path], out: str | Path | None = None) -> list[dict]:
+    if not runs:
+        raise UserError("give at least one run folder")
+    rows = collect(runs)
+    if out:
+        write_text_atomic(out, to_markdown(rows))
+    return rows

@@ -1,0 +1,162 @@
+"""`pneumoscope evaluate`: metrics with confidence intervals, per-group results, plots and
+a self-contained HTML report, for one split of a prepared cache."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pneumoscope.core.errors import UserError
+from pneumoscope.core.io import write_json_atomic
+from pneumoscope.data.cache import open_cache, write_csv
+from pneumoscope.evaluation import plots
+from pneumoscope.evaluation.bootstrap import bootstrap_ci
+from pneumoscope.evaluation.metrics import METRIC_LABELS, binary_metrics
+from pneumoscope.evaluation.report import write_report
+from pneumoscope.model.run import check_compatible, load_run, sigmoid
+
+GROUP_COLUMNS = ("source", "age_group")
+MIN_GROUP_SIZE = 10  # smaller groups are listed with their n, without metrics
+N_WORST = 8  # most confident false positives and false negatives named in metrics.json
+PER_IMAGE_COLUMNS = ("index", "path", "source", "patient", "group", "age_group", "class_name")
+
+
+def per_image(rows: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold: float) -> pd.DataFrame:
+    """One row per evaluated image: its calibrated probability, call and outcome, so every
+    error can be traced back to its file."""
+    df = rows[[c for c in PER_IMAGE_COLUMNS if c in rows.columns]].copy()
+    df["label"] = y
+    df["probability"] = p
+    pred = (p >= threshold).astype(int)
+    df["predicted"] = pred
+    df["outcome"] = np.select(
+        [(y == 1) & (pred == 1), (y == 0) & (pred == 0), (y == 0) & (pred == 1)],
+        ["TP", "TN", "FP"],
+        default="FN",
+    )
+    return df
+
+
+def worst_errors(df: pd.DataFrame, n: int = N_WORST) -> dict[str, list[dict]]:
+    """The n false positives with the highest and the n false negatives with the lowest
+    probability: where the model is most confidently wrong."""
+    fp = df[df["outcome"] == "FP"].sort_values("probability", ascending=False, kind="stable")
+    fn = df[df["outcome"] == "FN"].sort_values("probability", ascending=True, kind="stable")
+    cols = [c for c in ("index", "path", "source", "probability") if c in df.columns]
+    return {
+        "false_positives": fp[cols].head(n).to_dict("records"),
+        "false_negatives": fn[cols].head(n).to_dict("records"),
+    }
+
+
+def _per_group(
+    rows: pd.DataFrame,
+    y: np.ndarray,
+    p: np.ndarray,
+    threshold: float,
+    groups: np.ndarray,
+    n_boot: int,
+    seed: int,
+) -> dict:
+    """Metrics with intervals for each value of each group column the manifest has."""
+    out: dict[str, dict] = {}
+    for col in GROUP_COLUMNS:
+        if col not in rows or rows[col].nunique() < 2:
+            continue
+        out[col] = {}
+        for value in sorted(rows[col].unique()):
+            mask = (rows[col] == value).to_numpy()
+            entry: dict = {"n": int(mask.sum())}
+            if mask.sum() >= MIN_GROUP_SIZE and len(np.unique(y[mask])) == 2:
+                entry.update(binary_metrics(y[mask], p[mask], threshold))
+                entry["ci"] = bootstrap_ci(
+                    y[mask], p[mask], threshold, groups[mask], n_boot=n_boot, seed=seed
+                )
+            out[col][str(value)] = entry
+    return out
+
+
+def evaluate(
+    run: str | Path,
+    data: str | Path,
+    split: str = "test",
+    out: str | Path | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
+    loaded = load_run(run)
+    cache = open_cache(data)
+    check_compatible(cache, loaded, data)
+    rows = cache.split(split).reset_index(drop=True)
+    y = rows["label"].to_numpy()
+    if len(np.unique(y)) < 2:
+        raise UserError(f"split '{split}' of {data} holds one class only: AUROC is undefined")
+    if n_boot < 0:
+        raise UserError("--bootstrap must be 0 (no intervals) or more")
+    logits = loaded.predict_logits(cache.images, rows=rows["index"].to_numpy()).astype(float)
+    p_raw = sigmoid(logits)
+    p = loaded.proba_from_logits(logits)
+    thr = loaded.threshold
+    # Resample whole groups (a patient's images plus any copies of them) where the cache
+    # has them; older caches only know patients.
+    unit = "group" if "group" in rows.columns else "patient"
+    groups = rows[unit].astype(str).to_numpy()
+    m = binary_metrics(y, p, thr)
+    ci = bootstrap_ci(y, p, thr, groups, n_boot=n_boot, seed=seed) if n_boot else {}
+    operating_points = {}
+    if loaded.calibration:
+        for pol, t in loaded.calibration["thresholds_by_policy"].items():
+            mp = binary_metrics(y, p, t)
+            operating_points[pol] = {
+                k: mp[k]
+                for k in (
+                    "threshold",
+                    "sensitivity",
+                    "specificity",
+                    "ppv",
+                    "npv",
+                    "f1",
+                    "accuracy",
+                    "confusion_matrix",
+                )
+            }
+    out_dir = Path(out).expanduser() if out else loaded.root
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {
+        "run": str(loaded.root),
+        "data": str(Path(data).expanduser().resolve()),
+        "split": split,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "threshold_policy": loaded.threshold_policy,
+        "temperature": loaded.temperature,
+        **m,
+        "ci": ci,
+        "bootstrap": {
+            "replicates": n_boot,
+            "level": 0.95,
+            "resampling_unit": unit,
+            "n_patients": int(len(np.unique(groups))),  # resampled units (groups)
+            "seed": seed,
+        },
+        "uncalibrated": {k: binary_metrics(y, p_raw, 0.5)[k] for k in ("brier", "ece", "log_loss")},
+        "operating_points": operating_points,
+        "per_group": _per_group(rows, y, p, thr, groups, n_boot, seed) if n_boot else {},
+        "metric_labels": METRIC_LABELS,
+    }
+    images = per_image(rows, y, p, thr)
+    predictions_csv = f"predictions_{split}.csv"
+    write_csv(out_dir / predictions_csv, images)
+    result["per_image"] = {"csv": predictions_csv, **worst_errors(images)}
+    write_json_atomic(out_dir / "metrics.json", result)
+    plots.confusion(
+        m["confusion_matrix"], out_dir / "confusion_matrix.png", f"{split}: threshold {thr:.3f}"
+    )
+    plots.roc(y, p, m["auroc"], thr, out_dir / "roc_curve.png")
+    plots.pr(y, p, out_dir / "pr_curve.png")
+    plots.reliability(y, p_raw, p, out_dir / "reliability.png", split)
+    plots.histograms(y, p, thr, out_dir / "probability_histograms.png")
+    write_report(out_dir / "report.html", result, loaded, cache)
+    return result

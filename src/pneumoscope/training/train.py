@@ -1,0 +1,452 @@
+"""Train a classifier on a prepared cache and write a self-contained run directory.
+
+RUN/
+    model.safetensors  best weights (highest validation AUROC), written when they improve;
+                       with --ema-decay, the weights' moving average (what validation scored)
+    model.json         model card: architecture, preprocessing, input channels,
+                       normalisation, evaluation crop, threshold, training data, initial
+                       weights, validation metrics
+    history.csv        per epoch: train/val loss, accuracy at 0.5, AUROC, learning rate
+    curves.png         the same, plotted
+    config.yaml        the resolved training config; `train --config RUN/config.yaml`
+                       repeats the run
+    checkpoints/       last.ckpt (full training state, for --resume), best_val.npz,
+                       summary.json; last.ckpt is removed once the run has finished for
+                       good (early stopping or all epochs), kept after a --max-minutes stop
+
+Every file is written atomically, by the global-zero process only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping
+
+from pneumoscope.core import CLASS_NAMES, __version__
+from pneumoscope.core.errors import UserError
+from pneumoscope.core.io import write_json_atomic, write_text_atomic
+from pneumoscope.data.cache import Cache, counts_table, open_cache
+from pneumoscope.data.loader import make_loader
+from pneumoscope.evaluation.metrics import binary_metrics, youden_threshold
+from pneumoscope.evaluation.plots import training_curves
+from pneumoscope.model.architectures import check_model_name
+from pneumoscope.model.ood import OOD_CARD, OOD_STATS
+from pneumoscope.model.run import CALIBRATION, CARD, INT8_FILE, ONNX_FILE, RECORD_FILE, WEIGHTS
+from pneumoscope.training.callbacks import (
+    BEST_VAL,
+    CHECKPOINT_DIR,
+    LAST_CKPT,
+    SUMMARY,
+    AtomicCheckpointIO,
+    FreezeBackbone,
+    LastCheckpoint,
+    RunRecorder,
+    WeightEMA,
+)
+from pneumoscope.training.config import IMBALANCE_CHOICES, TrainConfig  # noqa: F401  (re-exported)
+from pneumoscope.training.module import Classifier, quiet_warnings
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+__all__ = ["TrainConfig", "train", "RunRecorder", "normalization_stats"]
+
+
+def normalization_stats(cache: Cache, rows: np.ndarray, seed: int) -> tuple[float, float]:
+    """Pixel mean and std of (a sample of) the training images, in [0, 1] units."""
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(rows, size=min(len(rows), 1000), replace=False))
+    x = cache.images[pick].astype(np.float32) / 255.0
+    return float(x.mean()), float(max(x.std(), 1e-3))
+
+
+def normalization(
+    cfg: TrainConfig, cache: Cache, train_rows: np.ndarray
+) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std: the training images', ImageNet's or none (pixel / 255)."""
+    c = cfg.in_chans
+    if cfg.normalization == "imagenet":
+        if c == 3:
+            return list(IMAGENET_MEAN), list(IMAGENET_STD)
+        return [float(np.mean(IMAGENET_MEAN))], [float(np.mean(IMAGENET_STD))]
+    if cfg.normalization == "none":
+        return [0.0] * c, [1.0] * c
+    mean, std = normalization_stats(cache, train_rows, cfg.seed)
+    return [mean] * c, [std] * c
+
+
+def check_input(cfg: TrainConfig, cache: Cache) -> None:
+    """The cache fixes image size and CLAHE; a config asking for others must not silently
+    train on what the cache holds."""
+    pp = cache.preprocess
+    wrong = []
+    if cfg.img_size is not None and int(cfg.img_size) != pp.img_size:
+        wrong.append(f"{cfg.img_size} px (the cache has {pp.img_size} px)")
+    if cfg.clahe is not None and bool(cfg.clahe) != pp.clahe:
+        wrong.append(f"clahe {str(cfg.clahe).lower()} (the cache has {str(pp.clahe).lower()})")
+    if wrong:
+        size = cfg.img_size or pp.img_size
+        clahe = pp.clahe if cfg.clahe is None else cfg.clahe
+        flags = f"--img-size {size}" + ("" if clahe else " --no-clahe")
+        saved = Path(cfg.data) / "prepare_config.yaml"  # the same sources and splits
+        inputs = f"--config {saved}" if saved.is_file() else "--source SOURCE"
+        raise UserError(
+            f"the config asks for {' and '.join(wrong)} but {cfg.data} holds other images; "
+            f"prepare a cache for it: pneumoscope data prepare {inputs} "
+            f"--out {cfg.data}_{size} {flags}, then train with --data {cfg.data}_{size}"
+        )
+
+
+def _launch_rank(cfg: TrainConfig) -> int:
+    """Global rank of this process as its launcher set it (0 when launched by hand)."""
+    env = os.environ
+    for var in ("RANK", "SLURM_PROCID"):
+        if var in env and "LOCAL_RANK" in env:
+            return int(env[var])
+    local = int(env.get("LOCAL_RANK", 0))
+    node = int(env.get("NODE_RANK", env.get("GROUP_RANK", 0)))
+    return node * cfg.devices + local
+
+
+def _uses_gpu(cfg: TrainConfig) -> bool:
+    if cfg.accelerator in ("gpu", "cuda"):
+        return True
+    return cfg.accelerator == "auto" and torch.cuda.is_available()
+
+
+def check_hardware(cfg: TrainConfig) -> None:
+    if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(
+            "--accelerator gpu but no CUDA GPU is visible; use --accelerator cpu or auto"
+        )
+    prec = str(cfg.precision)
+    if prec.startswith("16") and not _uses_gpu(cfg) and cfg.accelerator != "mps":
+        raise UserError(
+            f"--precision {prec} needs a CUDA GPU; on CPU use --precision bf16-mixed or 32"
+        )
+
+
+def _strategy(cfg: TrainConfig) -> str:
+    world = cfg.devices * cfg.num_nodes
+    if world == 1:
+        return "auto"
+    s = "ddp" if cfg.strategy == "auto" else cfg.strategy
+    if cfg.freeze_epochs > 0:
+        s += "_find_unused_parameters_true"  # frozen backbone: parameters without gradients
+    return s
+
+
+def _prepare_out(out: Path, resume: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        (out / CARD).unlink(missing_ok=True)
+        return
+    # model.json is written last and marks a finished run: a reused folder loses its old
+    # card first, so a retraining that fails is never mistaken for a finished run.
+    (out / CARD).unlink(missing_ok=True)
+    for stale in (WEIGHTS, CALIBRATION, OOD_CARD, OOD_STATS, ONNX_FILE, INT8_FILE, RECORD_FILE):
+        (out / stale).unlink(missing_ok=True)
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+
+
+def _check_resumable(out: Path) -> Path:
+    ckpt = out / CHECKPOINT_DIR / LAST_CKPT
+    summary = out / CHECKPOINT_DIR / SUMMARY
+    if not ckpt.is_file():
+        if (out / CARD).is_file():
+            raise UserError(
+                f"{out} finished already (no {CHECKPOINT_DIR}/{LAST_CKPT} left to resume from); "
+                f"to train longer start a new run, e.g. with --weights {out}"
+            )
+        raise UserError(
+            f"cannot resume {out}: {CHECKPOINT_DIR}/{LAST_CKPT} not found (it is written after "
+            "the first epoch); start the run again without --resume"
+        )
+    if summary.is_file() and (out / CARD).is_file():
+        import json
+
+        stopped = json.loads(summary.read_text()).get("stopped_by")
+        if stopped in ("early_stopping", "max_epochs"):
+            raise UserError(
+                f"{out} finished already ({stopped.replace('_', ' ')}); nothing to resume"
+            )
+    return ckpt
+
+
+def classifier_kwargs(cfg: TrainConfig, img_size: int, mean, std, pos_weight: float | None) -> dict:
+    """The Classifier's arguments for ``cfg`` (random initial weights; ``initial_weights``
+    loads any others afterwards). bench/train.py builds its model with the same call."""
+    return {
+        "architecture": cfg.model,
+        "in_chans": cfg.in_chans,
+        "img_size": img_size,
+        "mean": mean,
+        "std": std,
+        "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "warmup_epochs": cfg.warmup_epochs,
+        "pos_weight": pos_weight,
+        "augment": cfg.augment,
+        "seed": cfg.seed,
+        "eval_crop": cfg.eval_crop,
+        "optimizer": cfg.optimizer,
+        "scheduler": cfg.scheduler,
+        "plateau_factor": cfg.plateau_factor,
+        "plateau_patience": cfg.plateau_patience,
+        "channels_last": cfg.channels_last,
+    }
+
+
+def make_train_loader(cache: Cache, cfg: TrainConfig):
+    """The training split's loader: seeded shuffle or class-balanced draws, full batches.
+    bench/train.py times this same loader."""
+    return make_loader(
+        cache,
+        "train",
+        cfg.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        balance=cfg.imbalance == "sampler",
+        drop_last=True,
+    )
+
+
+def train(
+    cfg: TrainConfig,
+    progress: bool = True,
+    resume: bool = False,
+    echo: Callable[[str], None] | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> dict:
+    """Train, select the best epoch on validation AUROC, pick the threshold on validation.
+
+    ``resume`` continues RUN (= cfg.out) from its last checkpoint. Returns the model card
+    (an empty dict on processes other than global zero). ``echo`` gets one-line notes;
+    ``callbacks`` are added to the Trainer's (tests use them to interrupt a run).
+    """
+    cfg.validate()
+    check_model_name(cfg.model)
+    check_hardware(cfg)
+    cache = open_cache(cfg.data)
+    check_input(cfg, cache)
+    out = Path(cfg.out).expanduser()
+    rank0 = _launch_rank(cfg) == 0
+    say = echo if (echo and rank0) else (lambda _msg: None)
+    ckpt = _check_resumable(out) if resume else None
+
+    pp = cache.preprocess
+    train_rows = cache.split("train")
+    val_rows = cache.split("val")
+    y_train = train_rows["label"].to_numpy()
+    n_pos, n_neg = int(y_train.sum()), int(len(y_train) - y_train.sum())
+    if n_pos == 0 or n_neg == 0:
+        raise UserError(
+            f"the training split of {cfg.data} holds one class only "
+            f"({n_neg} NORMAL, {n_pos} PNEUMONIA); both are needed"
+        )
+    if val_rows["label"].nunique() < 2:
+        raise UserError(
+            f"the validation split of {cfg.data} holds one class only; "
+            "prepare the data again with a larger --val-fraction"
+        )
+
+    world = cfg.devices * cfg.num_nodes
+    if len(train_rows) // cfg.batch_size < world:
+        raise UserError(
+            f"{len(train_rows)} training images make fewer batches of {cfg.batch_size} than "
+            f"the {world} processes; lower --batch-size or --devices"
+        )
+    local_procs = cfg.devices if not _uses_gpu(cfg) else 1
+    threads = cfg.threads or max(1, (os.cpu_count() or 1) // local_procs)
+    torch.set_num_threads(threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    _quiet_lightning()
+
+    mean, std = normalization(cfg, cache, train_rows["index"].to_numpy())
+    # One imbalance method only. pos_weight = N_neg / N_pos makes the two classes weigh the
+    # same in the loss (below 1 here, since pneumonia is the majority); the sampler instead
+    # draws both classes equally often. Stacking both would compensate twice.
+    pos_weight = n_neg / n_pos if cfg.imbalance == "pos-weight" else None
+    module = Classifier(**classifier_kwargs(cfg, pp.img_size, mean, std, pos_weight))
+    init = None
+    if ckpt is None:  # a resumed run takes every weight from its checkpoint
+        from pneumoscope.model.weights import describe, initial_weights
+
+        init = initial_weights(
+            module.net, cfg.model, cfg.in_chans, pp.img_size, cfg.pretrained, cfg.weights
+        )
+        say(f"initial weights: {describe(init)}")
+    else:
+        say(f"resuming {out} from {ckpt}")
+    train_loader = make_train_loader(cache, cfg)
+    val_loader = make_loader(cache, "val", max(64, cfg.batch_size))
+
+    if rank0:  # only now, when everything was checked and read (--weights may lie in out)
+        _prepare_out(out, resume)
+        write_text_atomic(out / "config.yaml", cfg.to_yaml())
+    recorder = RunRecorder(out, init)
+    early = EarlyStopping(monitor="val_auroc", mode="max", patience=cfg.patience, verbose=False)
+    cbs: list[Callback] = [recorder, early, LastCheckpoint(out / CHECKPOINT_DIR / LAST_CKPT)]
+    if cfg.freeze_epochs:
+        cbs.append(FreezeBackbone(cfg.freeze_epochs))
+    if cfg.ema_decay:
+        cbs.append(WeightEMA(cfg.ema_decay))
+    if progress:
+        from lightning.pytorch.callbacks import TQDMProgressBar
+
+        cbs.append(TQDMProgressBar(refresh_rate=10))
+    cbs += list(callbacks)
+    trainer = L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=_strategy(cfg),
+        precision=cfg.precision,
+        max_epochs=cfg.epochs,
+        callbacks=cbs,
+        plugins=[AtomicCheckpointIO()],
+        logger=False,
+        enable_checkpointing=True,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # IndexBatchSampler shards by rank itself
+        deterministic="warn" if _uses_gpu(cfg) else True,
+        max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
+    )
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        quiet_warnings()
+        trainer.fit(
+            module,
+            train_loader,
+            val_loader,
+            ckpt_path=None if ckpt is None else str(ckpt),
+            weights_only=True,
+        )
+    if not trainer.is_global_zero:
+        return {}
+    return _finish(cfg, cache, out, time.perf_counter() - t0, mean, std, pos_weight)
+
+
+def _finish(
+    cfg: TrainConfig,
+    cache: Cache,
+    out: Path,
+    fit_seconds: float,
+    mean: list[float],
+    std: list[float],
+    pos_weight: float | None,
+) -> dict:
+    """Card, curves and calibration from what the global-zero process wrote to disk (the
+    same whether training ran in this process or in spawned ones)."""
+    import json
+
+    best_val = out / CHECKPOINT_DIR / BEST_VAL
+    if not best_val.is_file() or not (out / "history.csv").is_file():
+        raise UserError("training stopped before the first validation; increase --max-minutes")
+    with np.load(best_val, allow_pickle=False) as z:
+        best_probs, best_labels = z["probs"], z["labels"]
+    summary_path = out / CHECKPOINT_DIR / SUMMARY
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    history = pd.read_csv(out / "history.csv")
+    best_row = history.loc[history["val_auroc"].idxmax()]
+    best_epoch = int(best_row["epoch"])
+    best = {k: float(best_row[k]) for k in ("val_loss", "val_accuracy", "val_auroc")}
+    pp = cache.preprocess
+
+    threshold = youden_threshold(best_labels, best_probs)
+    val_at_thr = binary_metrics(best_labels, best_probs, threshold)
+    training_curves(history, out / "curves.png", best_epoch=best_epoch)
+    stopped = summary.get("stopped_by", "max_time")
+    card = {
+        "pneumoscope_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "architecture": cfg.model,
+        "in_chans": cfg.in_chans,
+        "img_size": pp.img_size,
+        "preprocess": pp.to_dict(),
+        "normalization": {
+            "kind": cfg.normalization,
+            "mean": mean,
+            "std": std,
+            "scale": "pixel / 255",
+        },
+        "eval_crop": cfg.eval_crop,
+        "input_note": _input_note(cfg, pp.img_size),
+        "class_names": list(CLASS_NAMES),
+        "positive_class": CLASS_NAMES[1],
+        "threshold": threshold,
+        "threshold_policy": "youden (max sensitivity + specificity on validation)",
+        "training_data": {
+            "cache": str(Path(cfg.data).expanduser().resolve()),
+            "sources": sorted(cache.manifest["source"].unique().tolist()),
+            "counts": counts_table(cache.manifest),
+            "split_note": cache.info.get("split_note", ""),
+        },
+        "training": {
+            "imbalance": cfg.imbalance,
+            "pos_weight": pos_weight,
+            "pos_weight_note": (
+                "BCE pos_weight = N_NORMAL / N_PNEUMONIA: each class weighs the same in the loss"
+                if pos_weight is not None
+                else ""
+            ),
+            "optimizer": cfg.optimizer,
+            "lr": cfg.lr,
+            "weight_decay": cfg.weight_decay,
+            "scheduler": cfg.scheduler,
+            "freeze_epochs": cfg.freeze_epochs,
+            "augment": cfg.augment,
+            "threshold_views": cfg.threshold_views,
+            "ema_decay": cfg.ema_decay,
+            "batch_size_per_process": cfg.batch_size,
+            "processes": cfg.devices * cfg.num_nodes,
+            "precision": str(cfg.precision),
+            "initial_weights": summary.get("init"),
+            "epochs_run": int(len(history)),
+            "train_seconds": round(float(summary.get("train_seconds", fit_seconds)), 1),
+            "stopped_by": stopped,
+            "seed": cfg.seed,
+        },
+        "best_epoch": best_epoch,
+        "val_metrics": {**best, "at_threshold": val_at_thr},
+        "weights": WEIGHTS,
+        "intended_use": "research and decision support; not a medical device",
+    }
+    if stopped in ("early_stopping", "max_epochs"):  # finished for good: nothing to resume
+        (out / CHECKPOINT_DIR / LAST_CKPT).unlink(missing_ok=True)
+    write_json_atomic(out / CARD, card)
+    # Temperature and threshold on validation, so the run is usable as it stands.
+    from pneumoscope.evaluation.calibration import calibrate
+
+    card["calibration"] = calibrate(out, cfg.data, policy="youden")  # views: the card's
+    return card
+
+
+def _input_note(cfg: TrainConfig, size: int) -> str:
+    parts = [f"cached {size} px gray uint8 / 255"]
+    if cfg.eval_crop != 1.0:
+        parts.append(f"resize to {int(size * cfg.eval_crop)} px, centre crop {size} px")
+    if cfg.in_chans != 1:
+        parts.append(f"gray repeated to {cfg.in_chans} channels")
+    parts.append(f"normalised ({cfg.normalization})")
+    return ", then ".join(parts)
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
