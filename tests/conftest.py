@@ -2,57 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("PNEUMOSCOPE_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-
-def fake_xray(rng: np.random.Generator, pneumonia: bool, size: int = 64) -> np.ndarray:
-    """A gray chest-like picture: two dark lungs on a lighter body; pneumonia adds a
-    bright, blurred opacity inside one lung, so the label is learnable but not trivial."""
-    img = np.full((size, size), 170, np.float32)
-    c = size // 2
-    for dx in (-1, 1):
-        center = (c + dx * size // 5 + int(rng.integers(-2, 3)), c + int(rng.integers(-2, 3)))
-        cv2.ellipse(img, center, (size // 7, size // 3), 0, 0, 360, 60, -1)
-    if pneumonia:
-        side = rng.choice([-1, 1])
-        center = (c + side * size // 5, c + int(rng.integers(-size // 8, size // 8)))
-        cv2.circle(img, center, size // 9, 150, -1)
-    img = cv2.GaussianBlur(img, (5, 5), 0)
-    img += rng.normal(0, 12, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def write_kaggle_layout(
-    root: Path, n_per_class: dict[str, int], seed: int = 0, size: int = 64, with_val: int = 0
-) -> Path:
-    """train|test[/val]/NORMAL|PNEUMONIA with pediatric-style names (two images per patient)."""
-    rng = np.random.default_rng(seed)
-    splits = dict(n_per_class)
-    if with_val:
-        splits["val"] = with_val
-    pid = 0
-    for split, n in splits.items():
-        for label in ("NORMAL", "PNEUMONIA"):
-            d = root / split / label
-            d.mkdir(parents=True, exist_ok=True)
-            for k in range(n):
-                if k % 2 == 0:
-                    pid += 1
-                name = (
-                    f"person{pid}_bacteria_{k}.jpeg"
-                    if label == "PNEUMONIA"
-                    else f"IM-{pid:04d}-{k:04d}.jpeg"
-                )
-                cv2.imwrite(str(d / name), fake_xray(rng, label == "PNEUMONIA", size))
-    return root
+from tests.helpers import SHARED_DATA, write_kaggle_layout
 
 
 @pytest.fixture(scope="session")
@@ -116,20 +70,6 @@ def shared_data() -> Path:
             "expects ../shared/data beside it; set PNEUMOSCOPE_SHARED_DATA to override)"
         )
     return SHARED_DATA
-
-
-def run_cli(*args: str, cwd: Path | None = None):
-    """Run the real console entry point in a subprocess, as a user would."""
-    import subprocess
-    import sys
-
-    return subprocess.run(
-        [sys.executable, "-m", "pneumoscope", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=600,
-    )
 
 
 @pytest.fixture

@@ -21,8 +21,7 @@ from pneumoscope.model.run import load_run
 from pneumoscope.training.callbacks import AtomicCheckpointIO
 from pneumoscope.training.config import resume_config
 from pneumoscope.training.train import TrainConfig, train
-
-from .conftest import run_cli
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -15,8 +15,7 @@ from pneumoscope.core.errors import UserError
 from pneumoscope.model.architectures import build_model
 from pneumoscope.model.weights import adapt_stem, load_into, read_state_dict
 from pneumoscope.training.train import TrainConfig, train
-
-from .conftest import run_cli
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,7 +10,7 @@ import json
 import subprocess
 import sys
 
-from .conftest import REPO
+from tests.helpers import REPO
 
 
 def test_bench_train_writes_a_well_formed_report(data_dir, tmp_path):

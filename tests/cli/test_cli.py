@@ -7,7 +7,7 @@ import re
 import pandas as pd
 import pytest
 
-from .conftest import run_cli, write_kaggle_layout
+from tests.helpers import run_cli, write_kaggle_layout
 
 COMMANDS = [
     ["--help"],

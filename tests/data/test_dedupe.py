@@ -20,8 +20,7 @@ from pneumoscope.data.dedupe import (
 )
 from pneumoscope.data.preprocess import decode_gray
 from pneumoscope.data.sources import patient_from_name
-
-from .conftest import fake_xray
+from tests.helpers import fake_xray
 
 
 def test_exact_hash_sees_pixels_not_files(tmp_path):

@@ -18,10 +18,7 @@ from PIL import Image
 from pneumoscope.data.cache import build_cache
 from pneumoscope.data.preprocess import PreprocessConfig
 from pneumoscope.data.sources import read_source
-
-from .conftest import fake_xray
-from .test_dicom import _dataset, _ramp, _write
-from .test_preprocess import _png_header_only
+from tests.helpers import dicom_dataset, dicom_ramp, fake_xray, png_header_only, write_dicom
 
 CFG = PreprocessConfig(img_size=32, clahe=False)  # no CLAHE: brightness checks stay simple
 
@@ -48,9 +45,11 @@ def _write_mixed(folder: Path, seed: int) -> tuple[dict[str, str | None], dict[s
     cv2.imwrite(str(folder / "sixteen.png"), (g.astype(np.uint16) * 16 + 1000))  # 12-bit data
     cv2.imwrite(str(folder / "rgba.png"), np.dstack([g, g, g, np.full_like(g, 128)]))
     Image.fromarray(np.dstack([g] * 3)).convert("CMYK").save(folder / "cmyk.jpg")
-    _write(_dataset(_ramp(100, 4000, np.uint16), bits_stored=12), folder / "mono2.dcm")
-    mono1 = _dataset(_ramp(100, 4000, np.uint16), "MONOCHROME1", bits_stored=12)
-    _write(mono1, folder / "mono1.dcm")  # low stored values are bright: left bright
+    write_dicom(
+        dicom_dataset(dicom_ramp(100, 4000, np.uint16), bits_stored=12), folder / "mono2.dcm"
+    )
+    mono1 = dicom_dataset(dicom_ramp(100, 4000, np.uint16), "MONOCHROME1", bits_stored=12)
+    write_dicom(mono1, folder / "mono1.dcm")  # low stored values are bright: left bright
     expect.update(dict.fromkeys(["sixteen.png", "rgba.png", "cmyk.jpg", "mono2.dcm"]))
     expect["mono1.dcm"] = None
     orientation = {n: "bright-right" for n in ("sixteen.png", "rgba.png", "cmyk.jpg", "mono2.dcm")}
@@ -59,8 +58,8 @@ def _write_mixed(folder: Path, seed: int) -> tuple[dict[str, str | None], dict[s
     (folder / "corrupt.jpeg").write_bytes(rng.integers(0, 256, 4000, dtype=np.uint8).tobytes())
     (folder / "empty.png").write_bytes(b"")
     (folder / "notes.txt").write_text("this is a text file, not an X-ray\n" * 20)
-    (folder / "huge.png").write_bytes(_png_header_only(60_000, 60_000))
-    _write(_dataset(None), folder / "nopixels.dcm")
+    (folder / "huge.png").write_bytes(png_header_only(60_000, 60_000))
+    write_dicom(dicom_dataset(None), folder / "nopixels.dcm")
     expect.update(
         {
             "corrupt.jpeg": "not a readable image",

@@ -11,9 +11,7 @@ import yaml
 from pneumoscope.core.errors import UserError
 from pneumoscope.data.prepare import PRESET_DIR, DataConfig, prepare, preset_names, resolve_config
 from pneumoscope.data.preprocess import PreprocessConfig
-
-from .conftest import run_cli, write_kaggle_layout
-from .test_groups_splits import write_copy_source
+from tests.helpers import run_cli, write_copy_source, write_kaggle_layout
 
 
 @pytest.fixture(scope="module")

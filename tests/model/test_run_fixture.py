@@ -15,7 +15,7 @@ import pytest
 
 from pneumoscope.inference.predict import predict_to_csv
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @pytest.mark.realdata

@@ -13,8 +13,7 @@ from pneumoscope.core.errors import UserError
 from pneumoscope.inference.predict import CSV_COLUMNS, predict_to_csv
 from pneumoscope.model.ood import load_guard
 from pneumoscope.model.run import weights_digest
-
-from .test_dicom import _dataset, _write
+from tests.helpers import dicom_dataset, png_header_only, write_dicom
 
 
 def _foreign_images(folder, n: int = 6):
@@ -79,19 +78,19 @@ def test_predict_columns_csv_lists_dicom_and_awkward_paths(run_dir, synthetic_so
     src = sorted((synthetic_source / "test" / "NORMAL").iterdir())[0]
     img = cv2.imread(str(src), cv2.IMREAD_GRAYSCALE)
     cv2.imencode(".png", img)[1].tofile(str(weird / "patient 1 ü.png"))
-    _write(_dataset(img.astype(np.uint16) * 16, bits_stored=12), weird / "scan.dcm")
-    mono1 = _dataset((4095 - img.astype(np.uint16) * 16), photometric="MONOCHROME1", bits_stored=12)
-    _write(mono1, weird / "scan_mono1.dcm")
-    _write(_dataset(None), weird / "nopixels.dcm")
+    write_dicom(dicom_dataset(img.astype(np.uint16) * 16, bits_stored=12), weird / "scan.dcm")
+    mono1 = dicom_dataset(
+        (4095 - img.astype(np.uint16) * 16), photometric="MONOCHROME1", bits_stored=12
+    )
+    write_dicom(mono1, weird / "scan_mono1.dcm")
+    write_dicom(dicom_dataset(None), weird / "nopixels.dcm")
     (weird / "empty.jpg").write_bytes(b"")
     from PIL import Image
-
-    from .test_preprocess import _png_header_only
 
     Image.fromarray(img).convert("RGBA").save(weird / "rgba.png")
     Image.fromarray(img).convert("CMYK").save(weird / "cmyk.jpg")
     cv2.imwrite(str(weird / "sixteen.png"), img.astype(np.uint16) * 257)
-    (weird / "bomb.png").write_bytes(_png_header_only(60_000, 60_000))
+    (weird / "bomb.png").write_bytes(png_header_only(60_000, 60_000))
     (weird / "notes.png").write_text("not an image")
     jpeg = cv2.imencode(".jpg", img)[1].tobytes()
     (weird / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])

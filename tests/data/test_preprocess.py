@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import zlib
 
 import cv2
 import numpy as np
@@ -12,6 +11,7 @@ from PIL import Image
 
 from pneumoscope.core.errors import ImageReadError
 from pneumoscope.data.preprocess import PreprocessConfig, decode_gray, load_image, preprocess_gray
+from tests.helpers import png_header_only
 
 
 def _gradient(h: int = 80, w: int = 100) -> np.ndarray:
@@ -83,26 +83,12 @@ def test_missing_file(tmp_path):
         decode_gray(tmp_path / "nope.png")
 
 
-def _png_header_only(width: int, height: int) -> bytes:
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    crc = struct.pack(">I", zlib.crc32(chunk) & 0xFFFFFFFF)
-    idat = zlib.compress(b"\x00" * 64)
-    idat_chunk = b"IDAT" + idat
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + struct.pack(">I", len(ihdr))
-        + chunk
-        + crc
-        + struct.pack(">I", len(idat))
-        + idat_chunk
-        + struct.pack(">I", zlib.crc32(idat_chunk) & 0xFFFFFFFF)
-    )
+
 
 
 def test_decompression_bomb_is_refused_from_its_header(tmp_path):
     f = tmp_path / "bomb.png"
-    f.write_bytes(_png_header_only(50_000, 50_000))  # 2.5 gigapixels claimed, 100 bytes on disk
+    f.write_bytes(png_header_only(50_000, 50_000))  # 2.5 gigapixels claimed, 100 bytes on disk
     with pytest.raises(ImageReadError, match="too large"):
         decode_gray(f)
 

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.filewriter import dcmwrite
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     RLELossless,
-    generate_uid,
 )
 
 from pneumoscope.core.errors import ImageReadError
@@ -30,45 +26,7 @@ from pneumoscope.data.preprocess import (
     is_image_file,
     load_image,
 )
-
-DX_IMAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
-CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
-BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
-H, W = 64, 80
-
-
-def _ramp(lo: float, hi: float, dtype, h: int = H, w: int = W) -> np.ndarray:
-    """Left-to-right gradient, the same on every row."""
-    return np.tile(np.linspace(lo, hi, w), (h, 1)).round().astype(dtype)
-
-
-def _dataset(
-    pixels: np.ndarray | None,
-    photometric: str = "MONOCHROME2",
-    bits_stored: int | None = None,
-    sop_class: str = DX_IMAGE,
-    **attrs,
-) -> Dataset:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = sop_class
-    ds.Modality = "DX"
-    ds.PatientID = "PAT-001"
-    if pixels is not None:
-        ds.set_pixel_data(pixels, photometric, bits_stored or pixels.dtype.itemsize * 8)
-    else:
-        ds.SOPInstanceUID = generate_uid()
-    for keyword, value in attrs.items():
-        setattr(ds, keyword, value)
-    return ds
-
-
-def _write(ds: Dataset, path: Path) -> Path:
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    dcmwrite(path, ds, enforce_file_format=True)
-    return path
+from tests.helpers import BASIC_TEXT_SR, CT_IMAGE, H, W, dicom_dataset, dicom_ramp, write_dicom
 
 
 def _monotone_full_range(row: np.ndarray) -> bool:
@@ -80,8 +38,8 @@ def _monotone_full_range(row: np.ndarray) -> bool:
 
 
 def test_monochrome2_12bit_gradient_is_monotone_and_full_range(tmp_path):
-    pixels = _ramp(100, 4000, np.uint16)
-    out = decode_dicom(_write(_dataset(pixels, bits_stored=12), tmp_path / "a.dcm"))
+    pixels = dicom_ramp(100, 4000, np.uint16)
+    out = decode_dicom(write_dicom(dicom_dataset(pixels, bits_stored=12), tmp_path / "a.dcm"))
     assert out.dtype == np.uint8 and out.shape == (H, W)
     assert out.min() == 0 and out.max() == 255
     assert _monotone_full_range(out[0])
@@ -91,10 +49,10 @@ def test_monochrome2_12bit_gradient_is_monotone_and_full_range(tmp_path):
 
 
 def test_monochrome1_is_inverted(tmp_path):
-    pixels = _ramp(100, 4000, np.uint16)
-    mono2 = decode_dicom(_write(_dataset(pixels, bits_stored=12), tmp_path / "m2.dcm"))
-    ds1 = _dataset(pixels, photometric="MONOCHROME1", bits_stored=12)
-    mono1 = decode_dicom(_write(ds1, tmp_path / "m1.dcm"))
+    pixels = dicom_ramp(100, 4000, np.uint16)
+    mono2 = decode_dicom(write_dicom(dicom_dataset(pixels, bits_stored=12), tmp_path / "m2.dcm"))
+    ds1 = dicom_dataset(pixels, photometric="MONOCHROME1", bits_stored=12)
+    mono1 = decode_dicom(write_dicom(ds1, tmp_path / "m1.dcm"))
     corr = np.corrcoef(mono1.ravel().astype(float), mono2.ravel().astype(float))[0, 1]
     assert corr < -0.99
     np.testing.assert_array_equal(mono1, 255 - mono2)
@@ -103,27 +61,27 @@ def test_monochrome1_is_inverted(tmp_path):
 
 @pytest.mark.parametrize("bits_stored", [12, 16])
 def test_signed_pixels_with_rescale_keep_their_order(tmp_path, bits_stored):
-    pixels = _ramp(-2000, 2000, np.int16)  # negative stored values need sign extension
-    ds = _dataset(pixels, bits_stored=bits_stored, RescaleSlope="2", RescaleIntercept="-1024")
+    pixels = dicom_ramp(-2000, 2000, np.int16)  # negative stored values need sign extension
+    ds = dicom_dataset(pixels, bits_stored=bits_stored, RescaleSlope="2", RescaleIntercept="-1024")
     assert ds.PixelRepresentation == 1
-    out = decode_dicom(_write(ds, tmp_path / "signed.dcm"))
+    out = decode_dicom(write_dicom(ds, tmp_path / "signed.dcm"))
     assert _monotone_full_range(out[0])
     # the middle of the ramp (stored 0) sits in the middle of the output: no wrap-around
     assert abs(int(out[0, W // 2]) - 128) <= 4
 
 
 def test_negative_rescale_slope_inverts_values(tmp_path):
-    pixels = _ramp(0, 1000, np.uint16)
-    ds = _dataset(pixels, bits_stored=12, RescaleSlope="-1", RescaleIntercept="0")
-    out = decode_dicom(_write(ds, tmp_path / "neg.dcm"))
+    pixels = dicom_ramp(0, 1000, np.uint16)
+    ds = dicom_dataset(pixels, bits_stored=12, RescaleSlope="-1", RescaleIntercept="0")
+    out = decode_dicom(write_dicom(ds, tmp_path / "neg.dcm"))
     assert out[0, 0] == 255 and out[0, -1] == 0
     assert np.all(np.diff(out[0].astype(int)) <= 0)
 
 
 def test_window_center_width_saturates_outside_the_window(tmp_path):
-    pixels = _ramp(0, 4000, np.uint16)
-    ds = _dataset(pixels, bits_stored=12, WindowCenter="2000", WindowWidth="1000")
-    out = decode_dicom(_write(ds, tmp_path / "win.dcm"))
+    pixels = dicom_ramp(0, 4000, np.uint16)
+    ds = dicom_dataset(pixels, bits_stored=12, WindowCenter="2000", WindowWidth="1000")
+    out = decode_dicom(write_dicom(ds, tmp_path / "win.dcm"))
     row, values = out[0].astype(int), pixels[0]
     assert np.all(row[values <= 1490] == 0)
     assert np.all(row[values >= 2510] == 255)
@@ -136,8 +94,8 @@ def test_window_center_width_saturates_outside_the_window(tmp_path):
 
 def test_window_applies_after_rescale(tmp_path):
     """The window is in rescaled units (e.g. HU), here shifted by the intercept."""
-    pixels = _ramp(0, 4000, np.uint16)
-    ds = _dataset(
+    pixels = dicom_ramp(0, 4000, np.uint16)
+    ds = dicom_dataset(
         pixels,
         bits_stored=12,
         RescaleSlope="1",
@@ -145,73 +103,75 @@ def test_window_applies_after_rescale(tmp_path):
         WindowCenter="1000",
         WindowWidth="1000",
     )
-    row, values = decode_dicom(_write(ds, tmp_path / "win_hu.dcm"))[0].astype(int), pixels[0]
+    row, values = decode_dicom(write_dicom(ds, tmp_path / "win_hu.dcm"))[0].astype(int), pixels[0]
     assert np.all(row[values <= 1490] == 0) and np.all(row[values >= 2510] == 255)
 
 
 def test_voi_lut_sequence_is_applied(tmp_path):
-    pixels = _ramp(0, 4000, np.uint16)
+    pixels = dicom_ramp(0, 4000, np.uint16)
     item = Dataset()
     item.LUTDescriptor = [256, 1000, 8]  # 256 entries, first input 1000, 8-bit output
     item.add_new("LUTData", "US", list(range(256)))
-    ds = _dataset(pixels, bits_stored=12, VOILUTSequence=Sequence([item]))
-    row, values = decode_dicom(_write(ds, tmp_path / "lut.dcm"))[0].astype(int), pixels[0]
+    ds = dicom_dataset(pixels, bits_stored=12, VOILUTSequence=Sequence([item]))
+    row, values = decode_dicom(write_dicom(ds, tmp_path / "lut.dcm"))[0].astype(int), pixels[0]
     assert np.all(row[values <= 1000] == 0) and np.all(row[values >= 1255] == 255)
     inside = (values > 1000) & (values < 1255)
     np.testing.assert_array_equal(row[inside], values[inside] - 1000)
 
 
 def test_bad_window_width_falls_back_to_min_max(tmp_path):
-    pixels = _ramp(100, 4000, np.uint16)
-    ds = _dataset(pixels, bits_stored=12, WindowCenter="2000", WindowWidth="0")
-    assert _monotone_full_range(decode_dicom(_write(ds, tmp_path / "w0.dcm"))[0])
+    pixels = dicom_ramp(100, 4000, np.uint16)
+    ds = dicom_dataset(pixels, bits_stored=12, WindowCenter="2000", WindowWidth="0")
+    assert _monotone_full_range(decode_dicom(write_dicom(ds, tmp_path / "w0.dcm"))[0])
 
 
 def test_8bit_monochrome2(tmp_path):
-    pixels = _ramp(0, 255, np.uint8)
-    out = decode_dicom(_write(_dataset(pixels, bits_stored=8), tmp_path / "8.dcm"))
+    pixels = dicom_ramp(0, 255, np.uint8)
+    out = decode_dicom(write_dicom(dicom_dataset(pixels, bits_stored=8), tmp_path / "8.dcm"))
     np.testing.assert_array_equal(out, pixels)
-    narrow = _ramp(40, 200, np.uint8)  # no VOI: min-max scaled like 16-bit data
-    out = decode_dicom(_write(_dataset(narrow, bits_stored=8), tmp_path / "8n.dcm"))
+    narrow = dicom_ramp(40, 200, np.uint8)  # no VOI: min-max scaled like 16-bit data
+    out = decode_dicom(write_dicom(dicom_dataset(narrow, bits_stored=8), tmp_path / "8n.dcm"))
     assert _monotone_full_range(out[0])
 
 
 def test_rgb_secondary_capture_becomes_gray(tmp_path):
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
-    out = decode_dicom(_write(_dataset(rgb, photometric="RGB", bits_stored=8), tmp_path / "c.dcm"))
+    out = decode_dicom(
+        write_dicom(dicom_dataset(rgb, photometric="RGB", bits_stored=8), tmp_path / "c.dcm")
+    )
     np.testing.assert_array_equal(out, cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
-    gray = _ramp(0, 255, np.uint8)
-    ds = _dataset(np.dstack([gray] * 3), photometric="RGB", bits_stored=8)
-    np.testing.assert_array_equal(decode_dicom(_write(ds, tmp_path / "g.dcm")), gray)
+    gray = dicom_ramp(0, 255, np.uint8)
+    ds = dicom_dataset(np.dstack([gray] * 3), photometric="RGB", bits_stored=8)
+    np.testing.assert_array_equal(decode_dicom(write_dicom(ds, tmp_path / "g.dcm")), gray)
 
 
 def test_multiframe_uses_the_first_frame(tmp_path):
-    frames = np.stack([_ramp(0, 4000, np.uint16), _ramp(4000, 0, np.uint16)])
-    ds = _dataset(frames, bits_stored=12)
+    frames = np.stack([dicom_ramp(0, 4000, np.uint16), dicom_ramp(4000, 0, np.uint16)])
+    ds = dicom_dataset(frames, bits_stored=12)
     assert int(ds.NumberOfFrames) == 2
-    out = decode_dicom(_write(ds, tmp_path / "mf.dcm"))
+    out = decode_dicom(write_dicom(ds, tmp_path / "mf.dcm"))
     assert _monotone_full_range(out[0])  # frame 0 rises; frame 1 would fall
 
 
 def test_multiframe_ct_volume_is_refused(tmp_path):
-    frames = np.stack([_ramp(0, 4000, np.uint16)] * 3)
-    ds = _dataset(frames, bits_stored=12, sop_class=CT_IMAGE, Modality="CT")
+    frames = np.stack([dicom_ramp(0, 4000, np.uint16)] * 3)
+    ds = dicom_dataset(frames, bits_stored=12, sop_class=CT_IMAGE, Modality="CT")
     with pytest.raises(ImageReadError, match="multi-frame CT/MR volume"):
-        decode_dicom(_write(ds, tmp_path / "ct.dcm"))
+        decode_dicom(write_dicom(ds, tmp_path / "ct.dcm"))
 
 
 # --- files that are not decodable images -------------------------------------------------
 
 
 def test_dicom_without_pixel_data(tmp_path):
-    path = _write(_dataset(None), tmp_path / "nopix.dcm")
+    path = write_dicom(dicom_dataset(None), tmp_path / "nopix.dcm")
     assert is_dicom(path)
     with pytest.raises(ImageReadError, match="without pixel data"):
         decode_dicom(path)
-    sr = _dataset(None, sop_class=BASIC_TEXT_SR, Modality="SR")
+    sr = dicom_dataset(None, sop_class=BASIC_TEXT_SR, Modality="SR")
     with pytest.raises(ImageReadError, match="without pixel data"):
-        decode_gray(_write(sr, tmp_path / "report.dcm"))
+        decode_gray(write_dicom(sr, tmp_path / "report.dcm"))
 
 
 def test_garbage_named_dcm_is_refused(tmp_path):
@@ -228,7 +188,9 @@ def test_garbage_named_dcm_is_refused(tmp_path):
 
 
 def test_truncated_dicom_is_refused(tmp_path):
-    path = _write(_dataset(_ramp(0, 4000, np.uint16), bits_stored=12), tmp_path / "full.dcm")
+    path = write_dicom(
+        dicom_dataset(dicom_ramp(0, 4000, np.uint16), bits_stored=12), tmp_path / "full.dcm"
+    )
     data = path.read_bytes()
     cut = tmp_path / "cut.dcm"
     cut.write_bytes(data[: len(data) - 3000])  # most of the pixel data is missing
@@ -238,21 +200,21 @@ def test_truncated_dicom_is_refused(tmp_path):
 
 
 def test_content_not_name_decides(tmp_path):
-    pixels = _ramp(100, 4000, np.uint16)
-    disguised = _write(_dataset(pixels, bits_stored=12), tmp_path / "scan.png")
-    real = _write(_dataset(pixels, bits_stored=12), tmp_path / "scan.dcm")
+    pixels = dicom_ramp(100, 4000, np.uint16)
+    disguised = write_dicom(dicom_dataset(pixels, bits_stored=12), tmp_path / "scan.png")
+    real = write_dicom(dicom_dataset(pixels, bits_stored=12), tmp_path / "scan.dcm")
     assert is_dicom(disguised)
     np.testing.assert_array_equal(decode_gray(disguised), decode_gray(real))
     png_named_dcm = tmp_path / "picture.dcm"
-    assert cv2.imwrite(str(tmp_path / "p.png"), _ramp(0, 255, np.uint8))
+    assert cv2.imwrite(str(tmp_path / "p.png"), dicom_ramp(0, 255, np.uint8))
     png_named_dcm.write_bytes((tmp_path / "p.png").read_bytes())
     assert not is_dicom(png_named_dcm)
-    np.testing.assert_array_equal(decode_gray(png_named_dcm), _ramp(0, 255, np.uint8))
+    np.testing.assert_array_equal(decode_gray(png_named_dcm), dicom_ramp(0, 255, np.uint8))
 
 
 def test_file_without_preamble_is_read_when_named_dcm(tmp_path):
-    pixels = _ramp(100, 4000, np.uint16)
-    ds = _dataset(pixels, bits_stored=12)
+    pixels = dicom_ramp(100, 4000, np.uint16)
+    ds = dicom_dataset(pixels, bits_stored=12)
     del ds.file_meta  # an old-style bare dataset: no preamble, no DICM, no file meta
     path = tmp_path / "old.dcm"
     dcmwrite(path, ds, implicit_vr=True, little_endian=True)
@@ -264,9 +226,9 @@ def test_file_without_preamble_is_read_when_named_dcm(tmp_path):
 
 
 def test_huge_header_is_refused_before_decoding(tmp_path):
-    ds = _dataset(_ramp(0, 255, np.uint8), bits_stored=8)
+    ds = dicom_dataset(dicom_ramp(0, 255, np.uint8), bits_stored=8)
     ds.Rows, ds.Columns = 20000, 20000  # 400 MP claimed, a few KiB stored
-    path = _write(ds, tmp_path / "huge.dcm")
+    path = write_dicom(ds, tmp_path / "huge.dcm")
     with pytest.raises(ImageReadError, match="too large"):
         decode_gray(path)
 
@@ -281,11 +243,11 @@ def test_missing_file_is_an_image_read_error(tmp_path):
 
 
 def test_rle_lossless_matches_uncompressed(tmp_path):
-    pixels = _ramp(100, 4000, np.uint16)
-    plain = decode_dicom(_write(_dataset(pixels, bits_stored=12), tmp_path / "plain.dcm"))
-    ds = _dataset(pixels, bits_stored=12)
+    pixels = dicom_ramp(100, 4000, np.uint16)
+    plain = decode_dicom(write_dicom(dicom_dataset(pixels, bits_stored=12), tmp_path / "plain.dcm"))
+    ds = dicom_dataset(pixels, bits_stored=12)
     ds.compress(RLELossless)
-    path = _write(ds, tmp_path / "rle.dcm")
+    path = write_dicom(ds, tmp_path / "rle.dcm")
     assert "PixelData" in ds and ds.file_meta.TransferSyntaxUID == RLELossless
     np.testing.assert_array_equal(decode_dicom(path), plain)
 
@@ -293,17 +255,17 @@ def test_rle_lossless_matches_uncompressed(tmp_path):
 def test_jpeg2000_lossless_matches_uncompressed(tmp_path):
     rng = np.random.default_rng(2)
     pixels = rng.integers(0, 4096, (H, W), dtype=np.uint16)
-    plain = decode_dicom(_write(_dataset(pixels, bits_stored=12), tmp_path / "plain.dcm"))
-    ds = _dataset(pixels, bits_stored=12)
+    plain = decode_dicom(write_dicom(dicom_dataset(pixels, bits_stored=12), tmp_path / "plain.dcm"))
+    ds = dicom_dataset(pixels, bits_stored=12)
     ds.compress(JPEG2000Lossless)
-    path = _write(ds, tmp_path / "j2k.dcm")
+    path = write_dicom(ds, tmp_path / "j2k.dcm")
     np.testing.assert_array_equal(decode_dicom(path), plain)
 
 
 def _jpeg_baseline_dataset(img: np.ndarray) -> Dataset:
     ok, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
     assert ok
-    ds = _dataset(img, bits_stored=8)
+    ds = dicom_dataset(img, bits_stored=8)
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     ds.PixelData = encapsulate([jpg.tobytes()])
     ds["PixelData"].VR = "OB"
@@ -311,9 +273,9 @@ def _jpeg_baseline_dataset(img: np.ndarray) -> Dataset:
 
 
 def test_jpeg_baseline_decodes_within_jpeg_tolerance(tmp_path):
-    img = _ramp(0, 255, np.uint8)
+    img = dicom_ramp(0, 255, np.uint8)
     img[20:40, 30:50] = 255 - img[20:40, 30:50]  # an edge for the codec to smear a little
-    path = _write(_jpeg_baseline_dataset(img), tmp_path / "jpeg.dcm")
+    path = write_dicom(_jpeg_baseline_dataset(img), tmp_path / "jpeg.dcm")
     out = decode_gray(path)
     assert out.shape == img.shape
     diff = np.abs(out.astype(int) - img.astype(int))
@@ -326,28 +288,28 @@ def test_colour_jpeg_baseline_becomes_gray(tmp_path):
     ok, jpg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 95])
     assert ok
     rgb = np.ascontiguousarray(bgr[:, :, ::-1])
-    ds = _dataset(rgb, photometric="RGB", bits_stored=8)
+    ds = dicom_dataset(rgb, photometric="RGB", bits_stored=8)
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
     ds.PhotometricInterpretation = "YBR_FULL_422"  # what a colour JFIF stream holds
     ds.PixelData = encapsulate([jpg.tobytes()])
     ds["PixelData"].VR = "OB"
-    out = decode_dicom(_write(ds, tmp_path / "colour.dcm"))
+    out = decode_dicom(write_dicom(ds, tmp_path / "colour.dcm"))
     diff = np.abs(out.astype(int) - cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY).astype(int))
     assert diff.mean() < 2 and diff.max() <= 16
 
 
 def test_undecodable_compressed_data_names_the_transfer_syntax(tmp_path):
-    ds = _dataset(_ramp(0, 4000, np.uint16), bits_stored=12)
+    ds = dicom_dataset(dicom_ramp(0, 4000, np.uint16), bits_stored=12)
     ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
     ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 200])  # a broken codestream
     ds["PixelData"].VR = "OB"
     with pytest.raises(ImageReadError, match="cannot decode JPEG 2000"):
-        decode_gray(_write(ds, tmp_path / "broken.dcm"))
+        decode_gray(write_dicom(ds, tmp_path / "broken.dcm"))
 
 
 def test_deferred_pixel_data_is_read_when_needed(tmp_path, monkeypatch):
-    pixels = _ramp(100, 4000, np.uint16)
-    path = _write(_dataset(pixels, bits_stored=12), tmp_path / "d.dcm")
+    pixels = dicom_ramp(100, 4000, np.uint16)
+    path = write_dicom(dicom_dataset(pixels, bits_stored=12), tmp_path / "d.dcm")
     expected = decode_dicom(path)
     monkeypatch.setattr(dicom, "_DEFER_SIZE", 256)  # pixels now read lazily, after the checks
     np.testing.assert_array_equal(decode_dicom(path), expected)
@@ -357,8 +319,8 @@ def test_deferred_pixel_data_is_read_when_needed(tmp_path, monkeypatch):
 
 
 def test_decode_gray_and_load_image_accept_dicom(tmp_path):
-    pixels = _ramp(100, 4000, np.uint16)
-    path = _write(_dataset(pixels, bits_stored=12), tmp_path / "x.dcm")
+    pixels = dicom_ramp(100, 4000, np.uint16)
+    path = write_dicom(dicom_dataset(pixels, bits_stored=12), tmp_path / "x.dcm")
     np.testing.assert_array_equal(decode_gray(path), decode_dicom(path))
     np.testing.assert_array_equal(decode_gray(str(path)), decode_dicom(path))
     cfg = PreprocessConfig(img_size=32, clahe=False)
@@ -376,8 +338,8 @@ def test_dicom_extensions_count_as_images():
 
 
 def test_dicom_metadata(tmp_path):
-    ds = _dataset(
-        _ramp(0, 255, np.uint8),
+    ds = dicom_dataset(
+        dicom_ramp(0, 255, np.uint8),
         bits_stored=8,
         PatientID="RSNA-0042",
         PatientAge="045Y",
@@ -385,7 +347,7 @@ def test_dicom_metadata(tmp_path):
         ViewPosition="PA",
         Modality="CR",
     )
-    meta = dicom_metadata(_write(ds, tmp_path / "m.dcm"))
+    meta = dicom_metadata(write_dicom(ds, tmp_path / "m.dcm"))
     assert meta == {
         "patient_id": "RSNA-0042",
         "age_years": 45.0,
@@ -396,10 +358,10 @@ def test_dicom_metadata(tmp_path):
 
 
 def test_dicom_metadata_missing_fields_are_none(tmp_path):
-    ds = _dataset(None, PatientSex="O")
+    ds = dicom_dataset(None, PatientSex="O")
     del ds.Modality
     del ds.PatientID
-    meta = dicom_metadata(_write(ds, tmp_path / "bare.dcm"))
+    meta = dicom_metadata(write_dicom(ds, tmp_path / "bare.dcm"))
     assert meta == {
         "patient_id": None,
         "age_years": None,
@@ -436,8 +398,10 @@ def test_parse_age(text, years):
 
 @pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian])
 def test_other_uncompressed_transfer_syntaxes(tmp_path, syntax):
-    pixels = _ramp(100, 4000, np.uint16)
-    expected = decode_dicom(_write(_dataset(pixels, bits_stored=12), tmp_path / "explicit.dcm"))
-    ds = _dataset(pixels, bits_stored=12)
+    pixels = dicom_ramp(100, 4000, np.uint16)
+    expected = decode_dicom(
+        write_dicom(dicom_dataset(pixels, bits_stored=12), tmp_path / "explicit.dcm")
+    )
+    ds = dicom_dataset(pixels, bits_stored=12)
     ds.file_meta.TransferSyntaxUID = syntax
-    np.testing.assert_array_equal(decode_dicom(_write(ds, tmp_path / "other.dcm")), expected)
+    np.testing.assert_array_equal(decode_dicom(write_dicom(ds, tmp_path / "other.dcm")), expected)

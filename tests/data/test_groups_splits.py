@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,8 +19,7 @@ from pneumoscope.data.splits import (
     straddling_groups,
     stratified_group_split,
 )
-
-from .conftest import write_kaggle_layout
+from tests.helpers import write_copy_source, write_kaggle_layout
 
 CFG = PreprocessConfig(img_size=32)
 
@@ -103,29 +101,6 @@ def test_straddling_groups_finds_cut_groups():
 
 
 # --- through prepare: a second source made of re-encoded, re-split copies -----------------
-
-
-def write_copy_source(
-    original: Path, root: Path, seed: int = 0, covid: int = 2, size: int = 96
-) -> Path:
-    """The Covid-19 & Pneumonia construction: every original image pooled, shuffled,
-    split 80/20, renamed NORMAL(i).jpg / PNEUMONIA(i).jpg, gray, resized, JPEG 85."""
-    files = sorted(p for p in original.rglob("*.jpeg"))
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(files))
-    for k, idx in enumerate(order):
-        f = files[idx]
-        cls = f.parent.name
-        split = "test" if k < len(files) // 5 else "train"
-        d = root / "Data" / split / cls
-        d.mkdir(parents=True, exist_ok=True)
-        img = cv2.resize(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE), (size, size))
-        cv2.imwrite(str(d / f"{cls}({k}).jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 85])
-    for i in range(covid):
-        d = root / "Data" / "train" / "COVID19"
-        d.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(d / f"COVID19({i}).jpg"), rng.integers(0, 255, (80, 80), dtype=np.uint8))
-    return root
 
 
 @pytest.fixture(scope="module")

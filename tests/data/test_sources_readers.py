@@ -20,9 +20,7 @@ from pneumoscope.data.sources import (
     read_source,
     scan_class_folders,
 )
-
-from .conftest import fake_xray, write_kaggle_layout
-from .test_dicom import _dataset, _ramp, _write
+from tests.helpers import dicom_dataset, dicom_ramp, fake_xray, write_dicom, write_kaggle_layout
 
 
 def _img(path: Path, pneumonia: bool = False, seed: int = 0) -> Path:
@@ -103,8 +101,8 @@ def test_dicom_headers_fill_age_sex_view_but_not_the_patient(tmp_path):
     root = write_kaggle_layout(tmp_path / "cx", {"train": 2})
     attrs = dict(PatientID="ANON", PatientAge="045Y", PatientSex="F", ViewPosition="AP")
     for i in range(2):
-        ds = _dataset(_ramp(0, 255, np.uint8, 32, 32), bits_stored=8, **attrs)
-        _write(ds, root / "train" / "NORMAL" / f"scan{i}.dcm")
+        ds = dicom_dataset(dicom_ramp(0, 255, np.uint8, 32, 32), bits_stored=8, **attrs)
+        write_dicom(ds, root / "train" / "NORMAL" / f"scan{i}.dcm")
     read = read_source("h", root, default_age_group="child")
     dcm = [r for r in read.rows if r.path.endswith(".dcm")]
     assert [(r.age, r.age_group, r.sex, r.view) for r in dcm] == [(45.0, "adult", "F", "AP")] * 2
@@ -228,11 +226,11 @@ def _rsna(root: Path, detail: bool = True, image_dir: str = "stage_2_train_image
     for pid, attrs in tags.items():
         with warnings.catch_warnings():  # RSNA stores ages as bare numbers ('7'): not strict AS
             warnings.simplefilter("ignore", UserWarning)
-            ds = _dataset(_ramp(0, 255, np.uint8, 32, 32), bits_stored=8, **attrs)
-        _write(ds, images / f"{pid}.dcm")
+            ds = dicom_dataset(dicom_ramp(0, 255, np.uint8, 32, 32), bits_stored=8, **attrs)
+        write_dicom(ds, images / f"{pid}.dcm")
     (root / "stage_2_test_images").mkdir()
-    _write(
-        _dataset(_ramp(0, 255, np.uint8, 32, 32), bits_stored=8),
+    write_dicom(
+        dicom_dataset(dicom_ramp(0, 255, np.uint8, 32, 32), bits_stored=8),
         root / "stage_2_test_images" / "t1.dcm",
     )
     return root

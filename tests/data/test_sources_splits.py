@@ -8,8 +8,7 @@ import pytest
 from pneumoscope.core.errors import UserError
 from pneumoscope.data.sources import patient_from_name, scan_class_folders
 from pneumoscope.data.splits import MIN_GIVEN_VAL, assign_splits, grouped_val_split
-
-from .conftest import write_kaggle_layout
+from tests.helpers import write_kaggle_layout
 
 
 @pytest.mark.parametrize(

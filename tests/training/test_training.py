@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,9 +25,7 @@ from pneumoscope.inference.predict import predict_to_csv
 from pneumoscope.model.run import load_run, sigmoid
 from pneumoscope.training.config import CONFIG_DIR, TrainConfig, resolve_config
 from pneumoscope.training.train import train
-
-REPO = Path(__file__).resolve().parents[1]
-
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

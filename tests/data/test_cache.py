@@ -11,8 +11,7 @@ from pneumoscope.core.errors import UserError
 from pneumoscope.data.cache import open_cache
 from pneumoscope.data.prepare import prepare
 from pneumoscope.data.preprocess import PreprocessConfig, load_image
-
-from .conftest import write_kaggle_layout
+from tests.helpers import write_kaggle_layout
 
 
 def _add_bad_files(root):

@@ -1,0 +1,161 @@
+"""Test utilities shared by several test modules: synthetic X-rays and layouts, DICOM
+objects built with pydicom, awkward files, and the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filewriter import dcmwrite
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("PNEUMOSCOPE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def fake_xray(rng: np.random.Generator, pneumonia: bool, size: int = 64) -> np.ndarray:
+    """A gray chest-like picture: two dark lungs on a lighter body; pneumonia adds a
+    bright, blurred opacity inside one lung, so the label is learnable but not trivial."""
+    img = np.full((size, size), 170, np.float32)
+    c = size // 2
+    for dx in (-1, 1):
+        center = (c + dx * size // 5 + int(rng.integers(-2, 3)), c + int(rng.integers(-2, 3)))
+        cv2.ellipse(img, center, (size // 7, size // 3), 0, 0, 360, 60, -1)
+    if pneumonia:
+        side = rng.choice([-1, 1])
+        center = (c + side * size // 5, c + int(rng.integers(-size // 8, size // 8)))
+        cv2.circle(img, center, size // 9, 150, -1)
+    img = cv2.GaussianBlur(img, (5, 5), 0)
+    img += rng.normal(0, 12, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_kaggle_layout(
+    root: Path, n_per_class: dict[str, int], seed: int = 0, size: int = 64, with_val: int = 0
+) -> Path:
+    """train|test[/val]/NORMAL|PNEUMONIA with pediatric-style names (two images per patient)."""
+    rng = np.random.default_rng(seed)
+    splits = dict(n_per_class)
+    if with_val:
+        splits["val"] = with_val
+    pid = 0
+    for split, n in splits.items():
+        for label in ("NORMAL", "PNEUMONIA"):
+            d = root / split / label
+            d.mkdir(parents=True, exist_ok=True)
+            for k in range(n):
+                if k % 2 == 0:
+                    pid += 1
+                name = (
+                    f"person{pid}_bacteria_{k}.jpeg"
+                    if label == "PNEUMONIA"
+                    else f"IM-{pid:04d}-{k:04d}.jpeg"
+                )
+                cv2.imwrite(str(d / name), fake_xray(rng, label == "PNEUMONIA", size))
+    return root
+
+
+def run_cli(*args: str, cwd: Path | None = None):
+    """Run the real console entry point in a subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "pneumoscope", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+# --- DICOM objects ---------------------------------------------------------------------
+
+DX_IMAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
+H, W = 64, 80
+
+
+def dicom_ramp(lo: float, hi: float, dtype, h: int = H, w: int = W) -> np.ndarray:
+    """Left-to-right gradient, the same on every row."""
+    return np.tile(np.linspace(lo, hi, w), (h, 1)).round().astype(dtype)
+
+
+def dicom_dataset(
+    pixels: np.ndarray | None,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int | None = None,
+    sop_class: str = DX_IMAGE,
+    **attrs,
+) -> Dataset:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = sop_class
+    ds.Modality = "DX"
+    ds.PatientID = "PAT-001"
+    if pixels is not None:
+        ds.set_pixel_data(pixels, photometric, bits_stored or pixels.dtype.itemsize * 8)
+    else:
+        ds.SOPInstanceUID = generate_uid()
+    for keyword, value in attrs.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def write_dicom(ds: Dataset, path: Path) -> Path:
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
+# --- awkward files ---------------------------------------------------------------------
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    crc = struct.pack(">I", zlib.crc32(chunk) & 0xFFFFFFFF)
+    idat = zlib.compress(b"\x00" * 64)
+    idat_chunk = b"IDAT" + idat
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", len(ihdr))
+        + chunk
+        + crc
+        + struct.pack(">I", len(idat))
+        + idat_chunk
+        + struct.pack(">I", zlib.crc32(idat_chunk) & 0xFFFFFFFF)
+    )
+
+
+# --- a second source made of re-encoded, re-split copies -----------------------------------
+
+
+def write_copy_source(
+    original: Path, root: Path, seed: int = 0, covid: int = 2, size: int = 96
+) -> Path:
+    """The Covid-19 & Pneumonia construction: every original image pooled, shuffled,
+    split 80/20, renamed NORMAL(i).jpg / PNEUMONIA(i).jpg, gray, resized, JPEG 85."""
+    files = sorted(p for p in original.rglob("*.jpeg"))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(files))
+    for k, idx in enumerate(order):
+        f = files[idx]
+        cls = f.parent.name
+        split = "test" if k < len(files) // 5 else "train"
+        d = root / "Data" / split / cls
+        d.mkdir(parents=True, exist_ok=True)
+        img = cv2.resize(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE), (size, size))
+        cv2.imwrite(str(d / f"{cls}({k}).jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    for i in range(covid):
+        d = root / "Data" / "train" / "COVID19"
+        d.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(d / f"COVID19({i}).jpg"), rng.integers(0, 255, (80, 80), dtype=np.uint8))
+    return root
