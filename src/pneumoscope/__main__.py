@@ -1,3 +1,3 @@
-from pneumoscope.cli.app import main
+from pneumoscope.cli import main
 
 main()

@@ -1,5 +1,5 @@
 """The `pneumoscope` command line (Typer): one module per group of subcommands."""
 
-from pneumoscope.cli.app import app, main
+from pneumoscope.cli.main import app, main
 
 __all__ = ["app", "main"]

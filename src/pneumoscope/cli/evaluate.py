@@ -1,0 +1,121 @@
+"""`pneumoscope calibrate | evaluate | compare`: threshold, metrics and reports of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from pneumoscope.cli.base import app, echo_table
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  pneumoscope calibrate --run runs/r18 --data work/data128\n\n"
+    "  pneumoscope calibrate --run runs/r18 --data work/data128 --policy sensitivity "
+    "--target-sensitivity 0.95\n\n"
+    "  pneumoscope calibrate --run runs/r18 --data work/data128 --policy cost --cost-fn 10",
+)
+def calibrate(
+    run: Path = typer.Option(..., help="Run folder made by 'pneumoscope train'."),
+    data: Path = typer.Option(..., help="Prepared data folder; its val split is used."),
+    policy: str = typer.Option(
+        "youden", help="Threshold policy: youden | f1 | cost | sensitivity."
+    ),
+    cost_fn: float = typer.Option(5.0, help="Cost of a missed pneumonia (policy cost)."),
+    cost_fp: float = typer.Option(1.0, help="Cost of a false alarm (policy cost)."),
+    target_sensitivity: float = typer.Option(
+        0.95, help="Minimum sensitivity (policy sensitivity)."
+    ),
+    views: int = typer.Option(
+        None,
+        help="Also score this many copies of each validation image under the run's training "
+        "augmentation (seeded) and choose the threshold on all of them, so it holds up when "
+        "field of view, position or exposure vary. The temperature is still fitted on the "
+        "plain images. Default: the run's training setting (threshold_views), else 0.",
+    ),
+) -> None:
+    """Fit temperature scaling on validation logits, then choose the threshold on the
+    calibrated validation probabilities; writes RUN/calibration.json, which predict and
+    evaluate read. Training already ends with the default (youden) calibration."""
+    from pneumoscope.evaluation.calibration import calibrate as run_cal
+
+    c = run_cal(run, data, policy, cost_fn, cost_fp, target_sensitivity, views=views)
+    b, a = c["validation"]["before"], c["validation"]["after"]
+    echo_table(
+        f"validation (n={c['validation']['n']}), temperature {c['temperature']:.3f}",
+        ["", "NLL", "ECE", "Brier", "AUROC"],
+        [
+            [name, f"{d['nll']:.4f}", f"{d['ece']:.4f}", f"{d['brier']:.4f}", f"{d['auroc']:.4f}"]
+            for name, d in (("before", b), ("after", a))
+        ],
+    )
+    at = c["validation"]["at_threshold"]
+    tv = c.get("threshold_views")
+    if tv:
+        typer.echo(
+            f"threshold chosen on {tv['n_scored']} scores: the validation images plus "
+            f"{tv['views']} augmented views of each (views AUROC {tv['views_auroc']:.4f})"
+        )
+    typer.echo(
+        f"threshold {c['threshold']:.4f} ({policy}): validation sensitivity "
+        f"{at['sensitivity']:.3f}, specificity {at['specificity']:.3f}; "
+        f"written to {run / 'calibration.json'}"
+    )
+    if c.get("temperature_warning"):
+        typer.echo(f"warning: {c['temperature_warning']}", err=True)
+
+
+@app.command(
+    epilog="Examples:\n\n  pneumoscope evaluate --run runs/r18 --data work/data128 --split test"
+    "\n\n  pneumoscope evaluate --run runs/r18 --data work/data128 --split val --out eval_val",
+)
+def evaluate(
+    run: Path = typer.Option(..., help="Run folder made by 'pneumoscope train'."),
+    data: Path = typer.Option(..., help="Prepared data folder (same --img-size and CLAHE)."),
+    split: str = typer.Option("test", help="train | val | test."),
+    out: Path = typer.Option(
+        None, help="Where to write metrics.json, plots and report.html (default: RUN)."
+    ),
+    bootstrap: int = typer.Option(1000, help="Bootstrap replicates for 95% intervals (0 = none)."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap."),
+) -> None:
+    """Metrics with 95% bootstrap intervals (resampling patients), per source and age group
+    where known, operating points of every threshold policy, every image's probability and
+    outcome (predictions_SPLIT.csv), plots and report.html with the most confident errors."""
+    from pneumoscope.evaluation.evaluate import evaluate as run_eval
+    from pneumoscope.evaluation.metrics import METRIC_LABELS
+
+    m = run_eval(run, data, split, out, n_boot=bootstrap, seed=seed)
+    ci = m.get("ci", {})
+    rows = [
+        [label, f"{m[k]:.4f}", "" if k not in ci else f"{ci[k][0]:.4f} - {ci[k][1]:.4f}"]
+        for k, label in METRIC_LABELS.items()
+    ]
+    echo_table(
+        f"{split} split, n={m['n']} ({m['n_normal']} NORMAL, {m['n_pneumonia']} "
+        f"PNEUMONIA), threshold {m['threshold']:.3f}",
+        ["metric", "value", "95% CI"],
+        rows,
+    )
+    (tn, fp), (fn, tp) = m["confusion_matrix"]
+    typer.echo(
+        f"confusion matrix: TN {tn}  FP {fp}  FN {fn}  TP {tp}; "
+        f"written to {(out or run) / 'metrics.json'} and report.html"
+    )
+
+
+@app.command(
+    epilog="Example:\n\n  pneumoscope compare runs/seed_cnn runs/r18 --out compare.md",
+)
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Run folders, each evaluated already."),
+    out: Path = typer.Option(Path("compare.md"), help="Markdown table to write."),
+) -> None:
+    """Runs' evaluation metrics side by side (value and 95% CI)."""
+    from pneumoscope.evaluation.compare import compare as run_compare
+    from pneumoscope.evaluation.compare import transpose
+
+    header, body = transpose(run_compare(runs, out))
+    echo_table("runs compared: value (95% CI)", header, body)
+    typer.echo(f"written to {out}")

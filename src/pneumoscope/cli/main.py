@@ -1,0 +1,30 @@
+"""Entry point: every subcommand registered, user mistakes as one line (exit status 2)."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from pneumoscope.cli import data, evaluate, predict, train
+from pneumoscope.cli.base import app
+from pneumoscope.core.errors import UserError
+
+COMMAND_MODULES = (data, train, evaluate, predict)  # importing one registers its commands
+ORDER = ("train", "calibrate", "evaluate", "compare", "predict", "explain", "export")
+app.registered_commands.sort(key=lambda c: ORDER.index(c.name or c.callback.__name__))
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
