@@ -3,7 +3,7 @@
 #   bash scripts/quickstart.sh IMAGE_FOLDER [WORK_FOLDER]
 # IMAGE_FOLDER holds NORMAL/ and PNEUMONIA/, or train|test/ holding them (Kaggle layout).
 # Environment overrides: IMG_SIZE, MODEL, EPOCHS, MAX_MINUTES (defaults: the fast-cpu preset's,
-# configs/fast-cpu.yaml).
+# src/pneumoscope/presets/train/fast-cpu.yaml, shipped in the package).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [[ $# -lt 1 ]]; then
@@ -21,10 +21,10 @@ ps="$root/.venv/bin/pneumoscope"
 set -x
 # The cache is prepared at the preset's own image size, read from the preset, so the two
 # cannot drift apart when the recipe changes.
-preset_size="$("$root/.venv/bin/python" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["img_size"])' "$root/configs/fast-cpu.yaml")"
+preset_size="$("$root/.venv/bin/python" -c 'from pneumoscope.core.settings import read_preset; print(read_preset("train", "fast-cpu")["img_size"])')"
 "$ps" data prepare --source "$src" --out "$work/data" --img-size "${IMG_SIZE:-$preset_size}"
-# The fast-cpu preset (configs/fast-cpu.yaml): ResNet-18 from scratch, at most 30 minutes
-# on 2 CPU cores. MODEL / EPOCHS / MAX_MINUTES override it.
+# The fast-cpu preset (pneumoscope/presets/train/fast-cpu.yaml): ResNet-18 from scratch, at
+# most 30 minutes on 2 CPU cores. MODEL / EPOCHS / MAX_MINUTES override it.
 extra=()
 [[ -n "${IMG_SIZE:-}" ]] && extra+=(--img-size "$IMG_SIZE")
 [[ -n "${MODEL:-}" ]] && extra+=(--model "$MODEL")

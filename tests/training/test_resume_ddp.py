@@ -88,10 +88,10 @@ def test_killed_run_resumes_to_the_uninterrupted_result(data_dir, tmp_path, sche
     ha = pd.read_csv(tmp_path / "whole" / "history.csv").drop(columns="elapsed_s")
     hb = pd.read_csv(run / "history.csv").drop(columns="elapsed_s")
     pd.testing.assert_frame_equal(ha, hb)  # the history survived the kill, row for row
-    assert card["training"]["epochs_run"] == 3 and card["training"]["stopped_by"] == "max_epochs"
+    assert card.training.epochs_run == 3 and card.training.stopped_by == "max_epochs"
     whole_card = json.loads((tmp_path / "whole" / "model.json").read_text())
-    assert card["best_epoch"] == whole_card["best_epoch"]
-    assert card["threshold"] == whole_card["threshold"]
+    assert card.best_epoch == whole_card["best_epoch"]
+    assert card.threshold == whole_card["threshold"]
     assert not (run / "checkpoints" / "last.ckpt").exists()  # finished for good: removed
 
 

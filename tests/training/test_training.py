@@ -18,12 +18,13 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from pneumoscope.core.errors import UserError
+from pneumoscope.core.settings import preset_folder, preset_names
 from pneumoscope.data.augment import AugmentConfig, augment_batch
 from pneumoscope.data.cache import open_cache
 from pneumoscope.data.preprocess import try_load_image
 from pneumoscope.inference.predict import predict_to_csv
 from pneumoscope.model.run import load_run, sigmoid
-from pneumoscope.training.config import CONFIG_DIR, TrainConfig, resolve_config
+from pneumoscope.training.config import TrainConfig, resolve_config
 from pneumoscope.training.train import train
 from tests.helpers import REPO
 
@@ -49,7 +50,7 @@ def tiny(data_dir, out, **kw) -> TrainConfig:
 
 
 def test_presets_are_plain_yaml_and_say_what_the_designs_did(tmp_path):
-    names = {p.stem for p in (REPO / "configs").glob("*.yaml")}
+    names = set(preset_names("train"))  # shipped in the package: pneumoscope/presets/train
     assert {"seed1-cnn", "seed2-efficientnet"} <= names
     over = {"data": "d", "out": str(tmp_path)}
     for name in names:  # every preset (fast-cpu too) loads, by name, and validates
@@ -65,7 +66,7 @@ def test_presets_are_plain_yaml_and_say_what_the_designs_did(tmp_path):
     a1 = s1.augment
     assert (a1["rotation"], a1["shift"], a1["hflip"], a1["vflip"]) == (30, 0.1, 0.5, 0.5)
     assert a1["aspect"] == 0.2  # Keras zoom_range 0.2: x and y scale drawn independently
-    s2 = resolve_config(CONFIG_DIR / "seed2-efficientnet.yaml", over)
+    s2 = resolve_config(str(preset_folder("train") / "seed2-efficientnet.yaml"), over)
     assert (s2.model, s2.img_size, s2.in_chans, s2.normalization, s2.eval_crop) == (
         "efficientnet_b0",
         224,
@@ -137,9 +138,19 @@ def test_config_precedence_and_one_line_errors(tmp_path):
             resolve_config(None, {"data": "d", "out": "o", **bad}).validate()
 
 
+def test_a_run_config_written_by_release_0_1_loads_back_unchanged(tmp_path):
+    saved = REPO / "tests" / "fixtures" / "run_v1" / "config.yaml"
+    cfg = resolve_config(saved.parent, {})  # a run folder stands for its config.yaml
+    assert cfg.to_yaml() == saved.read_text()
+    f = tmp_path / "c.yaml"
+    f.write_text("data: d\nout: o\noptimizer: adam\n")  # a value from a file names the file
+    with pytest.raises(UserError, match=f"'optimizer' in {f} must be one of adamw, rmsprop"):
+        resolve_config(f, {})
+
+
 def test_cli_config_then_run_config_yaml_repeats_the_run_bit_for_bit(data_dir, tmp_path):
     """A CPU run with a seed repeats exactly, and RUN/config.yaml reproduces it."""
-    from pneumoscope.cli.app import app
+    from pneumoscope.cli import app
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
@@ -253,7 +264,7 @@ def seed2_run(data_dir, tmp_path_factory):
 
 def test_backbone_is_frozen_for_freeze_epochs_then_trained(seed2_run):
     _, card, snaps = seed2_run
-    assert card["training"]["freeze_epochs"] == 1
+    assert card.training.freeze_epochs == 1
     head = {"fc.weight", "fc.bias"}
     first, second = snaps.ends
     for k, p in snaps.start.items():
@@ -272,10 +283,10 @@ def test_seed2_input_is_in_the_card_and_predict_applies_the_crop(
     from torchvision.transforms.v2 import functional as TF
 
     run, card, _ = seed2_run
-    assert card["in_chans"] == 3 and card["eval_crop"] == 1.15
-    assert card["normalization"]["kind"] == "imagenet"
-    assert card["normalization"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
-    assert "centre crop" in card["input_note"]
+    assert card.input.in_chans == 3 and card.input.eval_crop == 1.15
+    assert card.input.normalization.kind == "imagenet"
+    assert list(card.input.normalization.mean) == pytest.approx([0.485, 0.456, 0.406])
+    assert "centre crop" in card.input_note
     files = sorted(str(p) for p in (synthetic_source / "test").rglob("*.jpeg"))[:12]
     predict_to_csv(run, files, tmp_path / "p.csv", batch_size=5, workers=1)
     got = pd.read_csv(tmp_path / "p.csv").set_index("path")["probability"]
@@ -409,8 +420,8 @@ def test_bf16_mixed_precision_trains_on_cpu(data_dir, tmp_path):
     card = train(
         tiny(data_dir, tmp_path / "bf16", epochs=1, precision="bf16-mixed"), progress=False
     )
-    assert card["training"]["precision"] == "bf16-mixed"
-    assert np.isfinite(card["val_metrics"]["val_auroc"])
+    assert card.training.precision == "bf16-mixed"
+    assert np.isfinite(card.val_metrics["val_auroc"])
     assert load_run(tmp_path / "bf16").predict_logits(np.zeros((2, 32, 32), np.uint8)).dtype == (
         np.float32
     )
@@ -444,9 +455,9 @@ def test_weight_ema_is_what_validation_scores_and_what_the_run_saves(data_dir, t
         card = train(
             tiny(data_dir, out, epochs=3, ema_decay=decay), progress=False, callbacks=[seen]
         )
-        assert card["training"]["ema_decay"] == decay
+        assert card.training.ema_decay == decay
         saved[decay] = _float_state(out / "model.safetensors")
-        current[decay] = {k: seen.states[card["best_epoch"]][k] for k in saved[decay]}
+        current[decay] = {k: seen.states[card.best_epoch][k] for k in saved[decay]}
         # the saved weights reproduce the validation AUROC and probabilities of the card
         p = load_run(out, use_calibration=False).predict_proba(
             cache.images, rows=val["index"].to_numpy()
@@ -454,7 +465,7 @@ def test_weight_ema_is_what_validation_scores_and_what_the_run_saves(data_dir, t
         with np.load(out / "checkpoints" / "best_val.npz") as z:
             np.testing.assert_allclose(p, z["probs"], atol=1e-5)
         hist = pd.read_csv(out / "history.csv")
-        assert hist["val_auroc"].max() == pytest.approx(card["val_metrics"]["val_auroc"])
+        assert hist["val_auroc"].max() == pytest.approx(card.val_metrics["val_auroc"])
     # decay ~0: the average follows the current weights (BatchNorm statistics included)
     assert all(torch.allclose(saved[1e-9][k], current[1e-9][k], atol=1e-6) for k in saved[1e-9])
     # decay 0.8: the run saved the average, not the weights training had reached

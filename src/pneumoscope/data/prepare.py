@@ -20,25 +20,19 @@ leaves the whole cluster out of the cache, since neither label can be trusted an
 contradictory pair in test scores an error whatever the model says; ``keep`` keeps it
 grouped. Under ``dedupe=off`` nothing is dropped.
 
-Configs: a YAML file (``--config``) or a preset (``--preset NAME`` = configs/data/NAME.yaml)
-holds any of the DataConfig fields; command-line flags override it (``--source NAME=PATH``
-with a preset's source NAME changes that source's path only; other ``--source`` values
-replace the list). The resolved config
-is saved as OUT/prepare_config.yaml, and ``--config OUT/prepare_config.yaml`` repeats it.
-Relative source paths are relative to the current folder.
+Settings: :class:`pneumoscope.data.config.DataConfig` (presets, config files, flags); the
+resolved config is saved as OUT/prepare_config.yaml.
 """
 
 from __future__ import annotations
 
-import difflib
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from pneumoscope.core.errors import UserError
 from pneumoscope.core.io import write_text_atomic
@@ -49,208 +43,13 @@ from pneumoscope.data.cache import (
     write_cache,
     write_csv,
 )
-from pneumoscope.data.dedupe import NEAR_THRESHOLD, PHASH_BITS, find_duplicates
+from pneumoscope.data.config import DataConfig
+from pneumoscope.data.dedupe import find_duplicates
 from pneumoscope.data.groups import build_groups, group_names
 from pneumoscope.data.preprocess import PreprocessConfig
 from pneumoscope.data.report import Facts, build_report, write_report
-from pneumoscope.data.sources import LAYOUTS, parse_source_spec, read_source
-from pneumoscope.data.splits import STRADDLE_RULES, assign_splits, regroup_splits, resolve_given
-
-PRESET_DIR = Path(__file__).resolve().parents[3] / "configs" / "data"  # the repository's presets
-SPLIT_MODES = ("given", "regroup")
-DEDUPE_MODES = ("group", "drop", "off")
-CONFLICT_MODES = ("drop", "keep")
-STRADDLE_CHOICES = (*STRADDLE_RULES, "keep")  # keep: naive, groups may straddle (reported)
-AGE_GROUPS = ("child", "adult")
-
-
-@dataclass
-class DataConfig:
-    """Everything that decides a prepared dataset (not where it goes or how fast)."""
-
-    sources: list[str] = field(default_factory=list)  # "PATH" or "NAME=PATH", in priority order
-    layout: dict[str, str] = field(default_factory=dict)  # source name (or "*") -> layout
-    covid_as: str = "exclude"
-    rsna_not_normal: str = "exclude"
-    age_group: dict[str, str] = field(default_factory=dict)  # source (or "*") -> child|adult
-    split: str = "given"
-    val_fraction: float = 0.1  # given: validation carved from train when none is given
-    fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # regroup
-    straddle: str = "test-side"  # given: where a group in several given splits goes
-    dedupe: str = "group"
-    conflicts: str = "drop"
-    near_threshold: int = NEAR_THRESHOLD  # Hamming distance of 256 bits; -1: exact only
-    img_size: int = 224
-    clahe: bool = True
-    seed: int = 0
-    preset: str = ""  # the preset's name, for the report
-
-    def preprocess(self) -> PreprocessConfig:
-        return PreprocessConfig(img_size=self.img_size, clahe=self.clahe)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def validate(self) -> None:
-        _choice("split", self.split, SPLIT_MODES)
-        _choice("dedupe", self.dedupe, DEDUPE_MODES)
-        _choice("conflicts", self.conflicts, CONFLICT_MODES)
-        _choice("straddle", self.straddle, STRADDLE_CHOICES)
-        _choice("covid-as", self.covid_as, ("exclude", "pneumonia"))
-        _choice("rsna-not-normal", self.rsna_not_normal, ("exclude", "normal"))
-        for v in self.layout.values():
-            _choice("layout", v, LAYOUTS)
-        for v in self.age_group.values():
-            _choice("age-group", v, AGE_GROUPS)
-        if not self.sources:
-            raise UserError(
-                "no source: give --source PATH (or NAME=PATH, repeatable), or a --preset / "
-                "--config that lists sources"
-            )
-        if not 0.0 < self.val_fraction < 0.5:
-            raise UserError(f"--val-fraction must be between 0 and 0.5, got {self.val_fraction}")
-        if self.img_size < 32 or self.img_size > 1024:
-            raise UserError(f"--img-size must be between 32 and 1024, got {self.img_size}")
-        fr = self.fractions
-        if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1) > 1e-6 or fr[0] == 0:
-            raise UserError(
-                f"--fractions must be three numbers train,val,test that sum to 1, got {fr}"
-            )
-        if self.split == "regroup" and 0 in fr[1:]:
-            raise UserError("--split regroup needs val and test fractions above 0")
-        if not -1 <= self.near_threshold < PHASH_BITS // 2:
-            raise UserError(
-                f"--near-threshold must be between -1 (exact duplicates only) and "
-                f"{PHASH_BITS // 2 - 1} bits of {PHASH_BITS}, got {self.near_threshold}"
-            )
-
-
-def _choice(flag: str, value: str, choices) -> None:
-    if value not in choices:
-        raise UserError(f"--{flag} must be one of {', '.join(choices)}, got {value!r}")
-
-
-# --- configs and presets -------------------------------------------------------------------
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml")) if PRESET_DIR.is_dir() else []
-
-
-def preset_path(name: str) -> Path:
-    path = PRESET_DIR / f"{name}.yaml"
-    if not path.is_file():
-        names = preset_names()
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise UserError(
-            f"unknown --preset {name!r}{hint}: choose one of {', '.join(names) or 'none'} "
-            f"(files in {PRESET_DIR}), or give --config FILE"
-        )
-    return path
-
-
-def load_config_file(path: str | Path) -> dict:
-    """A YAML mapping of DataConfig fields (dashes or underscores), checked for typos."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"--config file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"--config {path} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise UserError(
-            f"--config {path} must hold a mapping of settings, not {type(raw).__name__}"
-        )
-    known = {f.name for f in fields(DataConfig)}
-    out = {}
-    for key, value in raw.items():
-        k = str(key).replace("-", "_")
-        if k not in known:
-            close = difflib.get_close_matches(k, sorted(known), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise UserError(f"unknown setting {key!r} in {path}{hint}")
-        out[k] = value
-    return out
-
-
-def parse_keyed(values: list[str] | dict | str | None, what: str) -> dict[str, str]:
-    """``["child"]`` / ``["pediatric=child", ...]`` / ``{"pediatric": "child"}`` ->
-    {source or "*": value}; a bare value applies to every source."""
-    if values is None:
-        return {}
-    if isinstance(values, dict):
-        return {str(k): str(v) for k, v in values.items()}
-    if isinstance(values, str):
-        values = [values]
-    out: dict[str, str] = {}
-    for item in values:
-        name, sep, value = str(item).partition("=")
-        key, val = (name.strip(), value.strip()) if sep else ("*", name.strip())
-        if not key or not val:
-            raise UserError(f"bad --{what} {item!r}: give VALUE or SOURCE=VALUE")
-        out[key] = val
-    return out
-
-
-def resolve_config(
-    preset: str | None = None, config: str | Path | None = None, **flags
-) -> DataConfig:
-    """Defaults < preset or config file < command-line flags (those not None)."""
-    if preset and config:
-        raise UserError("give --preset or --config, not both")
-    settings: dict = {}
-    if preset:
-        settings = load_config_file(preset_path(preset))
-        settings["preset"] = preset
-    elif config:
-        settings = load_config_file(config)
-    flags = {k: v for k, v in flags.items() if v is not None and v != []}
-    if "sources" in flags and settings.get("sources"):
-        flags["sources"] = _override_sources(list(settings["sources"]), list(flags["sources"]))
-    settings.update(flags)
-    if settings.get("dedupe") is False:  # YAML 1.1 reads a bare off as false
-        settings["dedupe"] = "off"
-    for key in ("layout", "age_group"):
-        settings[key] = parse_keyed(settings.get(key), key.replace("_", "-"))
-    if isinstance(settings.get("fractions"), str):
-        settings["fractions"] = _parse_fractions(settings["fractions"])
-    if isinstance(settings.get("sources"), str):
-        settings["sources"] = [settings["sources"]]
-    settings["sources"] = [str(s) for s in settings.get("sources", [])]
-    try:
-        dc = DataConfig(**settings)
-        dc.fractions = [float(x) for x in dc.fractions]
-        dc.val_fraction, dc.img_size = float(dc.val_fraction), int(dc.img_size)
-        dc.near_threshold, dc.seed = int(dc.near_threshold), int(dc.seed)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"bad setting: {exc}") from None
-    dc.validate()
-    return dc
-
-
-def _override_sources(base: list[str], given: list[str]) -> list[str]:
-    """Command-line sources over a preset's: when every one is NAME=PATH with a NAME of the
-    preset, only those paths change (order kept); otherwise the list is replaced."""
-    names = [str(s).partition("=")[0] for s in base]
-    swaps = {}
-    for spec in given:
-        name, sep, path = str(spec).partition("=")
-        if not sep or name not in names or Path(spec).expanduser().exists():
-            return given
-        swaps[name] = spec
-    return [swaps.get(n, s) for n, s in zip(names, base, strict=True)]
-
-
-def _parse_fractions(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.replace("/", ",").split(",")]
-    except ValueError:
-        raise UserError(f"--fractions must look like 0.8,0.1,0.1, got {text!r}") from None
-
-
-# --- the pipeline ---------------------------------------------------------------------------
+from pneumoscope.data.sources import parse_source_spec, read_source
+from pneumoscope.data.splits import assign_splits, regroup_splits, resolve_given
 
 
 def prepare(
@@ -274,9 +73,6 @@ def prepare(
         seed=seed,
         **settings,
     )
-    dc.layout = parse_keyed(dc.layout, "layout")
-    dc.age_group = parse_keyed(dc.age_group, "age-group")
-    dc.validate()
     return prepare_data(dc, out, workers=workers, progress=progress, preprocess=cfg)
 
 
@@ -359,11 +155,26 @@ def prepare_data(
         dec.tmp_path.unlink(missing_ok=True)  # moved into images.npy unless a step failed
 
 
-def _after_decoding(dc, out, pre, rows, excluded, source_info, dec, ok, timing, t0):
-    """Duplicates, groups, drops, splits, cache and report, over the decoded rows ``ok``
-    ("local" indices 0..n-1 below)."""
+@dataclass
+class _Plan:
+    """What happens to the decoded rows: duplicates, groups, drops and splits."""
+
+    dups: object
+    full_groups: np.ndarray
+    used_groups: np.ndarray
+    linked: bool
+    conflicts: object
+    drop_reason: dict
+    kidx: np.ndarray
+    split_k: list[str]
+    note: str
+    moves: list
+    final: list[str]
+
+
+def _plan(dc, sub, dec, ok, source_info, timing) -> _Plan:
+    """Duplicates, then groups (patients and copies), drops and leak-free splits."""
     t = time.perf_counter()
-    sub = [rows[i] for i in ok]
     labels = np.array([r.label for r in sub])
     srcs = np.array([r.source for r in sub], dtype=object)
     rank = {name: k for k, name in enumerate(s["name"] for s in source_info)}
@@ -379,8 +190,7 @@ def _after_decoding(dc, out, pre, rows, excluded, source_info, dec, ok, timing, 
     used_groups = full_groups if linked else build_groups(srcs, patients)
     conflicts = _conflict_clusters(dups.cluster, labels)
     drop_reason = _drop_decisions(dc, sub, dec, ok, dups.cluster, conflicts, source_rank)
-    keep = np.array([i not in drop_reason for i in range(len(sub))])
-    kidx = np.flatnonzero(keep)
+    kidx = np.flatnonzero([i not in drop_reason for i in range(len(sub))])
     if len(kidx) == 0:
         raise UserError("every image was dropped as a duplicate or a label conflict")
     split_k, note, moves = _make_splits(dc, sub, used_groups, source_rank, kidx, linked)
@@ -388,49 +198,83 @@ def _after_decoding(dc, out, pre, rows, excluded, source_info, dec, ok, timing, 
     for k, s in zip(kidx, split_k, strict=True):
         final[k] = s
     timing["groups_and_splits"] = time.perf_counter() - t
+    return _Plan(
+        dups,
+        full_groups,
+        used_groups,
+        linked,
+        conflicts,
+        drop_reason,
+        kidx,
+        split_k,
+        note,
+        moves,
+        final,
+    )
 
+
+def _after_decoding(dc, out, pre, rows, excluded, source_info, dec, ok, timing, t0):
+    """Duplicates, groups, drops, splits, cache and report, over the decoded rows ``ok``
+    ("local" indices 0..n-1 below)."""
+    sub = [rows[i] for i in ok]
+    plan = _plan(dc, sub, dec, ok, source_info, timing)
     t = time.perf_counter()
-    names = group_names(used_groups)
+    names = group_names(plan.used_groups)
+    info = {
+        "n_excluded": len(excluded),
+        "n_dropped": len(plan.drop_reason),
+        "data": {"config": dc.to_dict(), "sources": source_info},
+    }
     res = write_cache(
         out,
         pre,
         rows,
         dec,
-        ok[kidx],
-        {"split": split_k, "group": names[kidx]},
-        note,
-        info={
-            "n_excluded": len(excluded),
-            "n_dropped": len(drop_reason),
-            "data": {"config": dc.to_dict(), "sources": source_info},
-        },
+        ok[plan.kidx],
+        {"split": plan.split_k, "group": names[plan.kidx]},
+        plan.note,
+        info=info,
     )
-    _write_side_tables(out, sub, excluded, dups, final, drop_reason, used_groups, linked, dc)
-    write_text_atomic(out / "prepare_config.yaml", yaml.safe_dump(dc.to_dict(), sort_keys=False))
+    _write_side_tables(
+        out,
+        sub,
+        excluded,
+        plan.dups,
+        plan.final,
+        plan.drop_reason,
+        plan.used_groups,
+        plan.linked,
+        dc,
+    )
+    write_text_atomic(out / "prepare_config.yaml", dc.to_yaml())
     timing["write"] = time.perf_counter() - t
     timing["total"] = time.perf_counter() - t0
-    facts = Facts(
+    res.report = build_report(_facts(dc, source_info, sub, excluded, res, plan, timing))
+    write_report(out, res.report)
+    return res
+
+
+def _facts(dc, source_info, sub, excluded, res, plan: _Plan, timing) -> Facts:
+    """Everything the data report states, gathered once."""
+    return Facts(
         config=dc.to_dict(),
         sources=source_info,
         rows=sub,
         excluded=excluded,
         rejected=res.rejected,
-        pairs=dups.pairs,
-        clusters=dups.cluster,
-        used_groups=used_groups,
-        full_groups=full_groups,
+        pairs=plan.dups.pairs,
+        clusters=plan.dups.cluster,
+        used_groups=plan.used_groups,
+        full_groups=plan.full_groups,
         given=[r.split for r in sub],
-        final=final,
-        drop_reason=drop_reason,
-        conflicts=conflicts,
-        moves=moves,
-        split_note=note,
+        final=plan.final,
+        drop_reason=plan.drop_reason,
+        conflicts=plan.conflicts,
+        moves=plan.moves,
+        split_note=plan.note,
         threshold=dc.near_threshold,
         timing=timing,
     )
-    res.report = build_report(facts)
-    write_report(out, res.report)
-    return res
 
 
 def _make_splits(dc, sub, groups, source_rank, kidx, linked) -> tuple[list[str], str, list]:

@@ -1,266 +1,320 @@
-"""The training config: one dataclass, loadable from YAML presets, flags on top.
+"""The training config: one typed settings model, loadable from YAML presets, flags on top.
 
-A preset (``configs/seed1-cnn.yaml``) is a plain mapping of ``TrainConfig`` fields;
-``augment`` is a nested mapping of ``AugmentConfig`` fields. Resolution order:
-dataclass defaults < config file < command-line flags. The resolved config is saved as
-RUN/config.yaml, and ``pneumoscope train --config RUN/config.yaml`` repeats the run.
+A preset (``pneumoscope/presets/train/seed1-cnn.yaml``, shipped in the package) is a plain
+mapping of ``TrainConfig`` fields; ``augment`` is a nested mapping of ``AugmentConfig``
+fields. Resolution order: field defaults < config file < command-line flags. The resolved
+config is saved as RUN/config.yaml, and ``pneumoscope train --config RUN/config.yaml``
+repeats the run. Each field's description is also its flag's ``--help``.
 
-This module imports no torch, so ``pneumoscope train --help`` stays instant.
+This module imports no torch (until a config is built), so ``pneumoscope train --help``
+stays instant.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import yaml
+from pydantic import Field, field_validator, model_validator
 
 from pneumoscope.core.errors import UserError
+from pneumoscope.core.settings import (
+    Number,
+    SettingError,
+    Settings,
+    Text,
+    Whole,
+    preset_file,
+    preset_names,
+    read_yaml,
+)
 
-IMBALANCE_CHOICES = ("none", "pos-weight", "sampler")
-OPTIMIZERS = ("adamw", "rmsprop", "sgd")
-SCHEDULERS = ("cosine", "plateau", "constant")
-NORMALIZATIONS = ("dataset", "imagenet", "none")
-STRATEGIES = ("auto", "ddp", "ddp_spawn")
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
-PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64", "64-true")
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"  # the repository's presets
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+Imbalance = Literal["none", "pos-weight", "sampler"]
+IMBALANCE_CHOICES = get_args(Imbalance)
 # With --resume, only these may differ from the run's saved config: they change neither
 # the numbers nor the order in which anything happens.
 RESUME_OVERRIDABLE = ("max_minutes", "threads")
+PRESETS = "train"  # pneumoscope/presets/train/
 
 
-def _augment_defaults() -> dict:
+def _augment_defaults() -> dict[str, Any]:
     from pneumoscope.data.augment import AugmentConfig  # torch: imported on use, not with the CLI
 
     return AugmentConfig().to_dict()
 
 
-@dataclass
-class TrainConfig:
-    data: str
-    out: str
-    model: str = "resnet18"
-    # input: the cache fixes size and CLAHE; None means "whatever the cache holds"
-    img_size: int | None = None
-    clahe: bool | None = None
-    in_chans: int = 1
-    normalization: str = "dataset"
-    eval_crop: float = 1.0  # evaluation: resize by this factor, then centre-crop img_size
-    # initial weights
-    pretrained: bool = False
-    weights: str | None = None
-    freeze_epochs: int = 0
-    # optimisation
-    epochs: int = 25
-    batch_size: int = 32
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    scheduler: str = "cosine"
-    warmup_epochs: float = 1.0
-    plateau_factor: float = 0.5
-    plateau_patience: int = 2
-    imbalance: str = "pos-weight"
-    patience: int = 6
-    max_minutes: float | None = None
-    seed: int = 0
-    threads: int | None = None
-    augment: dict = field(default_factory=_augment_defaults)
-    # hardware
-    accelerator: str = "auto"
-    devices: int = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    precision: str = "32"
-    # the threshold is chosen on validation plus this many augmented copies of each image
-    threshold_views: int = 0
-    channels_last: bool = True  # NHWC: 1.08x faster fast-cpu steps here (bench/train.py)
-    # exponential moving average of the weights after every optimiser step (0 = off); the
-    # average is what validation scores and what the run saves
-    ema_decay: float = 0.0
+class TrainConfig(Settings):
+    default_in_help = True
 
-    def validate(self) -> None:
-        _choice("imbalance", self.imbalance, IMBALANCE_CHOICES)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("scheduler", self.scheduler, SCHEDULERS)
-        _choice("normalization", self.normalization, NORMALIZATIONS)
-        _choice("strategy", self.strategy, STRATEGIES)
-        _choice("accelerator", self.accelerator, ACCELERATORS)
-        _choice("precision", str(self.precision), PRECISIONS)
-        if self.epochs < 1 or self.batch_size < 1:
-            raise UserError("--epochs and --batch-size must be at least 1")
-        if self.in_chans not in (1, 3):
-            raise UserError(f"--in-chans must be 1 or 3, got {self.in_chans}")
-        if not 1.0 <= self.eval_crop <= 2.0:
-            raise UserError(f"--eval-crop must be in [1, 2] (1 = no crop), got {self.eval_crop}")
-        if self.freeze_epochs < 0 or self.freeze_epochs >= self.epochs:
-            raise UserError(
-                f"--freeze-epochs must be in [0, epochs) ({self.epochs}), got {self.freeze_epochs}"
-            )
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise UserError(f"--ema-decay must be in [0, 1) (0 = off), got {self.ema_decay}")
-        if self.threshold_views < 0:
-            raise UserError(f"--threshold-views must be 0 or more, got {self.threshold_views}")
-        if self.devices < 1 or self.num_nodes < 1:
-            raise UserError("--devices and --num-nodes must be at least 1")
-        if self.lr <= 0 or not math.isfinite(self.lr):
-            raise UserError(f"--lr must be positive, got {self.lr}")
-        if self.pretrained and self.weights:
-            raise UserError("give --pretrained or --weights FILE, not both")
+    data: Text = Field(description="A folder made by 'pneumoscope data prepare'.")
+    out: Text = Field(description="Run folder to write (weights, model.json, history).")
+    model: str = Field(
+        "resnet18",
+        description="'seed_cnn' (the Keras design's 5-block CNN) or any timm model name "
+        "(resnet18, efficientnet_b0, ...).",
+    )
+    # input: the cache fixes size and CLAHE; None means "whatever the cache holds"
+    img_size: Whole | None = Field(
+        None,
+        description="Image size the config expects; must be the cache's (prepare a cache "
+        "with 'data prepare --img-size N'). Default: the cache's.",
+    )
+    clahe: bool | None = Field(
+        None, description="CLAHE the config expects; must be the cache's (null: the cache's)."
+    )
+    in_chans: Whole = Field(
+        1,
+        description="Network input channels: 1, or 3 (gray repeated, as ImageNet models expect).",
+    )
+    normalization: Literal["dataset", "imagenet", "none"] = Field(
+        "dataset",
+        description="dataset (training images' mean/std) | imagenet (ImageNet mean/std) | "
+        "none (pixel / 255).",
+    )
+    eval_crop: Number = Field(
+        1.0,
+        description="Evaluation and inference: resize by this factor, then centre-crop back "
+        "(1.15 = the PyTorch design's resize 1.15x + center crop; 1 = none). Stored in "
+        "model.json and applied by predict/evaluate/export.",
+    )
+    # initial weights
+    pretrained: bool = Field(
+        False,
+        description="Start from timm's ImageNet weights (downloaded once into the Hugging "
+        "Face cache; offline, use --weights). The 1000-class head is dropped, the stem "
+        "adapted to --in-chans.",
+    )
+    weights: Text | None = Field(
+        None,
+        description="Start from a local file: a timm/Hugging Face checkpoint (.safetensors, "
+        "or .pth/.pt/.bin of plain tensors) or a previous pneumoscope run folder "
+        "(fine-tuning).",
+    )
+    freeze_epochs: Whole = Field(
+        0, description="Train only the classifier for this many first epochs."
+    )
+    # optimisation
+    epochs: Whole = Field(25, description="Maximum epochs (early stopping may end sooner).")
+    batch_size: Whole = Field(32, description="Images per step and process.")
+    optimizer: Literal["adamw", "rmsprop", "sgd"] = Field(
+        "adamw",
+        description="adamw | rmsprop (Keras's: rho 0.9) | sgd (Nesterov momentum 0.9).",
+    )
+    lr: Number = Field(1e-3, description="Peak learning rate.")
+    weight_decay: Number = Field(0.05, description="Weight decay.")
+    scheduler: Literal["cosine", "plateau", "constant"] = Field(
+        "cosine",
+        description="cosine (linear warm-up, then cosine to 1% of --lr, per step) | plateau "
+        "(halve the rate when validation AUROC stalls for 2 epochs) | constant.",
+    )
+    warmup_epochs: Number = Field(1.0, description="Warm-up epochs of the cosine schedule.")
+    plateau_factor: Number = Field(0.5, description="plateau: the factor the rate is cut by.")
+    plateau_patience: Whole = Field(2, description="plateau: epochs without progress first.")
+    imbalance: Imbalance = Field(
+        "pos-weight",
+        description="Exactly one class-imbalance compensation, never two: pos-weight (BCE "
+        "pos_weight = N_NORMAL / N_PNEUMONIA, so both classes weigh the same in the loss; "
+        "below 1 when pneumonia is the majority) | sampler (draw both classes equally "
+        "often) | none.",
+    )
+    patience: Whole = Field(6, description="Early stopping patience on validation AUROC, epochs.")
+    max_minutes: Number | None = Field(
+        None,
+        description="Stop training after this many minutes (0 = no limit); the best epoch "
+        "so far is kept and --resume can continue.",
+    )
+    seed: Whole = Field(
+        0,
+        description="Seed for weights, order and augmentation (a CPU run repeats bit for bit).",
+    )
+    threads: Whole | None = Field(
+        None, description="CPU threads per process (0 = cores / processes)."
+    )
+    augment: dict[str, Any] = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="Augmentation setting KEY=VALUE, repeatable: rotation, zoom, shift, crop, "
+        "aspect, hflip, vflip, brightness, contrast, gamma, fill (see README).",
+    )
+    # hardware
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = Field(
+        "auto", description="auto | cpu | gpu | mps."
+    )
+    devices: Whole = Field(
+        1, description="Processes (GPUs, or CPU processes) per node; >1 runs DDP."
+    )
+    num_nodes: Whole = Field(1, description="Machines (DDP).")
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = Field(
+        "auto", description="auto | ddp | ddp_spawn (with --devices or --num-nodes > 1)."
+    )
+    precision: Literal["32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64", "64-true"] = (
+        Field(
+            "32",
+            description="32 | bf16-mixed | 16-mixed (CUDA GPU only) | bf16-true.",
+        )
+    )
+    # the threshold is chosen on validation plus this many augmented copies of each image
+    threshold_views: Whole = Field(
+        0,
+        description="Choose the threshold on validation plus this many copies of each "
+        "validation image under the training augmentation (0 = plain validation only; see "
+        "calibrate --views).",
+    )
+    channels_last: bool = Field(  # NHWC: 1.08x faster fast-cpu steps here (bench/train.py)
+        True,
+        description="Channels-last (NHWC) memory layout for the network: faster convolutions "
+        "on CPU and GPU (equal up to float rounding; a seeded run still repeats bit for bit).",
+    )
+    ema_decay: Number = Field(
+        0.0,
+        description="Keep an exponential moving average of the weights, updated after every "
+        "optimiser step with this decay (e.g. 0.995; 0 = off); validation, checkpoint "
+        "choice and the saved model use the average.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_missing(cls, values: Any) -> Any:
+        """An empty data or out (``out: ''`` in a file) is as good as none."""
+        if isinstance(values, dict):
+            values = {k: v for k, v in values.items() if k not in ("data", "out") or v}
+        return values
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("epochs", "batch_size", "devices", "num_nodes")
+    @classmethod
+    def _at_least_one(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be at least 1, got {v}")
+        return v
+
+    @field_validator("in_chans")
+    @classmethod
+    def _one_or_three(cls, v: int) -> int:
+        if v not in (1, 3):
+            raise ValueError(f"must be 1 or 3, got {v}")
+        return v
+
+    @field_validator("eval_crop")
+    @classmethod
+    def _crop_range(cls, v: float) -> float:
+        if not 1.0 <= v <= 2.0:
+            raise ValueError(f"must be in [1, 2] (1 = no crop), got {v}")
+        return v
+
+    @field_validator("ema_decay")
+    @classmethod
+    def _decay_range(cls, v: float) -> float:
+        if not 0.0 <= v < 1.0:
+            raise ValueError(f"must be in [0, 1) (0 = off), got {v}")
+        return v
+
+    @field_validator("threshold_views")
+    @classmethod
+    def _not_negative(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError(f"must be 0 or more, got {v}")
+        return v
+
+    @field_validator("lr")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0 or not math.isfinite(v):
+            raise ValueError(f"must be positive, got {v}")
+        return v
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment(cls, v: Any) -> dict[str, Any]:
+        """Given keys over AugmentConfig's defaults, every value in its range."""
         from pneumoscope.data.augment import AugmentConfig
 
-        bad = sorted(set(self.augment) - set(AugmentConfig.__dataclass_fields__))
+        if v is None:
+            v = {}
+        if not isinstance(v, dict):
+            raise ValueError("must be a mapping of augmentation settings")
+        given = {str(k).replace("-", "_"): x for k, x in v.items()}
+        known = AugmentConfig.__dataclass_fields__
+        bad = sorted(set(given) - set(known))
         if bad:
-            raise UserError(
-                f"unknown augment setting(s) {', '.join(bad)}; known: "
-                f"{', '.join(AugmentConfig.__dataclass_fields__)}"
+            raise SettingError(
+                f"unknown augment setting(s) {', '.join(bad)}; known: {', '.join(known)}",
+                "augment",
             )
-        AugmentConfig.from_dict(self.augment).check()
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "the config") -> TrainConfig:
-        """Build from a mapping (a preset, a saved config.yaml); unknown keys are an error
-        with the closest field names suggested, so a typo is never silently ignored."""
-        d = {str(k).replace("-", "_"): v for k, v in d.items()}
-        known = {f.name for f in fields(cls)}
-        for key in d:
-            if key not in known:
-                close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
-                hint = f" (did you mean {', '.join(close)}?)" if close else ""
-                raise UserError(f"unknown setting '{key}' in {where}{hint}")
-        missing = [k for k in ("data", "out") if d.get(k) in (None, "")]
-        if missing:
-            flags = " and ".join(f"--{k}" for k in missing)
-            raise UserError(f"{flags} missing: give it on the command line or in {where}")
-        aug = _augment_defaults()
-        given = d.get("augment") or {}
-        if not isinstance(given, dict):
-            raise UserError(f"'augment' in {where} must be a mapping of augmentation settings")
-        aug.update({str(k).replace("-", "_"): v for k, v in given.items()})
-        d["augment"] = aug
-        d["data"], d["out"] = str(d["data"]), str(d["out"])
-        if d.get("precision") is not None:
-            d["precision"] = str(d["precision"])
-        if d.get("weights") is not None:
-            d["weights"] = str(d["weights"])
+        merged = {**_augment_defaults(), **given}
         try:
-            cfg = cls(**d)
-        except TypeError as exc:
-            raise UserError(f"bad config in {where}: {exc}") from None
-        _check_types(cfg, where)
-        return cfg
+            AugmentConfig.from_dict(merged).check()
+        except UserError as exc:
+            raise SettingError(str(exc), "augment") from None
+        return merged
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.freeze_epochs < 0 or self.freeze_epochs >= self.epochs:
+            raise SettingError(
+                f"--freeze-epochs must be in [0, epochs) ({self.epochs}), got {self.freeze_epochs}",
+                "freeze_epochs",
+            )
+        if self.pretrained and self.weights:
+            raise SettingError("give --pretrained or --weights FILE, not both", "weights")
+        return self
 
 
-def field_default(name: str):
-    """The dataclass default of one field (for the CLI's --help)."""
-    f = TrainConfig.__dataclass_fields__[name]
-    return f.default if f.default is not MISSING else None
+# --- configs and presets --------------------------------------------------------------------
 
 
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        flag = "--" + name.replace("_", "-")
-        raise UserError(f"{flag} must be one of {', '.join(choices)}, got '{value}'")
-
-
-def _check_types(cfg: TrainConfig, where: str) -> None:
-    """YAML gives strings for typos like 'epochs: ten'; catch them here, not mid-training."""
-    numeric = {
-        "epochs": int,
-        "batch_size": int,
-        "in_chans": int,
-        "freeze_epochs": int,
-        "plateau_patience": int,
-        "patience": int,
-        "seed": int,
-        "devices": int,
-        "num_nodes": int,
-        "lr": float,
-        "weight_decay": float,
-        "warmup_epochs": float,
-        "plateau_factor": float,
-        "eval_crop": float,
-    }
-    optional = {"img_size": int, "threads": int, "max_minutes": float}
-    for name, kind in {**numeric, **optional}.items():
-        v = getattr(cfg, name)
-        if v is None and name in optional:
-            continue
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-        if kind is int and ok and float(v) != int(v):
-            ok = False
-        if not ok:
-            raise UserError(f"'{name}' in {where} must be a number, got {v!r}")
-        setattr(cfg, name, kind(v))
-    for name in ("pretrained",):
-        if not isinstance(getattr(cfg, name), bool):
-            raise UserError(f"'{name}' in {where} must be true or false")
-    if cfg.clahe is not None and not isinstance(cfg.clahe, bool):
-        raise UserError(f"'clahe' in {where} must be true, false or null")
-
-
-def find_config(name: str | Path) -> Path:
-    """A config file path, or a preset name looked up in ./configs and the repository's."""
+def find_config(name: str | Path) -> Path | Traversable:
+    """A config file path, a run folder's config.yaml, or a preset name looked up in
+    ./configs (your own) and in the presets shipped with the package."""
     p = Path(name).expanduser()
     if p.is_file():
         return p
-    if p.is_dir() and (p / "config.yaml").is_file():  # a run folder
-        return p / "config.yaml"
-    for base in (Path("configs"), CONFIG_DIR):
-        for cand in (base / f"{name}.yaml", base / f"{name}.yml"):
-            if cand.is_file():
-                return cand
-    presets = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
+    from pneumoscope.model.contract import RunFiles  # on use: keeps --help fast
+
+    if p.is_dir() and RunFiles(p).config.is_file():  # a run folder
+        return RunFiles(p).config
+    for cand in (Path("configs") / f"{name}.yaml", Path("configs") / f"{name}.yml"):
+        if cand.is_file():
+            return cand
+    shipped = preset_file(PRESETS, str(name))
+    if shipped is not None:
+        return shipped
+    presets = preset_names(PRESETS)
     hint = f" (presets: {', '.join(presets)})" if presets else ""
     raise UserError(f"config not found: {name}; give a YAML file, a run folder or a preset{hint}")
-
-
-def read_config_file(path: str | Path) -> dict:
-    path = find_config(path)
-    try:
-        d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{path} is not valid YAML ({first})") from None
-    if not isinstance(d, dict):
-        raise UserError(f"{path} must hold a mapping of settings (key: value)")
-    return d
 
 
 def resolve_config(config: str | Path | None, overrides: dict) -> TrainConfig:
     """Defaults < the config file < ``overrides`` (flags actually given). ``augment``
     overrides merge key by key into the file's augment mapping."""
-    d: dict = {}
-    where = "the command line"
+    values: dict = {}
+    where = None
     if config is not None:
         path = find_config(config)
-        d = read_config_file(path)
-        where = str(path)
-    d = {str(k).replace("-", "_"): v for k, v in d.items()}
-    over = dict(overrides)
+        values, where = read_yaml(path), str(path)
+    over = {str(k).replace("-", "_"): v for k, v in overrides.items()}
     if over.get("weights") and "pretrained" not in over:
         over["pretrained"] = False  # a weights file given by flag replaces a preset's download
-    if "augment" in over:
-        aug = dict(d.get("augment") or {})
-        aug.update(over.pop("augment"))
-        d["augment"] = aug
-    d.update(over)
-    return TrainConfig.from_dict(d, where)
+    if "augment" in over and isinstance(values.get("augment"), dict):
+        over["augment"] = {**values["augment"], **over["augment"]}
+    return TrainConfig.layered(values, over, where)
 
 
 def resume_config(run: str | Path, overrides: dict) -> TrainConfig:
     """The run's own config.yaml; only settings that cannot change the result may differ."""
     run = Path(run).expanduser()
-    path = run / "config.yaml"
+    from pneumoscope.model.contract import RunFiles  # on use: keeps --help fast
+
+    path = RunFiles(run).config
     if not path.is_file():
         raise UserError(f"cannot resume {run}: {path.name} not found (is it a training run?)")
     not_allowed = sorted(k for k in overrides if k not in RESUME_OVERRIDABLE)
@@ -271,10 +325,7 @@ def resume_config(run: str | Path, overrides: dict) -> TrainConfig:
             f"with --resume the run's saved config is used; {flags} cannot change "
             f"(only {ok} can); start a new run with --config {path} to change them"
         )
-    d = read_config_file(path)
-    d.update(overrides)
-    d["out"] = str(run)
-    return TrainConfig.from_dict(d, str(path))
+    return TrainConfig.layered(read_yaml(path), {**overrides, "out": str(run)}, str(path))
 
 
 TRAIN_EPILOG = (
@@ -292,16 +343,10 @@ TRAIN_EPILOG = (
     "--pretrained --precision bf16-mixed --devices 4 --strategy ddp\n\n"
     "  pneumoscope train --data work/data128 --out runs/aug --augment rotation=15 "
     "--augment hflip=0.5 --augment gamma=0.2\n\n"
-    "Presets (configs/): seed1-cnn (the Keras design), seed2-efficientnet (the PyTorch "
-    "design), fast-cpu. Precedence: defaults < --config file < flags given. The resolved "
-    "config is saved as RUN/config.yaml."
+    "Presets (shipped in the package, pneumoscope/presets/train): seed1-cnn (the Keras "
+    "design), seed2-efficientnet (the PyTorch design), fast-cpu. Precedence: defaults < "
+    "--config file < flags given. The resolved config is saved as RUN/config.yaml."
 )
-
-
-def default_note(name: str) -> str:
-    """' Default: X.' for a flag's --help."""
-    v = field_default(name)
-    return f" Default: {'none' if v is None else v}."
 
 
 def parse_augment(items: list[str] | None) -> dict:
