@@ -16,6 +16,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from pneumoscope.data.cache import PrepareResult, decode_rows, fail_unreadable, write_cache
+from pneumoscope.data.groups import build_groups, group_names
+from pneumoscope.data.layouts.class_folders import read_class_folders
+from pneumoscope.data.preprocess import PreprocessConfig
+from pneumoscope.data.records import SourceRow
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PNEUMOSCOPE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -159,3 +165,34 @@ def write_copy_source(
         d.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(d / f"COVID19({i}).jpg"), rng.integers(0, 255, (80, 80), dtype=np.uint8))
     return root
+
+
+# --- a cache without the prepare pipeline ------------------------------------------------
+
+
+def build_cache(
+    rows: list[SourceRow],
+    out: str | Path,
+    cfg: PreprocessConfig,
+    split_note: str,
+    workers: int | None = None,
+    progress: bool = True,
+) -> PrepareResult:
+    """Decode, preprocess and store every row as it is (its split, no duplicate handling);
+    unreadable files go to rejected.csv. ``prepare`` is the full pipeline; tests use this
+    to check the cache stage alone."""
+    out = Path(out)
+    dec = decode_rows([r.path for r in rows], out, cfg, workers, progress)
+    keep = np.flatnonzero(dec.ok)
+    if len(keep) == 0:
+        fail_unreadable(out, rows, dec)
+    kept = [rows[i] for i in keep]
+    roots = build_groups([r.source for r in kept], [r.patient for r in kept])
+    return write_cache(out, cfg, rows, dec, keep, {"group": group_names(roots)}, split_note)
+
+
+def scan_class_folders(root: str | Path, source: str | None = None) -> list[SourceRow]:
+    """The rows of a class-folder layout, named after its folder (raises UserError with
+    what to do when the path is missing or holds no class folders)."""
+    root = Path(root).expanduser()
+    return read_class_folders(source or root.resolve().name, root).rows

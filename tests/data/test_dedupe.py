@@ -18,8 +18,8 @@ from pneumoscope.data.dedupe import (
     perceptual_hash,
     popcount,
 )
+from pneumoscope.data.layouts.base import patient_from_name
 from pneumoscope.data.preprocess import decode_gray
-from pneumoscope.data.sources import patient_from_name
 from tests.helpers import fake_xray
 
 

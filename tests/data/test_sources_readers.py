@@ -13,14 +13,15 @@ import pytest
 
 from pneumoscope.core.errors import UserError
 from pneumoscope.data.layouts.covid import COVID_EXCLUDED
-from pneumoscope.data.sources import (
-    LAYOUTS,
-    detect_layout,
-    parse_source_spec,
-    read_source,
+from pneumoscope.data.sources import LAYOUTS, detect_layout, parse_source_spec, read_source
+from tests.helpers import (
+    dicom_dataset,
+    dicom_ramp,
+    fake_xray,
     scan_class_folders,
+    write_dicom,
+    write_kaggle_layout,
 )
-from tests.helpers import dicom_dataset, dicom_ramp, fake_xray, write_dicom, write_kaggle_layout
 
 
 def _img(path: Path, pneumonia: bool = False, seed: int = 0) -> Path:
@@ -292,8 +293,8 @@ def test_rsna_bad_target_lines_and_missing_columns(tmp_path):
 
 
 def test_rsna_rows_go_through_the_cache(tmp_path):
-    from pneumoscope.data.cache import build_cache
     from pneumoscope.data.preprocess import PreprocessConfig
+    from tests.helpers import build_cache
 
     read = read_source("rsna", _rsna(tmp_path / "rsna"))
     res = build_cache(read.rows, tmp_path / "cache", PreprocessConfig(32), "", 1, False)

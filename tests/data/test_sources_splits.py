@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from pneumoscope.core.errors import UserError
-from pneumoscope.data.sources import patient_from_name, scan_class_folders
+from pneumoscope.data.layouts.base import patient_from_name
 from pneumoscope.data.splits import MIN_GIVEN_VAL, assign_splits, grouped_val_split
-from tests.helpers import write_kaggle_layout
+from tests.helpers import scan_class_folders, write_kaggle_layout
 
 
 @pytest.mark.parametrize(

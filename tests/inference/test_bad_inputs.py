@@ -15,10 +15,16 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pneumoscope.data.cache import build_cache
 from pneumoscope.data.preprocess import PreprocessConfig
 from pneumoscope.data.sources import read_source
-from tests.helpers import dicom_dataset, dicom_ramp, fake_xray, png_header_only, write_dicom
+from tests.helpers import (
+    build_cache,
+    dicom_dataset,
+    dicom_ramp,
+    fake_xray,
+    png_header_only,
+    write_dicom,
+)
 
 CFG = PreprocessConfig(img_size=32, clahe=False)  # no CLAHE: brightness checks stay simple
 

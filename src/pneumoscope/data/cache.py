@@ -30,14 +30,13 @@ from pneumoscope.core import CLASS_NAMES, __version__
 from pneumoscope.core.errors import ImageReadError, UserError
 from pneumoscope.core.io import atomic_write, write_json_atomic
 from pneumoscope.data.dedupe import exact_hash, perceptual_hash
-from pneumoscope.data.groups import build_groups, group_names, patient_key
+from pneumoscope.data.groups import patient_key
 from pneumoscope.data.preprocess import (
     PreprocessConfig,
     decode_gray,
     preprocess_gray,
-    try_load_image,
 )
-from pneumoscope.data.sources import SourceRow
+from pneumoscope.data.records import SourceRow
 
 MANIFEST_COLUMNS = [
     "index",
@@ -84,23 +83,6 @@ class Decoded:
     height: np.ndarray
     width: np.ndarray
     img_size: int
-
-
-def _work(args: tuple[int, str, PreprocessConfig]) -> tuple[int, np.ndarray | None, str]:
-    i, path, cfg = args
-    return (i, *try_load_image(path, cfg))
-
-
-def preprocess_many(
-    paths: list[str], cfg: PreprocessConfig, workers: int, chunksize: int = 32
-) -> Iterator[tuple[int, np.ndarray | None, str]]:
-    """Yield (index, image or None, error) for each path, in input order, using ``workers``."""
-    jobs = ((i, p, cfg) for i, p in enumerate(paths))
-    if workers <= 1:
-        yield from map(_work, jobs)
-        return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(_work, jobs, chunksize=chunksize)
 
 
 def decode_and_hash(path: str, cfg: PreprocessConfig) -> tuple:
@@ -190,40 +172,8 @@ def write_cache(
     keep = np.asarray(keep, dtype=np.int64)
     if not dec.ok[keep].all():
         raise ValueError("write_cache: a kept row was not decoded")
-    s = dec.img_size
-    src = np.load(dec.tmp_path, mmap_mode="r")
-    if len(keep) == len(rows) and np.array_equal(keep, np.arange(len(rows))):
-        del src
-        os.replace(dec.tmp_path, out / "images.npy")
-    else:  # compact: the cache holds the kept images only
-        part = out / ".images.compact.npy"
-        final = np.lib.format.open_memmap(part, mode="w+", dtype=np.uint8, shape=(len(keep), s, s))
-        for start in range(0, len(keep), 512):
-            final[start : start + 512] = src[keep[start : start + 512]]
-        final.flush()
-        del final, src
-        os.replace(part, out / "images.npy")
-        dec.tmp_path.unlink()
-    kept = [rows[i] for i in keep]
-    base = {
-        "index": np.arange(len(keep)),
-        "path": [r.path for r in kept],
-        "label": [r.label for r in kept],
-        "class_name": [CLASS_NAMES[r.label] for r in kept],
-        "patient": [patient_key(r.source, r.patient) for r in kept],
-        "split": [r.split for r in kept],
-        "source": [r.source for r in kept],
-        "group": [patient_key(r.source, r.patient) for r in kept],
-        "age_group": [r.age_group or "unknown" for r in kept],
-        "age": [np.nan if r.age is None else r.age for r in kept],
-        "sex": [r.sex for r in kept],
-        "view": [r.view for r in kept],
-        "source_split": [r.split for r in kept],
-        "sha1": [dec.sha1[i] for i in keep],
-        "phash": [dec.phash[i] for i in keep],
-        "height": dec.height[keep],
-        "width": dec.width[keep],
-    }
+    _store_images(out, dec, keep, len(rows))
+    base = _manifest_columns(rows, dec, keep)
     base.update({k: list(v) for k, v in columns.items()})
     manifest = pd.DataFrame(base, columns=MANIFEST_COLUMNS)
     rejected = rejected_frame(rows, dec)
@@ -244,6 +194,48 @@ def write_cache(
     return PrepareResult(manifest, rejected, split_note)
 
 
+def _store_images(out: Path, dec: Decoded, keep: np.ndarray, n_rows: int) -> None:
+    """Move the decoded array into place as images.npy, compacted to the kept rows."""
+    s = dec.img_size
+    src = np.load(dec.tmp_path, mmap_mode="r")
+    if len(keep) == n_rows and np.array_equal(keep, np.arange(n_rows)):
+        del src
+        os.replace(dec.tmp_path, out / "images.npy")
+        return
+    part = out / ".images.compact.npy"
+    final = np.lib.format.open_memmap(part, mode="w+", dtype=np.uint8, shape=(len(keep), s, s))
+    for start in range(0, len(keep), 512):
+        final[start : start + 512] = src[keep[start : start + 512]]
+    final.flush()
+    del final, src
+    os.replace(part, out / "images.npy")
+    dec.tmp_path.unlink()
+
+
+def _manifest_columns(rows: Sequence[SourceRow], dec: Decoded, keep: np.ndarray) -> dict:
+    """The manifest's columns for the kept rows, as the rows and the decoder give them."""
+    kept = [rows[i] for i in keep]
+    return {
+        "index": np.arange(len(keep)),
+        "path": [r.path for r in kept],
+        "label": [r.label for r in kept],
+        "class_name": [CLASS_NAMES[r.label] for r in kept],
+        "patient": [patient_key(r.source, r.patient) for r in kept],
+        "split": [r.split for r in kept],
+        "source": [r.source for r in kept],
+        "group": [patient_key(r.source, r.patient) for r in kept],
+        "age_group": [r.age_group or "unknown" for r in kept],
+        "age": [np.nan if r.age is None else r.age for r in kept],
+        "sex": [r.sex for r in kept],
+        "view": [r.view for r in kept],
+        "source_split": [r.split for r in kept],
+        "sha1": [dec.sha1[i] for i in keep],
+        "phash": [dec.phash[i] for i in keep],
+        "height": dec.height[keep],
+        "width": dec.width[keep],
+    }
+
+
 def rejected_frame(rows: Sequence[SourceRow], dec: Decoded) -> pd.DataFrame:
     bad = sorted(dec.reasons)
     return pd.DataFrame(
@@ -255,26 +247,6 @@ def rejected_frame(rows: Sequence[SourceRow], dec: Decoded) -> pd.DataFrame:
         },
         columns=["path", "source", "split", "reason"],
     )
-
-
-def build_cache(
-    rows: list[SourceRow],
-    out: str | Path,
-    cfg: PreprocessConfig,
-    split_note: str,
-    workers: int | None = None,
-    progress: bool = True,
-) -> PrepareResult:
-    """Decode, preprocess and store every row as it is (its split, no duplicate handling);
-    unreadable files go to rejected.csv. ``prepare`` is the full pipeline."""
-    out = Path(out)
-    dec = decode_rows([r.path for r in rows], out, cfg, workers, progress)
-    keep = np.flatnonzero(dec.ok)
-    if len(keep) == 0:
-        fail_unreadable(out, rows, dec)
-    kept = [rows[i] for i in keep]
-    roots = build_groups([r.source for r in kept], [r.patient for r in kept])
-    return write_cache(out, cfg, rows, dec, keep, {"group": group_names(roots)}, split_note)
 
 
 def fail_unreadable(out: Path, rows: Sequence[SourceRow], dec: Decoded) -> None:

@@ -1,12 +1,15 @@
 """Model builders: the Keras design's 5-block CNN ("seed_cnn") and any timm backbone.
 
-Every model takes (B, C, S, S) float input and returns one logit per image.
+Every model takes (B, C, S, S) float input and returns one logit per image, and answers
+timm's interface: ``forward_features``, ``forward_head(x, pre_logits)``, ``get_classifier``
+and a ``pretrained_cfg`` naming ``first_conv`` and ``classifier``.
 """
 
 from __future__ import annotations
 
 import difflib
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -17,7 +20,12 @@ SEED_CNN = "seed_cnn"
 
 
 class SeedCNN(nn.Module):
-    """Five conv blocks (Conv-BN-ReLU x2, MaxPool, Dropout), Flatten, Dense, dropout 0.3, logit."""
+    """Five conv blocks (Conv-BN-ReLU x2, MaxPool, Dropout), Flatten, Dense, dropout 0.3, logit.
+
+    It answers timm's model interface (``forward_features``, ``forward_head``,
+    ``get_classifier``, ``pretrained_cfg``, ``num_features``), so the OOD features, Grad-CAM,
+    ONNX export and weight loading treat it like any timm model.
+    """
 
     def __init__(self, in_chans: int = 1, img_size: int = 150, widths=(32, 64, 128, 256, 256)):
         super().__init__()
@@ -45,22 +53,66 @@ class SeedCNN(nn.Module):
             nn.Dropout(0.3),
             nn.Linear(128, 1),
         )
+        self._pool_at = len(layers) - 2  # the last block's MaxPool and Dropout
+        self.num_features = c  # channels of the forward_features map, as in timm
+        # the state-dict names of the stem and the classifier, as timm models give them
+        self.pretrained_cfg = {
+            "architecture": SEED_CNN,
+            "input_size": (in_chans, img_size, img_size),
+            "first_conv": "features.0",
+            "classifier": "head.4",
+        }
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last conv block's activation map (B, C, H, W), before its pooling: the map
+        Grad-CAM explains (it stays larger than 1x1 at any size this model accepts)."""
+        return self.features[: self._pool_at](x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The last block's pooling and dropout, then the dense head; ``pre_logits`` stops
+        before the last layer (the 128 penultimate activations)."""
+        x = self.features[self._pool_at :](x)
+        return self.head[:-1](x) if pre_logits else self.head(x)
+
+    def get_classifier(self) -> nn.Module:
+        """The last layer, which turns the penultimate activations into the logit."""
+        return self.head[-1]
+
+    def trainable_head(self) -> nn.Module:
+        """The layers the Keras design trains while the convolutions are frozen: the whole
+        dense head (a timm model trains its classifier only)."""
+        return self.head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.forward_head(self.forward_features(x))
+
+
+def _seed_cnn(in_chans: int, img_size: int, pretrained: bool) -> nn.Module:
+    if pretrained:
+        raise UserError(
+            f"{SEED_CNN} has no ImageNet weights; drop --pretrained, or start from a "
+            "previous seed_cnn run with --weights RUN"
+        )
+    return SeedCNN(in_chans=in_chans, img_size=img_size)
+
+
+# Models of this package, by name: (in_chans, img_size, pretrained) -> model. Any other name
+# is a timm model.
+MODELS: dict[str, Callable[[int, int, bool], nn.Module]] = {SEED_CNN: _seed_cnn}
 
 
 def check_model_name(name: str) -> None:
     """Unknown names get close matches suggested."""
-    if name == SEED_CNN:
+    if name in MODELS:
         return
     import timm
 
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=4, cutoff=0.6)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        own = " or ".join(f"'{n}'" for n in MODELS)
         raise UserError(
-            f"unknown model '{name}': use '{SEED_CNN}' or a timm model name such as "
+            f"unknown model '{name}': use {own} or a timm model name such as "
             f"resnet18 or efficientnet_b0.{hint}"
         )
 
@@ -72,13 +124,8 @@ def build_model(name: str, in_chans: int, img_size: int, pretrained: bool = Fals
     1000-class head is dropped and the stem adapted to ``in_chans`` the way timm does.
     """
     check_model_name(name)
-    if name == SEED_CNN:
-        if pretrained:
-            raise UserError(
-                f"{SEED_CNN} has no ImageNet weights; drop --pretrained, or start from a "
-                "previous seed_cnn run with --weights RUN"
-            )
-        return SeedCNN(in_chans=in_chans, img_size=img_size)
+    if name in MODELS:
+        return MODELS[name](in_chans, img_size, pretrained)
     import timm
 
     if not pretrained:
@@ -113,17 +160,15 @@ def pretrained_failure(name: str, exc: BaseException) -> str:
 
 
 def head_module(net: nn.Module) -> nn.Module:
-    """The part trained from scratch while the backbone is frozen: the classifier."""
-    if isinstance(net, SeedCNN):
-        return net.head
-    return net.get_classifier()
+    """The part trained from scratch while the backbone is frozen: the classifier, or the
+    model's own ``trainable_head()`` where it has one (seed_cnn's dense head)."""
+    own = getattr(net, "trainable_head", None)
+    return own() if callable(own) else net.get_classifier()
 
 
 def stem_and_head_keys(net: nn.Module) -> tuple[list[str], list[str]]:
     """State-dict keys of the first convolution's weight and of the classifier, the two
     places where a checkpoint made for other inputs or classes does not fit."""
-    if isinstance(net, SeedCNN):
-        return ["features.0.weight"], ["head.4.weight", "head.4.bias"]
     cfg = getattr(net, "pretrained_cfg", None) or {}
     first = cfg.get("first_conv") or []
     classifier = cfg.get("classifier") or []

@@ -12,18 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from pneumoscope.core.errors import UserError
-from pneumoscope.data.sources import (
-    _TREE_CLASSES,
+from pneumoscope.data.layouts.base import (
     LABEL_FOLDERS,
-    Excluded,
-    SourceRead,
-    SourceRow,
-    _check_tree,
+    Layout,
+    ReadOptions,
     fill_from_dicom,
     patient_or_file_id,
-    walk_class_tree,
 )
+from pneumoscope.data.layouts.tree import TREE_CLASSES, check_tree, tree_classes, walk_class_tree
+from pneumoscope.data.records import Excluded, SourceRead, SourceRow
 
+NAME = "covid19-pneumonia"
 COVID_EXCLUDED = "COVID19 left out (use --covid-as pneumonia to include)"
 _EXPECTED = "COVID19/, NORMAL/ and PNEUMONIA/ (inside Data/train/ and Data/test/)"
 
@@ -34,8 +33,8 @@ def read_covid(
     """Rows for NORMAL/PNEUMONIA (children unless told otherwise) and, with
     ``covid_as="pneumonia"``, COVID19 (adults, label 1); else COVID19 files are Excluded."""
     root = Path(root).expanduser()
-    _check_tree(root, _TREE_CLASSES, _EXPECTED)
-    files, top, notes = walk_class_tree(root, _TREE_CLASSES)
+    check_tree(root, TREE_CLASSES, _EXPECTED)
+    files, top, notes = walk_class_tree(root, TREE_CLASSES)
     rows: list[SourceRow] = []
     excluded: list[Excluded] = []
     for path, key, split in files:
@@ -55,4 +54,16 @@ def read_covid(
         notes.append(
             f"{len(excluded)} COVID19 images left out (--covid-as pneumonia includes them)"
         )
-    return SourceRead(rows, excluded, "covid19-pneumonia", notes)
+    return SourceRead(rows, excluded, NAME, notes)
+
+
+def _detect(path: Path) -> bool:
+    """A COVID19 class folder in the tree (with or without NORMAL/PNEUMONIA beside it)."""
+    return "covid19" in tree_classes(path)
+
+
+def _read(name: str, path: Path, options: ReadOptions) -> SourceRead:
+    return read_covid(name, path, options.covid_as, options.default_age_group)
+
+
+LAYOUT = Layout(NAME, _detect, _read, priority=20)

@@ -5,7 +5,7 @@ Headers are matched case-insensitively with common variants (``patient``,
 names NORMAL/PNEUMONIA. Relative paths are relative to the CSV's own folder.
 
 Nothing listed disappears: a line with an empty path, an unknown label or an unknown
-split becomes an :class:`~pneumoscope.sources.Excluded` naming its line; a path that
+split becomes an :class:`~pneumoscope.data.records.Excluded` naming its line; a path that
 does not exist stays a row, and the decoder later lists it as "file not found".
 """
 
@@ -14,20 +14,22 @@ from __future__ import annotations
 import csv
 import io
 import os
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from pneumoscope.core.errors import UserError
 from pneumoscope.data.dicom import parse_age
-from pneumoscope.data.sources import (
-    MAX_AGE,
+from pneumoscope.data.layouts.base import (
     SPLIT_FOLDERS,
-    Excluded,
-    SourceRead,
-    SourceRow,
-    age_group_of,
+    Layout,
+    ReadOptions,
     fill_from_dicom,
     patient_or_file_id,
 )
+from pneumoscope.data.records import MAX_AGE, Excluded, SourceRead, SourceRow, age_group_of
+
+NAME = "csv"
 
 # canonical column -> accepted header spellings (after lower-casing, spaces/dashes -> "_")
 COLUMNS = {
@@ -50,65 +52,27 @@ GROUP_TEXT = {"child": "child", "pediatric": "child", "paediatric": "child", "ad
 def read_csv_source(name: str, path: Path, default_age_group: str = "") -> SourceRead:
     """Rows from a CSV file (or from the single .csv file in a folder)."""
     csv_path = _csv_file(Path(path).expanduser())
-    base = csv_path.parent.resolve()
-    try:
-        text = csv_path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        text = csv_path.read_text(encoding="latin-1")
-    except OSError as exc:
-        raise UserError(f"cannot read {csv_path}: {exc.strerror or exc}") from None
+    text = _read_text(csv_path)
     first = text.lstrip("\r\n").split("\n", 1)[0]
     if not first.strip():
         raise UserError(f"{csv_path} is empty: expected a header line path,label[,patient_id,...]")
     reader = csv.reader(io.StringIO(text, newline=""), dialect=_dialect(first))
     header = next((r for r in reader if any(c.strip() for c in r)), [])
     columns = _map_columns(header, csv_path)
+    listing = _Listing(name, csv_path, csv_path.parent.resolve(), columns, default_age_group)
     rows: list[SourceRow] = []
     excluded: list[Excluded] = []
     bad_ages = 0
     for cells in reader:
-        lineno = reader.line_num  # the file's own line number, as a spreadsheet shows it
         if not any(c.strip() for c in cells):
             continue  # a blank line lists no file
-
-        def cell(key: str, cells: list[str] = cells) -> str:
-            i = columns.get(key)
-            return cells[i].strip() if i is not None and i < len(cells) else ""
-
-        raw_path = cell("path")
-        if not raw_path:
-            excluded.append(Excluded(f"{csv_path}:{lineno}", name, f"line {lineno}: empty path"))
+        # reader.line_num: the file's own line number, as a spreadsheet shows it
+        got = listing.line(cells, reader.line_num)
+        if isinstance(got, Excluded):
+            excluded.append(got)
             continue
-        file = _resolve(raw_path, base)
-        raw_label = cell("label")
-        label = LABEL_TEXT.get(raw_label.lower())
-        if label is None:
-            reason = f"line {lineno}: label {raw_label!r} is not 0/1 or NORMAL/PNEUMONIA"
-            excluded.append(Excluded(str(file), name, reason))
-            continue
-        raw_split = cell("split")
-        split = SPLIT_FOLDERS.get(raw_split.lower(), None) if raw_split else ""
-        if split is None:
-            reason = f"line {lineno}: split {raw_split!r} is not train/val/test (or empty)"
-            excluded.append(Excluded(str(file), name, reason))
-            continue
-        age = _age(cell("age"))
-        if cell("age") and age is None:
-            bad_ages += 1
-        group = GROUP_TEXT.get(cell("age_group").lower(), "")
-        rows.append(
-            SourceRow(
-                str(file),
-                label,
-                split,
-                cell("patient") or patient_or_file_id(file, base),
-                name,
-                age_group=age_group_of(age, group or default_age_group),
-                age=age,
-                sex=SEX_TEXT.get(cell("sex").lower(), ""),
-                view=cell("view").upper(),
-            )
-        )
+        rows.append(got)
+        bad_ages += bool(listing.cell(cells, "age")) and got.age is None
     if not rows and not excluded:
         raise UserError(f"{csv_path} lists no images (only a header line)")
     fill_from_dicom(rows, default_age_group)
@@ -117,7 +81,63 @@ def read_csv_source(name: str, path: Path, default_age_group: str = "") -> Sourc
         notes.append(f"{csv_path.name}: {bad_ages} ages not understood (kept as unknown)")
     if excluded:
         notes.append(f"{csv_path.name}: {len(excluded)} lines left out (see the excluded list)")
-    return SourceRead(rows, excluded, "csv", notes)
+    return SourceRead(rows, excluded, NAME, notes)
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """One CSV listing being read: turns each line into a row or an exclusion."""
+
+    name: str  # the source name
+    csv_path: Path
+    base: Path  # the CSV's folder: relative paths start there
+    columns: dict[str, int]  # canonical column -> index
+    default_age_group: str
+
+    def cell(self, cells: list[str], key: str) -> str:
+        i = self.columns.get(key)
+        return cells[i].strip() if i is not None and i < len(cells) else ""
+
+    def line(self, cells: list[str], lineno: int) -> SourceRow | Excluded:
+        """The row of one line, or an Excluded naming the line and what is wrong with it."""
+        name, cell = self.name, partial(self.cell, cells)
+        raw_path = cell("path")
+        if not raw_path:
+            return Excluded(f"{self.csv_path}:{lineno}", name, f"line {lineno}: empty path")
+        file = _resolve(raw_path, self.base)
+        raw_label = cell("label")
+        label = LABEL_TEXT.get(raw_label.lower())
+        if label is None:
+            reason = f"line {lineno}: label {raw_label!r} is not 0/1 or NORMAL/PNEUMONIA"
+            return Excluded(str(file), name, reason)
+        raw_split = cell("split")
+        split = SPLIT_FOLDERS.get(raw_split.lower(), None) if raw_split else ""
+        if split is None:
+            reason = f"line {lineno}: split {raw_split!r} is not train/val/test (or empty)"
+            return Excluded(str(file), name, reason)
+        age = _age(cell("age"))
+        group = GROUP_TEXT.get(cell("age_group").lower(), "")
+        return SourceRow(
+            str(file),
+            label,
+            split,
+            cell("patient") or patient_or_file_id(file, self.base),
+            name,
+            age_group=age_group_of(age, group or self.default_age_group),
+            age=age,
+            sex=SEX_TEXT.get(cell("sex").lower(), ""),
+            view=cell("view").upper(),
+        )
+
+
+def _read_text(csv_path: Path) -> str:
+    """The file's text: UTF-8 (with or without a BOM), else Latin-1 (older spreadsheets)."""
+    try:
+        return csv_path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        return csv_path.read_text(encoding="latin-1")
+    except OSError as exc:
+        raise UserError(f"cannot read {csv_path}: {exc.strerror or exc}") from None
 
 
 def _csv_file(path: Path) -> Path:
@@ -186,3 +206,16 @@ def _age(text: str) -> float | None:
         except ValueError:
             return None
     return age if 0.0 <= age <= MAX_AGE else None
+
+
+def _detect(path: Path) -> bool:
+    """A .csv file; a folder holding one is not detected (it may hold other things), but
+    ``--layout csv`` reads it."""
+    return path.is_file() and path.suffix.lower() == ".csv"
+
+
+def _read(name: str, path: Path, options: ReadOptions) -> SourceRead:
+    return read_csv_source(name, path, options.default_age_group)
+
+
+LAYOUT = Layout(NAME, _detect, _read, priority=40)

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import csv
 import os
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from pneumoscope.core.errors import ImageReadError, UserError
 from pneumoscope.data.dicom import dicom_metadata
-from pneumoscope.data.sources import MAX_AGE, Excluded, SourceRead, SourceRow, age_group_of
+from pneumoscope.data.layouts.base import Layout, ReadOptions
+from pneumoscope.data.records import MAX_AGE, Excluded, SourceRead, SourceRow, age_group_of
 
+NAME = "rsna"
 LABEL_FILES = ("stage_2_train_labels.csv", "stage_1_train_labels.csv")
 DETAIL_FILES = ("stage_2_detailed_class_info.csv", "stage_1_detailed_class_info.csv")
 IMAGE_DIRS = ("stage_2_train_images", "stage_1_train_images")
@@ -47,11 +51,42 @@ def find_rsna_labels(folder: Path) -> Path | None:
     return None
 
 
+@dataclass
+class _Download:
+    """What an RSNA folder holds: the labels, the optional classes and the DICOM files."""
+
+    labels_csv: Path
+    targets: dict[str, int]  # patientId -> Target, in file order
+    classes: dict[str, str] | None  # patientId -> class; None without the detail file
+    files: dict[str, Path]  # patientId -> its .dcm file, where found
+    image_dir: Path  # where the listed files are (or would be)
+    unlisted: int  # .dcm files not in the labels
+
+
 def read_rsna(
     name: str, root: Path, not_normal: str = "exclude", default_age_group: str = ""
 ) -> SourceRead:
     """One row per listed patientId (one image), labelled by the rules in the module doc."""
-    root = Path(root).expanduser()
+    found, excluded = _scan(Path(root).expanduser(), name)
+    rows: list[SourceRow] = []
+    counts: Counter[str] = Counter()
+    for pid, target in found.targets.items():
+        path = found.files.get(pid) or found.image_dir / f"{pid}.dcm"
+        label, reason = _label(target, found.classes, pid, not_normal)
+        if label is None:
+            excluded.append(Excluded(str(path), name, reason))
+            continue
+        row = SourceRow(str(path), label, "", pid, name, age_group=default_age_group)
+        if pid not in found.files:
+            counts["missing"] += 1  # stays a row: the decoder reports "file not found"
+        else:
+            counts[_fill_from_header(row, path, default_age_group)] += 1
+        rows.append(row)
+    return SourceRead(rows, excluded, NAME, _notes(found, excluded, counts))
+
+
+def _scan(root: Path, name: str) -> tuple[_Download, list[Excluded]]:
+    """The folder's labels, classes and files, and the label lines not understood."""
     if root.is_file() and root.name.lower() in LABEL_FILES:
         root = root.parent  # the labels file given instead of its folder
     labels_csv = find_rsna_labels(root)
@@ -65,41 +100,36 @@ def read_rsna(
     detail_csv = next((folder / n for n in DETAIL_FILES if (folder / n).is_file()), None)
     classes = _read_classes(detail_csv) if detail_csv else None
     files, image_dir, unlisted = _find_dicoms(folder, set(targets))
+    return _Download(labels_csv, targets, classes, files, image_dir, unlisted), excluded
 
-    rows: list[SourceRow] = []
+
+def _fill_from_header(row: SourceRow, path: Path, default_age_group: str) -> str:
+    """Patient, age, sex and view from the DICOM header; what went wrong ("unreadable",
+    "bad_age") or "" when nothing did."""
+    try:
+        meta = dicom_metadata(path)
+    except ImageReadError:
+        return "unreadable"  # the decoder gives the reason later
+    age, problem = meta["age_years"], ""
+    if age is not None and not 0.0 <= age <= MAX_AGE:
+        age, problem = None, "bad_age"
+    row.patient = meta["patient_id"] or row.patient
+    row.age = age
+    row.age_group = age_group_of(age, default_age_group)
+    row.sex = meta["sex"] or ""
+    row.view = meta["view"] or ""
+    return problem
+
+
+def _notes(found: _Download, excluded: list[Excluded], counts: Counter[str]) -> list[str]:
+    """What the user should know about this download, in one line each."""
     notes: list[str] = []
-    n_missing = n_bad_age = n_unreadable = 0
-    for pid, target in targets.items():
-        path = files.get(pid) or image_dir / f"{pid}.dcm"
-        label, reason = _label(target, classes, pid, not_normal)
-        if label is None:
-            excluded.append(Excluded(str(path), name, reason))
-            continue
-        row = SourceRow(str(path), label, "", pid, name, age_group=default_age_group)
-        if pid not in files:
-            n_missing += 1  # stays a row: the decoder reports "file not found"
-        else:
-            try:
-                meta = dicom_metadata(path)
-            except ImageReadError:
-                n_unreadable += 1  # the decoder gives the reason later
-            else:
-                age = meta["age_years"]
-                if age is not None and not 0.0 <= age <= MAX_AGE:
-                    n_bad_age, age = n_bad_age + 1, None
-                row.patient = meta["patient_id"] or pid
-                row.age = age
-                row.age_group = age_group_of(age, default_age_group)
-                row.sex = meta["sex"] or ""
-                row.view = meta["view"] or ""
-        rows.append(row)
-
-    if classes is None:
-        n0 = sum(1 for t in targets.values() if t == 0)
+    if found.classes is None:
+        n0 = sum(1 for t in found.targets.values() if t == 0)
         notes.append(
-            f"{DETAIL_FILES[0]} not found beside {labels_csv.name}: all {n0} Target-0 images "
-            "are labelled NORMAL, including any 'No Lung Opacity / Not Normal' ones (put the "
-            "file there to tell them apart)"
+            f"{DETAIL_FILES[0]} not found beside {found.labels_csv.name}: all {n0} Target-0 "
+            "images are labelled NORMAL, including any 'No Lung Opacity / Not Normal' ones (put "
+            "the file there to tell them apart)"
         )
     n_not_normal = sum(1 for e in excluded if "Not Normal" in e.reason)
     if n_not_normal:
@@ -107,16 +137,23 @@ def read_rsna(
             f"{n_not_normal} 'No Lung Opacity / Not Normal' images left out "
             "(--rsna-not-normal normal counts them as NORMAL)"
         )
-    if n_missing:
-        where = image_dir if files else f"{folder} (no .dcm files found)"
-        notes.append(f"{n_missing} listed images have no DICOM file in {where}")
-    if n_unreadable:
-        notes.append(f"{n_unreadable} DICOM headers unreadable (the decoder gives the reasons)")
-    if n_bad_age:
-        notes.append(f"{n_bad_age} implausible DICOM ages (over {MAX_AGE:.0f}) kept as unknown")
-    if unlisted:
-        notes.append(f"{unlisted} .dcm files not in {labels_csv.name} (unlabelled) not read")
-    return SourceRead(rows, excluded, "rsna", notes)
+    if counts["missing"]:
+        folder = found.labels_csv.parent.resolve()
+        where = found.image_dir if found.files else f"{folder} (no .dcm files found)"
+        notes.append(f"{counts['missing']} listed images have no DICOM file in {where}")
+    if counts["unreadable"]:
+        notes.append(
+            f"{counts['unreadable']} DICOM headers unreadable (the decoder gives the reasons)"
+        )
+    if counts["bad_age"]:
+        notes.append(
+            f"{counts['bad_age']} implausible DICOM ages (over {MAX_AGE:.0f}) kept as unknown"
+        )
+    if found.unlisted:
+        notes.append(
+            f"{found.unlisted} .dcm files not in {found.labels_csv.name} (unlabelled) not read"
+        )
+    return notes
 
 
 def _label(
@@ -229,3 +266,18 @@ def _walk(top: Path, max_depth: int) -> Iterator[tuple[str, list[str], list[str]
         if len(Path(dirpath).parts) - base >= max_depth:
             dirnames.clear()
         yield dirpath, dirnames, sorted(filenames)
+
+
+def _detect(path: Path) -> bool:
+    """The labels CSV itself, or a folder holding it (asked first: an RSNA download may
+    also hold folders that look like class folders)."""
+    if path.is_file():
+        return path.name.lower() in LABEL_FILES
+    return find_rsna_labels(path) is not None
+
+
+def _read(name: str, path: Path, options: ReadOptions) -> SourceRead:
+    return read_rsna(name, path, options.rsna_not_normal, options.default_age_group)
+
+
+LAYOUT = Layout(NAME, _detect, _read, priority=10)
