@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 
+import jinja2
 import pandas as pd
 import pytest
 import yaml
 
 from pneumoscope.core.errors import UserError
-from pneumoscope.data.prepare import PRESET_DIR, DataConfig, prepare, preset_names, resolve_config
+from pneumoscope.core.settings import preset_folder, preset_names
+from pneumoscope.data.config import DataConfig, resolve_config
+from pneumoscope.data.prepare import prepare
 from pneumoscope.data.preprocess import PreprocessConfig
+from pneumoscope.data.report import render_markdown
 from tests.helpers import run_cli, write_copy_source, write_kaggle_layout
 
 
@@ -60,6 +65,8 @@ def test_report_files_account_for_every_file(sources, tmp_path):
     headings += ["## Final counts", "## Leakage check", "**PASSED**", "broken.jpeg"]
     for heading in headings:
         assert heading in md, heading
+    moved = r"given split: \d+ \(train -> test: \d+\)\. Dropped copies whose given split "
+    assert re.search(moved + r"differed from their group's: train -> test: \d+\.\n\n", md)
     for name in ("excluded.csv", "dropped.csv", "duplicates.csv", "rejected.csv"):
         assert (out / name).is_file()
     assert len(pd.read_csv(out / "excluded.csv")) == 2
@@ -69,8 +76,35 @@ def test_report_files_account_for_every_file(sources, tmp_path):
     assert info["n_images"] + info["n_rejected"] + info["n_dropped"] == 153
 
 
+def test_markdown_is_rendered_from_the_json_and_its_tables_are_whole(sources, tmp_path):
+    ped, cov = sources
+    prepare(
+        [f"ped={ped}", f"cov={cov}"], tmp_path / "n", PreprocessConfig(img_size=32),
+        val_fraction=0.2, workers=2, progress=False, dedupe="off", straddle="keep",
+    )  # fmt: skip
+    md = (tmp_path / "n" / "data_report.md").read_text()
+    rep = json.loads((tmp_path / "n" / "data_report.json").read_text())
+    assert render_markdown(rep) == md  # the json holds everything the page says
+    assert md.startswith("# Data report: custom\n\n> **Warning:** LEAKAGE: ")
+    assert "\n\n\n" not in md and md.endswith(" s.\n")
+    assert f"| sources | `ped={ped}`<br>`cov={cov}` |\n" in md
+    assert "\n**FAILED**: images or their copies are in several splits" in md
+    assert re.search(r"\n## Timing\n\n(\w+ \d+\.\d s, )+total \d+\.\d s\.\n$", md)
+    # every table: a header, its rule, and rows with as many cells as the header
+    tables = re.findall(r"(?:^\|.*\|\n)+", md, flags=re.M)
+    assert len(tables) == 8  # settings, sources, rejected, duplicates x2, counts x2, leakage
+    for table in tables:
+        header, rule, *rows = table.splitlines()
+        assert rule == "|" + "|".join(["---"] * (header.count(" | ") + 1)) + "|"
+        assert all(row.count(" | ") == header.count(" | ") for row in rows), table
+    rep.pop("leakage")
+    with pytest.raises(jinja2.UndefinedError):  # a missing value fails, it is not left blank
+        render_markdown(rep)
+
+
 def test_presets_load_and_say_what_they_do():
-    assert {"pediatric", "keras-combined-naive", "keras-combined-dedup"} <= set(preset_names())
+    shipped = set(preset_names("data"))  # in the package: pneumoscope/presets/data
+    assert {"pediatric", "keras-combined-naive", "keras-combined-dedup"} <= shipped
     naive = resolve_config(preset="keras-combined-naive")
     dedup = resolve_config(preset="keras-combined-dedup")
     for dc in (naive, dedup):
@@ -83,8 +117,9 @@ def test_presets_load_and_say_what_they_do():
     assert over.img_size == 128 and over.sources == ["x=/tmp"]  # another list
     moved = resolve_config(preset="keras-combined-dedup", sources=["pediatric=/data/cx"])
     assert moved.sources == ["pediatric=/data/cx", dedup.sources[1]]  # one path moved
-    for path in PRESET_DIR.glob("*.yaml"):  # every key is a known setting
-        assert set(yaml.safe_load(path.read_text())) <= set(DataConfig.__dataclass_fields__)
+    for name in preset_names("data"):  # every key is a known setting
+        path = preset_folder("data") / f"{name}.yaml"
+        assert set(yaml.safe_load(path.read_text())) <= set(DataConfig.model_fields)
 
 
 def test_config_errors_are_user_errors(tmp_path):

@@ -1,23 +1,25 @@
 """The data report of ``pneumoscope data prepare``: what was read, what was left out and
 why, which images are copies of which, how groups were moved, final counts, and a
-leakage check. Written as data_report.json (for tools), data_report.md (for people)
-and a short terminal summary.
+leakage check. Written as data_report.json (for tools), data_report.md (for people, from
+the template templates/data_report.md.j2) and a short terminal summary.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jinja2
 import numpy as np
 import pandas as pd
 
 from pneumoscope.core import CLASS_NAMES, __version__
 from pneumoscope.core.io import write_json_atomic, write_text_atomic
 from pneumoscope.data.dedupe import PHASH_BITS
-from pneumoscope.data.sources import Excluded, SourceRow
+from pneumoscope.data.records import Excluded, SourceRow
 from pneumoscope.data.splits import SPLITS, Move, straddling_groups
 
 MAX_LISTED = 50  # rows listed in the report per section; the CSVs hold them all
@@ -128,12 +130,7 @@ def _reason_counts(reasons: pd.Series) -> dict[str, int]:
 
 
 def _duplicates(f: Facts, sources: np.ndarray) -> dict:
-    p = f.pairs
-    a, b = p["a"].to_numpy(), p["b"].to_numpy()
-    src_a, src_b = sources[a], sources[b]
-    patients = np.array([r.patient for r in f.rows], dtype=object)
-    across = src_a != src_b
-    diff_patient = ~across & (patients[a] != patients[b])
+    src_a, src_b, across, diff_patient = _pair_sides(f, sources)
     out: dict = {
         "method": {
             "exact": "SHA-1 of the decoded full-resolution grayscale pixels",
@@ -143,27 +140,9 @@ def _duplicates(f: Facts, sources: np.ndarray) -> dict:
         }
     }
     for kind in ("exact", "near"):
-        k = (p["kind"] == kind).to_numpy()
-        within = Counter(src_a[k & ~across])
-        cross = Counter(
-            " + ".join(sorted((x, y)))
-            for x, y in zip(src_a[k & across], src_b[k & across], strict=True)
-        )
-        out[kind] = {
-            "pairs": int(k.sum()),
-            "within_source": {s: int(n) for s, n in within.items()},
-            "across_sources": {s: int(n) for s, n in cross.items()},
-            "within_source_different_patients": {
-                s: int(n) for s, n in Counter(src_a[k & diff_patient]).items()
-            },
-        }
-    sizes = Counter(f.clusters.tolist())
-    multi = {c: n for c, n in sizes.items() if n > 1}
-    out["clusters"] = {
-        "n": len(multi),
-        "images": int(sum(multi.values())),
-        "largest": int(max(multi.values(), default=1)),
-    }
+        k = (f.pairs["kind"] == kind).to_numpy()
+        out[kind] = _pair_counts(src_a[k], src_b[k], across[k], diff_patient[k])
+    out["clusters"] = _cluster_sizes(f.clusters)
     # share of each source's images whose duplicate cluster reaches another source
     out["images_with_a_copy_in_another_source"] = {
         s["name"]: {
@@ -172,11 +151,48 @@ def _duplicates(f: Facts, sources: np.ndarray) -> dict:
         }
         for s in f.sources
     }
-    near_d = p.loc[p["kind"] == "near", "distance"].to_numpy()
+    near_d = f.pairs.loc[f.pairs["kind"] == "near", "distance"].to_numpy()
     out["near_distance_histogram"] = {
         int(d): int(n) for d, n in zip(*np.unique(near_d, return_counts=True), strict=True)
     }
     return out
+
+
+def _pair_sides(f: Facts, sources: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per duplicate pair: the sources of its two images, whether they differ, and whether
+    the two lie in one source under different patient ids."""
+    a, b = f.pairs["a"].to_numpy(), f.pairs["b"].to_numpy()
+    patients = np.array([r.patient for r in f.rows], dtype=object)
+    across = sources[a] != sources[b]
+    return sources[a], sources[b], across, ~across & (patients[a] != patients[b])
+
+
+def _pair_counts(
+    src_a: np.ndarray, src_b: np.ndarray, across: np.ndarray, diff_patient: np.ndarray
+) -> dict:
+    """One kind's pairs: within a source, across two, and within a source between
+    different patient ids (a copy filed under two patients)."""
+    cross = Counter(
+        " + ".join(sorted((x, y))) for x, y in zip(src_a[across], src_b[across], strict=True)
+    )
+    return {
+        "pairs": len(src_a),
+        "within_source": {s: int(n) for s, n in Counter(src_a[~across]).items()},
+        "across_sources": {s: int(n) for s, n in cross.items()},
+        "within_source_different_patients": {
+            s: int(n) for s, n in Counter(src_a[diff_patient]).items()
+        },
+    }
+
+
+def _cluster_sizes(clusters: np.ndarray) -> dict:
+    sizes = Counter(clusters.tolist())
+    multi = {c: n for c, n in sizes.items() if n > 1}
+    return {
+        "n": len(multi),
+        "images": int(sum(multi.values())),
+        "largest": int(max(multi.values(), default=1)),
+    }
 
 
 def _conflicts(f: Facts, labels: np.ndarray) -> dict:
@@ -369,223 +385,53 @@ def write_report(out: Path, report: dict) -> None:
     write_text_atomic(out / "data_report.md", render_markdown(report))
 
 
-def _md_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
+@functools.cache
+def _templates() -> jinja2.Environment:
+    """The package's Markdown templates, found in an installed wheel as in a checkout. Block
+    tags on their own line add nothing (trim and lstrip); nothing is escaped: it is Markdown.
+    """
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("pneumoscope.data", "templates"),
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["pairs"] = _pairs
+    return env
+
+
+def _pairs(d: dict) -> str:
+    """``{"a": 1, "b": 2}`` as ``a: 1, b: 2``."""
+    return ", ".join(f"{k}: {v}" for k, v in d.items())
 
 
 def render_markdown(r: dict) -> str:
-    c = r["config"]
-    out = [f"# Data report: {c.get('preset') or 'custom'}", ""]
-    for w in r["warnings"]:
-        out.append(f"> **Warning:** {w}")
-        out.append("")
-    out += [
-        "## Settings",
-        "",
-        _md_table(
-            ["setting", "value"],
-            [[k, f"`{v}`"] for k, v in c.items() if k not in ("sources",)]
-            + [["sources", "<br>".join(f"`{s}`" for s in c.get("sources", []))]],
-        ),
-        "",
-        "## Sources",
-        "",
-        _md_table(
-            [
-                "source",
-                "layout",
-                "read",
-                "excluded",
-                "rejected",
-                "dropped dup.",
-                "dropped conflict",
-                "cached",
-            ],  # fmt: skip
-            [
-                [
-                    s["name"],
-                    s["layout"],
-                    s["n_rows"],
-                    s["n_excluded"],
-                    s["rejected"],
-                    s["dropped_duplicates"],
-                    s["dropped_conflicts"],
-                    s["cached"],
-                ]  # fmt: skip
-                for s in r["sources"]
-            ],
-        ),
-        "",
-    ]
-    a = r["accounting"]
-    out += [
-        f"Files listed {a['files_listed']} = excluded by label policy "
-        f"{a['excluded_by_label_policy']} + read {a['rows_read']}; read {a['rows_read']} = "
-        f"rejected {a['rejected_unreadable']} + dropped {a['dropped']} + cached {a['cached']}"
-        f" ({'balanced' if a['balanced'] else 'NOT balanced'}).",
-        "",
-    ]
-    if r["excluded"]["n"]:
-        out += ["Excluded by a label policy (excluded.csv lists them):", ""]
-        out += [f"- {n} x {why}" for why, n in r["excluded"]["reasons"].items()] + [""]
-    if r["rejected"]["n"]:
-        out += ["## Rejected files", "", "Reasons:", ""]
-        out += [f"- {n} x {why}" for why, n in r["rejected"]["reasons"].items()] + [""]
-        out += [
-            _md_table(
-                ["file", "source", "reason"],
-                [[x["path"], x["source"], x["reason"]] for x in r["rejected"]["files"]],
-            ),
-            "",
-        ]
-    d = r["duplicates"]
-    out += [
-        "## Duplicates",
-        "",
-        f"- exact: {d['method']['exact']}",
-        f"- near: {d['method']['near']}",
-        "",
-    ]
+    """data_report.md from the report dict (as built, or as read back from the json)."""
+    return _templates().get_template("data_report.md.j2").render(_markdown_context(r))
+
+
+def _markdown_context(r: dict) -> dict:
+    return {
+        "r": r,
+        "class_names": CLASS_NAMES,
+        "duplicate_rows": _duplicate_rows(r["duplicates"]),
+        "timing": r.get("timing_s") or {},
+    }
+
+
+def _duplicate_rows(d: dict) -> list[tuple]:
+    """(kind, where, pairs, of which between different patient ids) per source and pair of
+    sources; the last column is empty across sources, where patient ids cannot match."""
     rows = []
     for kind in ("exact", "near"):
+        other_patients = d[kind]["within_source_different_patients"]
         for s, n in d[kind]["within_source"].items():
-            rows.append(
-                [kind, f"within {s}", n, d[kind]["within_source_different_patients"].get(s, 0)]
-            )
+            rows.append((kind, f"within {s}", n, other_patients.get(s, 0)))
         for s, n in d[kind]["across_sources"].items():
-            rows.append([kind, f"across {s}", n, ""])
-    out += [
-        _md_table(["kind", "where", "pairs", "of which between different patient ids"], rows)
-        if rows
-        else "No duplicates found.",
-        "",
-        f"Duplicate clusters: {d['clusters']['n']} ({d['clusters']['images']} images, largest "
-        f"{d['clusters']['largest']}). Exact copies are linked to the first image with the same "
-        "pixels; near pairs are counted between distinct pixel contents.",
-        "",
-    ]
-    cov = d["images_with_a_copy_in_another_source"]
-    if len(cov) > 1:
-        out += [
-            _md_table(
-                ["source", "images with a copy in another source", "of"],
-                [[s, v["n"], v["of"]] for s, v in cov.items()],
-            ),
-            "",
-        ]
-    if d["near_distance_histogram"]:
-        hist = ", ".join(f"{k}: {v}" for k, v in d["near_distance_histogram"].items())
-        out += [f"Near-pair Hamming distances (bits: pairs): {hist}.", ""]
-    lc = r["label_conflicts"]
-    out += ["## Label conflicts", "", f"{lc['n_clusters']} clusters, {lc['n_images']} images: "
-            f"{lc['action']}.", ""]  # fmt: skip
-    for cl in lc["clusters"]:
-        out.append(
-            "- " + "; ".join(f"{m['label']} {m['source']} {m['split']} `{m['path']}`" for m in cl)
-        )
-    if lc["clusters"]:
-        out.append("")
-    dr = r["dropped"]
-    out += [f"## Dropped from the cache: {dr['n']}", ""]
-    if dr["by_source_split_reason"]:
-        out += [
-            _md_table(
-                ["source", "given split", "reason", "images"],
-                [
-                    [x["source"], x["given_split"], x["reason"], x["n"]]
-                    for x in dr["by_source_split_reason"]
-                ],
-            ),
-            "",
-            "dropped.csv lists every dropped file and the copy that was kept.",
-            "",
-        ]
-    g, sp = r["groups"], r["splits"]
-    out += [
-        "## Groups and splits",
-        "",
-        f"{g['n_groups']} groups over {g['n_patients']} patients; "
-        f"{g['groups_with_several_images']} groups hold several images (largest "
-        f"{g['largest_group']}).",
-        "",
-        f"Strategy `{sp['strategy']}`: {sp['note']}.",
-        "",
-        f"Groups whose members the sources put in different splits (rule "
-        f"`{sp['straddle']}`): {sp['moved']['groups']}; cached images moved out of their "
-        f"given split: {sp['moved']['images']}"
-        + (
-            " (" + ", ".join(f"{k}: {v}" for k, v in sp["moved"]["flows"].items()) + ")."
-            if sp["moved"]["flows"]
-            else "."
-        )
-        + (
-            " Dropped copies whose given split differed from their group's: "
-            + ", ".join(
-                f"{k}: {v}" for k, v in sp["moved"]["dropped_copies_in_other_splits"].items()
-            )
-            + "."
-            if sp["moved"]["dropped_copies_in_other_splits"]
-            else ""
-        ),
-        "",
-    ]
-    counts = r["counts"]
-    out += [
-        "## Final counts",
-        "",
-        _md_table(
-            ["split", *CLASS_NAMES, "total"],
-            [[s, *[v[c] for c in CLASS_NAMES], v["total"]] for s, v in counts["by_split"].items()],
-        ),
-        "",
-        _md_table(
-            ["split", "source", "age group", "class", "images"],
-            [
-                [x["split"], x["source"], x["age_group"], x["class"], x["n"]]
-                for x in counts["by_split_source_age_class"]
-            ],
-        ),
-        "",
-    ]
-    lk = r["leakage"]
-    out += [
-        "## Leakage check",
-        "",
-        _md_table(
-            ["check", "count"],
-            [
-                ["groups (as split) in more than one split", lk["groups_straddling_splits"]],
-                [
-                    "patient-or-duplicate groups in more than one split",
-                    lk["duplicate_or_patient_groups_straddling_splits"],
-                ],
-                ["patients in more than one split", lk["patients_straddling_splits"]],
-                [
-                    f"test images with a copy outside test (of {lk['n_test']})",
-                    lk["test_images_with_a_copy_outside_test"],
-                ],
-                [
-                    f"validation images with a copy outside validation (of {lk['n_val']})",
-                    lk["val_images_with_a_copy_outside_val"],
-                ],
-            ],
-        ),
-        "",
-        "**PASSED**: no patient and no image (or copy) is in two splits."
-        if lk["passed"]
-        else "**FAILED**: images or their copies are in several splits (see the warning above).",
-        "",
-    ]
-    if r.get("timing_s"):
-        out += [
-            "## Timing",
-            "",
-            ", ".join(f"{k} {v:.1f} s" for k, v in r["timing_s"].items()) + ".",
-            "",
-        ]
-    return "\n".join(out)
+            rows.append((kind, f"across {s}", n, ""))
+    return rows
 
 
 def terminal_tables(r: dict) -> list[tuple[str, list[str], list[list]]]:

@@ -1,42 +1,47 @@
-"""report.html: one self-contained page (plots embedded) to attach to a paper or send on."""
+"""report.html: one self-contained page (plots embedded) to attach to a paper or send on.
+
+The page is the template templates/report.html.j2; this module gathers what it shows.
+"""
 
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import math
 from pathlib import Path
 
 import cv2
+import jinja2
 import numpy as np
 
 from pneumoscope.core import __version__
 from pneumoscope.core.io import write_text_atomic
+from pneumoscope.data.cache import Cache
+from pneumoscope.model.contract import ModelCard, RunFiles
+from pneumoscope.model.run import LoadedRun
 
-CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;
-margin:24px auto;padding:0 16px;color:#1d2430}
-h1{font-size:22px;margin-bottom:2px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid
-#dde;padding-bottom:3px}table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid
-#d5d9e0;padding:4px 9px;text-align:right}th{background:#f1f3f7}td:first-child,th:first-child
-{text-align:left}.note{color:#5a6270;font-size:13px}.warn{background:#fff6e0;border:1px solid
-#f0d18a;padding:8px 12px;border-radius:4px}.grid{display:flex;flex-wrap:wrap;gap:12px}
-.grid figure{margin:0}.grid img{max-width:520px;width:100%;border:1px solid #e3e6ea}
-figcaption{font-size:12px;color:#5a6270}code{background:#f3f4f6;padding:1px 4px}
-.thumbs{display:flex;flex-wrap:wrap;gap:8px}.thumbs figure{margin:0;width:132px}
-.thumbs img{width:128px;height:128px;border:1px solid #e3e6ea}.thumbs figcaption{
-overflow-wrap:anywhere}
-"""
+# the operating-point table's columns after the policy (metrics.json's keys)
+OPERATING_COLUMNS = ("threshold", "sensitivity", "specificity", "ppv", "npv", "f1")
 
 
-def _e(x) -> str:
-    return html.escape(str(x))
+@functools.cache
+def _templates() -> jinja2.Environment:
+    """The package's HTML templates, found in an installed wheel as in a checkout; every
+    value is escaped, and a value the template names but the context lacks is an error."""
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("pneumoscope.evaluation", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "html.j2"]),
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["cell"] = _cell
+    return env
 
 
-def _fmt(v) -> str:
+def _cell(v):
+    """A table cell: floats with three decimals (n/a for NaN), anything else as it is."""
     if isinstance(v, float):
         return "n/a" if math.isnan(v) else f"{v:.3f}"
-    return _e(v)
+    return v
 
 
 def _ci(ci: dict, key: str) -> str:
@@ -44,215 +49,199 @@ def _ci(ci: dict, key: str) -> str:
     return "" if math.isnan(lo) else f"{lo:.3f} to {hi:.3f}"
 
 
-def _table(header: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+def write_report(path: Path, result: dict, loaded: LoadedRun, cache: Cache) -> None:
+    """report.html at ``path`` for an evaluation ``result`` (metrics.json's content); the
+    plots are read from ``path``'s folder and the run, the error thumbnails from the cache."""
+    card = _card_view(loaded.card)
+    context = {
+        **_heading(result),
+        **_data_section(cache),
+        "model_rows": _model_rows(card, result),
+        **_metrics_section(result),
+        "errors": _errors_section(result, cache),
+        "figures": _figures(RunFiles(path.parent), loaded.files, result["split"]),
+        **_limitations(card, result),
+    }
+    write_text_atomic(path, _templates().get_template("report.html.j2").render(context))
 
 
-def _figure(png: bytes, caption: str) -> str:
-    """An embedded PNG with its caption: the page stays one self-contained file."""
-    b64 = base64.b64encode(png).decode()
-    return (
-        f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{b64}">'
-        f"<figcaption>{_e(caption)}</figcaption></figure>"
+def _card_view(card: ModelCard) -> dict:
+    """What the page shows of the model card (the typed card gives every field its default)."""
+    spec = card.input
+    return {
+        "architecture": card.architecture,
+        "img_size": spec.img_size,
+        "clahe": bool(spec.preprocess.clahe),
+        "mean": list(spec.normalization.mean),
+        "std": list(spec.normalization.std),
+        "epochs_run": card.training.epochs_run,
+        "stopped_by": card.training.stopped_by,
+        "best_epoch": card.best_epoch,
+        "imbalance": card.training.imbalance,
+        "seed": card.training.seed,
+        "val_auroc": card.val_metrics.get("val_auroc", float("nan")),
+        "training_sources": list(card.training_data.sources),
+    }
+
+
+# --- sections, in page order ----------------------------------------------------------------
+
+
+def _heading(result: dict) -> dict:
+    return {
+        "run_name": Path(result["run"]).name,
+        "split": result["split"],
+        "created": result["created"],
+        "version": __version__,
+        "run": result["run"],
+        "data": result["data"],
+    }
+
+
+def _data_section(cache) -> dict:
+    counts = cache.info.get("counts", {})
+    return {
+        "data_rows": [
+            [s, c.get("NORMAL", 0), c.get("PNEUMONIA", 0), c.get("total", 0)]
+            for s, c in counts.items()
+        ],
+        "split_note": cache.info.get("split_note", ""),
+        "n_rejected": cache.info.get("n_rejected", 0),
+    }
+
+
+def _model_rows(card: dict, result: dict) -> list[list]:
+    norm = "mean " + ", ".join(f"{v:.4f}" for v in card["mean"])
+    norm += "; std " + ", ".join(f"{v:.4f}" for v in card["std"])
+    training = (
+        f"{card['epochs_run']} epochs ({card['stopped_by']}), best epoch {card['best_epoch']} "
+        f"by validation AUROC, imbalance {card['imbalance']}, seed {card['seed']}"
     )
+    return [
+        ["architecture", card["architecture"]],
+        ["input", f"{card['img_size']} px grayscale, CLAHE {'on' if card['clahe'] else 'off'}"],
+        ["normalisation", norm],
+        ["training", training],
+        ["validation AUROC", card["val_auroc"]],
+        ["temperature", result["temperature"]],
+        ["threshold", f"{result['threshold']:.4f}, policy {result['threshold_policy']}"],
+    ]
 
 
-def _img(path: Path, caption: str) -> str:
-    return _figure(path.read_bytes(), caption) if path.is_file() else ""
+def _metrics_section(result: dict) -> dict:
+    """The metrics with their intervals, the confusion matrix, the operating points and the
+    per-group tables."""
+    labels = result["metric_labels"]
+    ci = result.get("ci", {})
+    (tn, fp), (fn, tp) = result["confusion_matrix"]
+    b = result["bootstrap"]
+    return {
+        "n": result["n"],
+        "n_normal": result["n_normal"],
+        "n_pneumonia": result["n_pneumonia"],
+        "metric_rows": [[labels[k], result[k], _ci(ci, k)] for k in labels],
+        "tn": tn,
+        "fp": fp,
+        "fn": fn,
+        "tp": tp,
+        "bootstrap": {
+            "replicates": b.get("replicates"),
+            "n_patients": b.get("n_patients"),
+            "unit": b.get("resampling_unit", "patient"),
+        },
+        "operating_rows": [
+            [pol, *(op[k] for k in OPERATING_COLUMNS)]
+            for pol, op in (result.get("operating_points") or {}).items()
+        ],
+        "group_tables": [
+            (col, _group_rows(groups)) for col, groups in result.get("per_group", {}).items()
+        ],
+    }
 
 
-def _thumb(img, caption: str) -> str:
-    ok, png = cv2.imencode(".png", np.asarray(img))
-    return _figure(png.tobytes(), caption) if ok else ""
+def _group_rows(groups: dict) -> list[list]:
+    nan = float("nan")
+    return [
+        [
+            g,
+            e["n"],
+            e.get("auroc", nan),
+            _ci(e.get("ci", {}), "auroc"),
+            e.get("sensitivity", nan),
+            e.get("specificity", nan),
+        ]
+        for g, e in groups.items()
+    ]
 
 
-def _errors_section(result: dict, cache) -> list[str]:
+def _errors_section(result: dict, cache) -> dict | None:
     """Thumbnails of the most confident errors, as the model saw them (the cached input)."""
     pi = result.get("per_image")
     if not pi:
-        return []
-    parts = [
-        "<h2>Most confident errors</h2>",
-        f"<p class='note'>The model's input for each image, with its calibrated probability. "
-        f"Every image's probability and outcome is in <code>{_e(pi['csv'])}</code>.</p>",
-    ]
+        return None
     (_, n_fp), (n_fn, _) = result["confusion_matrix"]
+    sections = []
     for key, title, total in (
         ("false_positives", "NORMAL called PNEUMONIA (highest probability first)", n_fp),
         ("false_negatives", "PNEUMONIA called NORMAL (lowest probability first)", n_fn),
     ):
         items = pi.get(key, [])
-        figs = [
-            _thumb(
-                cache.images[int(e["index"])], f"{Path(e['path']).name}: p = {e['probability']:.3f}"
-            )
-            for e in items
-        ]
-        parts += [f"<h3>{_e(title)}: {len(items)} of {total} shown</h3>"]
-        parts += ["<div class='thumbs'>", *figs, "</div>"] if figs else ["<p>None.</p>"]
-    return parts
-
-
-def _limitations(card: dict, result: dict) -> list[str]:
-    td = card.get("training_data", {})
-    sources = ", ".join(td.get("sources", [])) or "unknown"
-    items = [
-        f"Trained on images from {sources} only. Performance on other hospitals, scanners, "
-        "age groups (for example adults when training data are pediatric), lateral views or "
-        "other diseases is unknown until measured on such data.",
-        "The threshold and the temperature were chosen on validation images drawn from the "
-        "training distribution; recalibrate on local data before relying on either.",
-        "Confidence intervals resample patients parsed from file names; images whose names "
-        "carry no patient id count as independent patients, which can make intervals too "
-        "narrow.",
-        "ECE is a binned, upward-biased estimate: resampling inflates it, so its bootstrap "
-        "interval can lie above the point estimate; read it as an upper range.",
-        "Public X-ray labels come from report review and contain errors; the metrics measure "
-        "agreement with those labels, not with a clinical gold standard.",
-        "For research and decision support only; not a medical device and not a diagnosis.",
-    ]
-    val_auroc = card.get("val_metrics", {}).get("val_auroc")
-    if val_auroc and result.get("auroc") and val_auroc - result["auroc"] > 0.02:
-        items.insert(
-            1,
-            f"Validation AUROC ({val_auroc:.3f}) is clearly higher than on this "
-            f"split ({result['auroc']:.3f}): the evaluated images differ from the "
-            "training distribution.",
+        thumbs = [_thumb(cache.images[int(e["index"])], _error_caption(e)) for e in items]
+        sections.append(
+            {
+                "title": title,
+                "total": total,
+                "n_shown": len(items),
+                "figures": [t for t in thumbs if t],
+            }
         )
-    return items
+    return {"csv": pi["csv"], "sections": sections}
 
 
-def write_report(path: Path, result: dict, loaded, cache) -> None:
-    card = loaded.card
-    out_dir = path.parent
-    labels = result["metric_labels"]
-    ci = result.get("ci", {})
-    metric_rows = [[labels[k], result[k], _ci(ci, k)] for k in labels]
-    counts = cache.info.get("counts", {})
-    data_rows = [
-        [s, c.get("NORMAL", 0), c.get("PNEUMONIA", 0), c.get("total", 0)] for s, c in counts.items()
-    ]
-    tr = card.get("training", {})
-    pp = card.get("preprocess", {})
-    (tn, fp), (fn, tp) = result["confusion_matrix"]
-    parts = [
-        f"<h1>pneumoscope evaluation: {_e(Path(result['run']).name)} on the "
-        f"{_e(result['split'])} split</h1>",
-        f"<p class='note'>{_e(result['created'])} &middot; pneumoscope {__version__} &middot; "
-        f"run <code>{_e(result['run'])}</code> &middot; data <code>{_e(result['data'])}</code>"
-        "</p>",
-        "<p class='warn'><b>Intended use:</b> research and decision support. Not a medical "
-        "device; not for diagnosis without a clinician.</p>",
-        "<h2>Data</h2>",
-        _table(["split", "NORMAL", "PNEUMONIA", "total"], data_rows),
-        f"<p class='note'>Splits: {_e(cache.info.get('split_note', ''))}. "
-        f"Unreadable files rejected at preparation: {cache.info.get('n_rejected', 0)}.</p>",
-        "<h2>Model</h2>",
-        _table(
-            ["item", "value"],
-            [
-                ["architecture", card.get("architecture")],
-                [
-                    "input",
-                    f"{pp.get('img_size')} px grayscale, CLAHE "
-                    f"{'on' if pp.get('clahe') else 'off'}",
-                ],
-                [
-                    "normalisation",
-                    "mean "
-                    + ", ".join(f"{v:.4f}" for v in card["normalization"]["mean"])
-                    + "; std "
-                    + ", ".join(f"{v:.4f}" for v in card["normalization"]["std"]),
-                ],
-                [
-                    "training",
-                    f"{tr.get('epochs_run')} epochs ({tr.get('stopped_by')}), best epoch "
-                    f"{card.get('best_epoch')} by validation AUROC, imbalance "
-                    f"{tr.get('imbalance')}, seed {tr.get('seed')}",
-                ],
-                ["validation AUROC", card.get("val_metrics", {}).get("val_auroc", float("nan"))],
-                ["temperature", result["temperature"]],
-                ["threshold", f"{result['threshold']:.4f}, policy {result['threshold_policy']}"],
-            ],
-        ),
-        f"<h2>Metrics ({_e(result['split'])}, n = {result['n']}: {result['n_normal']} NORMAL, "
-        f"{result['n_pneumonia']} PNEUMONIA)</h2>",
-        _table(["metric", "value", "95% CI"], metric_rows),
-        f"<p class='note'>Confusion matrix at the threshold: TN {tn}, FP {fp}, FN {fn}, TP {tp}."
-        f" {_intervals_note(result['bootstrap'])}</p>",
-    ]
-    if result.get("operating_points"):
-        rows = [
-            [
-                pol,
-                op["threshold"],
-                op["sensitivity"],
-                op["specificity"],
-                op["ppv"],
-                op["npv"],
-                op["f1"],
-            ]
-            for pol, op in result["operating_points"].items()
-        ]
-        parts += [
-            "<h2>Operating points (thresholds chosen on validation)</h2>",
-            _table(["policy", "threshold", "sensitivity", "specificity", "PPV", "NPV", "F1"], rows),
-        ]
-    for col, groups in result.get("per_group", {}).items():
-        rows = [
-            [
-                g,
-                e["n"],
-                e.get("auroc", float("nan")),
-                _ci(e.get("ci", {}), "auroc"),
-                e.get("sensitivity", float("nan")),
-                e.get("specificity", float("nan")),
-            ]
-            for g, e in groups.items()
-        ]
-        parts += [
-            f"<h2>By {_e(col)}</h2>",
-            _table([col, "n", "AUROC", "95% CI", "sensitivity", "specificity"], rows),
-        ]
+def _error_caption(e: dict) -> str:
+    return f"{Path(e['path']).name}: p = {e['probability']:.3f}"
+
+
+def _figures(out: RunFiles, run: RunFiles, split: str) -> list[dict]:
+    """The evaluation's plots (beside the page) and the run's (from training); a missing
+    file is left out."""
     figs = [
-        _img(out_dir / "roc_curve.png", "ROC with the operating point"),
-        _img(out_dir / "pr_curve.png", "precision-recall"),
-        _img(out_dir / "confusion_matrix.png", "confusion matrix: counts and row rates"),
-        _img(
-            out_dir / "reliability.png",
-            f"reliability on {result['split']}, before and after temperature scaling",
-        ),
-        _img(out_dir / "probability_histograms.png", "probabilities per true class"),
-        _img(loaded.root / "reliability_val.png", "reliability on validation"),
-        _img(loaded.root / "curves.png", "training curves"),
+        _img(out.roc, "ROC with the operating point"),
+        _img(out.pr, "precision-recall"),
+        _img(out.confusion, "confusion matrix: counts and row rates"),
+        _img(out.reliability, f"reliability on {split}, before and after temperature scaling"),
+        _img(out.histograms, "probabilities per true class"),
+        _img(run.reliability_val, "reliability on validation"),
+        _img(run.curves, "training curves"),
     ]
-    parts += _errors_section(result, cache)
-    parts += [
-        "<h2>Plots</h2>",
-        "<div class='grid'>",
-        *figs,
-        "</div>",
-        "<h2>Limitations</h2>",
-        "<ul>" + "".join(f"<li>{_e(x)}</li>" for x in _limitations(card, result)) + "</ul>",
-    ]
-    page = (
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>pneumoscope "
-        f"report</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
-    )
-    write_text_atomic(path, page)
+    return [f for f in figs if f]
 
 
-def _intervals_note(b: dict) -> str:
-    if not b.get("replicates"):
-        return "No intervals: evaluated with --bootstrap 0."
-    unit = _unit_label(b.get("resampling_unit", "patient"))
-    return (
-        f"Intervals: percentile bootstrap, {b['replicates']} replicates resampling "
-        f"{b['n_patients']} {unit}."
-    )
+def _limitations(card: dict, result: dict) -> dict:
+    """What the Limitations list needs: the training sources, and the validation AUROC when
+    it is clearly above this split's (the evaluated images then differ from training)."""
+    val_auroc = card["val_auroc"]
+    gap = bool(val_auroc and result.get("auroc") and val_auroc - result["auroc"] > 0.02)
+    return {
+        "training_sources": ", ".join(card["training_sources"]) or "unknown",
+        "val_auroc_gap": gap,
+        "val_auroc": val_auroc,
+        "auroc": result.get("auroc"),
+    }
 
 
-def _unit_label(unit: str) -> str:
-    return "patient groups (a patient's images and their copies)" if unit == "group" else "patients"
+# --- embedded images ------------------------------------------------------------------------
+
+
+def _figure(png: bytes, caption: str) -> dict:
+    """An embedded PNG with its caption: the page stays one self-contained file."""
+    return {"png": base64.b64encode(png).decode(), "caption": caption}
+
+
+def _img(path: Path, caption: str) -> dict | None:
+    return _figure(path.read_bytes(), caption) if path.is_file() else None
+
+
+def _thumb(img, caption: str) -> dict | None:
+    ok, png = cv2.imencode(".png", np.asarray(img))
+    return _figure(png.tobytes(), caption) if ok else None
