@@ -37,6 +37,7 @@ from sklearn.metrics import roc_auc_score
 from pneumoscope.core.io import write_json_atomic
 from pneumoscope.data.cache import open_cache
 from pneumoscope.inference.export import INT8_OPS, OnnxRunner, export_onnx, export_problem
+from pneumoscope.model.contract import RunFiles
 from pneumoscope.model.run import check_compatible, load_run, sigmoid
 
 BACKENDS = ("torch eager", "onnxruntime fp32", "onnxruntime int8")
@@ -174,10 +175,10 @@ def ensure_export(args: argparse.Namespace, cache, test) -> dict:
     ops = [op.strip() for op in args.int8_ops.split(",") if op.strip()]
     problem = export_problem(args.run, int8=True)
     if not problem:
-        record = json.loads((args.run / "export.json").read_text())
+        record = json.loads(RunFiles.of(args.run).export_record.read_text())
         if record["int8"]["ops"] == ops:
             return record
-        problem = f"model.int8.onnx quantises {record['int8']['ops']}, not {ops}"
+        problem = f"{RunFiles.INT8} quantises {record['int8']['ops']}, not {ops}"
     print(f"exporting first: {problem}", flush=True)
     check = np.ascontiguousarray(cache.images[test["index"].to_numpy()[:32]])
     return export_onnx(args.run, quantize=True, check_images=check, int8_ops=ops)

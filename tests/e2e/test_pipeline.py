@@ -55,7 +55,7 @@ def test_saved_weights_are_the_best_epoch_and_threshold_comes_from_validation(ru
     val = cache.split("val")
     p = loaded.predict_proba(cache.images, rows=val["index"].to_numpy())
     y = val["label"].to_numpy()
-    assert roc_auc_score(y, p) == pytest.approx(loaded.card["val_metrics"]["val_auroc"], abs=1e-6)
+    assert roc_auc_score(y, p) == pytest.approx(loaded.card.val_metrics["val_auroc"], abs=1e-6)
     assert loaded.threshold == pytest.approx(youden_threshold(y, p), abs=1e-6)
 
 
@@ -166,8 +166,8 @@ def test_other_imbalance_methods_and_timm_models_train(data_dir, tmp_path, imbal
         ),
         progress=False,
     )
-    assert card["training"]["pos_weight"] is None  # never two compensations at once
-    assert card["architecture"] == "resnet10t"
+    assert card.training.pos_weight is None  # never two compensations at once
+    assert card.architecture == "resnet10t"
     assert load_run(out).predict_proba(np.zeros((2, 32, 32), np.uint8)).shape == (2,)
 
 
@@ -223,7 +223,7 @@ def test_calibrate_policies_and_stale_calibration(run_dir, data_dir, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     c = calibrate(run, data_dir, policy="sensitivity", target_sensitivity=0.99)
-    assert c["validation"]["at_threshold"]["sensitivity"] >= 0.99
+    assert c.validation_.at_threshold["sensitivity"] >= 0.99
     with pytest.raises(UserError, match="--policy"):
         calibrate(run, data_dir, policy="magic")
     from safetensors.torch import save_file
@@ -246,13 +246,13 @@ def test_threshold_on_augmented_validation_views(run_dir, data_dir, tmp_path):
     shutil.copytree(run_dir, run)
     plain = json.loads((run / "calibration.json").read_text())
     c = calibrate(run, data_dir, views=3, views_seed=7)
-    n_val = c["validation"]["n"]
-    tv = c["threshold_views"]
-    assert tv["views"] == 3 and tv["n_scored"] == 4 * n_val and 0 <= tv["views_auroc"] <= 1
-    assert tv["augment"] == json.loads((run / "model.json").read_text())["training"]["augment"]
+    n_val = c.validation_.n
+    tv = c.threshold_views_
+    assert tv.views == 3 and tv.n_scored == 4 * n_val and 0 <= tv.views_auroc <= 1
+    assert tv.augment == json.loads((run / "model.json").read_text())["training"]["augment"]
     # the temperature is fitted on the plain images only; the same seed gives the same views
-    assert c["temperature"] == pytest.approx(plain["temperature"], rel=1e-9)
-    assert calibrate(run, data_dir, views=3, views_seed=7)["threshold"] == c["threshold"]
+    assert c.temperature_ == pytest.approx(plain["temperature"], rel=1e-9)
+    assert calibrate(run, data_dir, views=3, views_seed=7).threshold_ == c.threshold_
     assert "3 augmented views" in load_run(run).threshold_policy
     # without views, calibrate takes the run's training setting from its card
     card_path = run / "model.json"
@@ -260,10 +260,10 @@ def test_threshold_on_augmented_validation_views(run_dir, data_dir, tmp_path):
     assert card["training"]["threshold_views"] == 0
     card["training"]["threshold_views"] = 2
     card_path.write_text(json.dumps(card))
-    assert calibrate(run, data_dir)["threshold_views"]["n_scored"] == 3 * n_val
+    assert calibrate(run, data_dir).threshold_views_.n_scored == 3 * n_val
     # views under an identity augmentation are the plain predictions
     loaded = load_run(run, use_calibration=False)
-    loaded.card["training"]["augment"] = {
+    loaded.card.training.augment = {
         k: 0.0 for k in ("rotation", "zoom", "shift", "brightness", "contrast")
     }
     cache = open_cache(data_dir)

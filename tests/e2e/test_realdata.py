@@ -62,7 +62,7 @@ def test_real_slice_end_to_end(shared_data, tmp_path):
         ),
         progress=False,
     )
-    assert card["training_data"]["counts"]["test"]["total"] == 20
+    assert card.training_data.counts["test"]["total"] == 20
     m = evaluate(tmp_path / "run", tmp_path / "data", "test")
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["n"] == 20
     assert 0.0 <= m["auroc"] <= 1.0

@@ -6,8 +6,12 @@ import numpy as np
 import pytest
 
 from pneumoscope.evaluation.bootstrap import bootstrap_ci
-from pneumoscope.evaluation.calibration import fit_temperature, nll, temperature_warning
 from pneumoscope.evaluation.metrics import METRIC_LABELS, binary_metrics
+from pneumoscope.model.calibration import TemperatureScaler, nll, temperature_warning
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    return TemperatureScaler().fit(logits, y).temperature_
 
 
 def _scores(n: int, seed: int):

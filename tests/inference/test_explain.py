@@ -26,20 +26,26 @@ from pneumoscope.inference.explain import (
     uncrop_heat,
 )
 from pneumoscope.model.architectures import build_model
+from pneumoscope.model.calibration import TemperatureScaler
+from pneumoscope.model.contract import ModelCard, RunFiles
 from pneumoscope.model.run import LoadedRun, normalize, sigmoid
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _loaded(model: nn.Module, size: int, arch: str = "custom", clahe: bool = False) -> LoadedRun:
+def _loaded(
+    model: nn.Module, size: int, arch: str = "custom", clahe: bool = False, eval_crop: float = 1.0
+) -> LoadedRun:
     card = {
         "architecture": arch,
         "in_chans": 1,
         "preprocess": {"img_size": size, "clahe": clahe},
+        "normalization": {"mean": [0.5], "std": [0.25]},
+        "eval_crop": eval_crop,
         "class_names": ["NORMAL", "PNEUMONIA"],
         "threshold": 0.5,
     }
-    return LoadedRun(Path("."), card, model.eval(), torch.tensor([0.5]), torch.tensor([0.25]))
+    return LoadedRun(RunFiles(Path(".")), ModelCard.from_dict(card), model.eval())
 
 
 def _build(arch: str, size: int) -> LoadedRun:
@@ -365,7 +371,8 @@ def test_explain_files_uses_temperature(tmp_path):
     loaded = _loaded(build_model("seed_cnn", 1, 32), 32, "seed_cnn")
     img = tmp_path / "x.png"
     img.write_bytes(_encode(np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)))
-    loaded.calibration = {"temperature": 3.0, "threshold": 0.4}
+    loaded.calibration = TemperatureScaler()
+    loaded.calibration.temperature_, loaded.calibration.threshold_ = 3.0, 0.4
     row = explain_files(loaded, [str(img)], tmp_path / "out")[0]
     z = loaded.predict_logits(load_image(img, loaded.preprocess)[None])[0]
     assert row["probability"] == pytest.approx(float(sigmoid(z / 3.0)), abs=1e-6)
@@ -379,8 +386,7 @@ def test_heatmap_with_an_evaluation_crop_lands_on_the_full_image():
     """A run with eval_crop (the PyTorch design's resize 1.15x + centre crop) is explained
     through the same crop and the heat is mapped back: it still covers the patch, and the
     border the crop cut away gets none."""
-    loaded = _loaded(_BlobNet(), 64)
-    loaded.card["eval_crop"] = 1.25
+    loaded = _loaded(_BlobNet(), 64, eval_crop=1.25)
     img = np.full((64, 64), 60, np.uint8)
     img[14:30, 36:52] = 250  # inside the kept centre
     heat = gradcam(loaded, img[None])[0]

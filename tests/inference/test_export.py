@@ -10,16 +10,12 @@ import pytest
 import torch
 
 from pneumoscope.core.errors import UserError
-from pneumoscope.inference.export import (
-    INT8_FILE,
-    LOGIT_TOLERANCE,
-    ONNX_FILE,
-    RECORD_FILE,
-    OnnxRunner,
-    export_onnx,
-)
+from pneumoscope.inference.export import LOGIT_TOLERANCE, OnnxRunner, export_onnx
 from pneumoscope.model.architectures import build_model
-from pneumoscope.model.run import load_run, save_weights, weights_digest
+from pneumoscope.model.contract import RunFiles
+from pneumoscope.model.run import load_run, save_weights
+
+ONNX_FILE, INT8_FILE, RECORD_FILE = RunFiles.ONNX, RunFiles.INT8, RunFiles.EXPORT_RECORD
 
 SIZE = 32
 
@@ -89,7 +85,7 @@ def test_record_is_written(exported):
     run, record = exported
     on_disk = json.loads((run / RECORD_FILE).read_text())
     assert on_disk == json.loads(json.dumps(record))
-    assert record["weights_sha256"] == weights_digest(run)
+    assert record["weights_sha256"] == RunFiles(run).weights_sha256()
     assert record["max_abs_diff_logit"] <= LOGIT_TOLERANCE
     assert record["n_checked"] == 24 and record["opset"] >= 17
     assert Path(record["paths"]["int8"]) == run / INT8_FILE

@@ -140,7 +140,7 @@ def test_train_from_a_timm_file_records_what_was_loaded(data_dir, tmp_path):
         ),
         progress=False,
     )
-    init = card["training"]["initial_weights"]
+    init = card.training.initial_weights
     assert init["source"] == str(path) and init["loaded"] == init["of"] - 2
     assert init["adapted"] and len(init["skipped"]) == 2
 
@@ -161,7 +161,7 @@ def test_fine_tune_from_a_previous_run(data_dir, tmp_path):
     assert all(torch.equal(v, saved[k]) for k, v in net.state_dict().items())
     from typer.testing import CliRunner
 
-    from pneumoscope.cli.app import app
+    from pneumoscope.cli import app
 
     args = ["train", "--data", str(data_dir), "--out", str(tmp_path / "children")]
     args += ["--model", "seed_cnn", "--weights", str(run_dir), "--epochs", "1"]
@@ -199,7 +199,7 @@ def test_pretrained_from_a_prepopulated_hugging_face_cache(data_dir, tmp_path, m
         ),
         progress=False,
     )
-    init = card["training"]["initial_weights"]
+    init = card.training.initial_weights
     assert init["source"] == "timm ImageNet weights timm/resnet10t.c3_in1k"
     assert init["adapted"] == ["conv1.0.weight (3 -> 1 input channels)"]
     assert len(init["skipped"]) == 2 and init["loaded"] == init["of"] - 2

@@ -34,36 +34,53 @@ def calibrate(
         "field of view, position or exposure vary. The temperature is still fitted on the "
         "plain images. Default: the run's training setting (threshold_views), else 0.",
     ),
+    ood: bool = typer.Option(
+        True,
+        "--ood/--no-ood",
+        help="After calibrating, refit the out-of-distribution guard (RUN/ood.json, "
+        "ood.safetensors) on DATA's training images, its threshold on validation, as "
+        "training does; --no-ood leaves the guard as it is.",
+    ),
 ) -> None:
     """Fit temperature scaling on validation logits, then choose the threshold on the
     calibrated validation probabilities; writes RUN/calibration.json, which predict and
-    evaluate read. Training already ends with the default (youden) calibration."""
+    evaluate read. Then, unless --no-ood, refits the OOD guard as a second step. Training
+    already ends with the default (youden) calibration and the guard."""
     from pneumoscope.evaluation.calibration import calibrate as run_cal
+    from pneumoscope.model.contract import RunFiles
 
     c = run_cal(run, data, policy, cost_fn, cost_fp, target_sensitivity, views=views)
-    b, a = c["validation"]["before"], c["validation"]["after"]
+    if ood:
+        from pneumoscope.model.ood import fit_ood_guard
+
+        fit_ood_guard(run, data)
+    _echo_calibration(c, policy, run / RunFiles.CALIBRATION)
+
+
+def _echo_calibration(c, policy: str, written: Path) -> None:
+    """The before/after table, the threshold and any warning of a calibration."""
+    v = c.validation_
     echo_table(
-        f"validation (n={c['validation']['n']}), temperature {c['temperature']:.3f}",
+        f"validation (n={v.n}), temperature {c.temperature_:.3f}",
         ["", "NLL", "ECE", "Brier", "AUROC"],
         [
             [name, f"{d['nll']:.4f}", f"{d['ece']:.4f}", f"{d['brier']:.4f}", f"{d['auroc']:.4f}"]
-            for name, d in (("before", b), ("after", a))
+            for name, d in (("before", v.before), ("after", v.after))
         ],
     )
-    at = c["validation"]["at_threshold"]
-    tv = c.get("threshold_views")
+    tv = c.threshold_views_
     if tv:
         typer.echo(
-            f"threshold chosen on {tv['n_scored']} scores: the validation images plus "
-            f"{tv['views']} augmented views of each (views AUROC {tv['views_auroc']:.4f})"
+            f"threshold chosen on {tv.n_scored} scores: the validation images plus "
+            f"{tv.views} augmented views of each (views AUROC {tv.views_auroc:.4f})"
         )
     typer.echo(
-        f"threshold {c['threshold']:.4f} ({policy}): validation sensitivity "
-        f"{at['sensitivity']:.3f}, specificity {at['specificity']:.3f}; "
-        f"written to {run / 'calibration.json'}"
+        f"threshold {c.threshold_:.4f} ({policy}): validation sensitivity "
+        f"{v.at_threshold['sensitivity']:.3f}, specificity "
+        f"{v.at_threshold['specificity']:.3f}; written to {written}"
     )
-    if c.get("temperature_warning"):
-        typer.echo(f"warning: {c['temperature_warning']}", err=True)
+    if c.temperature_warning_:
+        typer.echo(f"warning: {c.temperature_warning_}", err=True)
 
 
 @app.command(
@@ -85,6 +102,7 @@ def evaluate(
     outcome (predictions_SPLIT.csv), plots and report.html with the most confident errors."""
     from pneumoscope.evaluation.evaluate import evaluate as run_eval
     from pneumoscope.evaluation.metrics import METRIC_LABELS
+    from pneumoscope.model.contract import RunFiles
 
     m = run_eval(run, data, split, out, n_boot=bootstrap, seed=seed)
     ci = m.get("ci", {})
@@ -101,7 +119,7 @@ def evaluate(
     (tn, fp), (fn, tp) = m["confusion_matrix"]
     typer.echo(
         f"confusion matrix: TN {tn}  FP {fp}  FN {fn}  TP {tp}; "
-        f"written to {(out or run) / 'metrics.json'} and report.html"
+        f"written to {(out or run) / RunFiles.METRICS} and {RunFiles.REPORT}"
     )
 
 

@@ -102,11 +102,11 @@ def export(
     difference| <= 1e-4) on real images; 'predict --backend onnx' uses it."""
     from pneumoscope.data.cache import open_cache
     from pneumoscope.inference.export import export_onnx
-    from pneumoscope.model.run import read_card
+    from pneumoscope.model.contract import read_card
 
     if format != "onnx":
         raise UserError(f"--format must be onnx, got '{format}'")
-    data = data or Path(read_card(run)["training_data"]["cache"])
+    data = data or Path(read_card(run).training_data.cache)
     cache = open_cache(data)
     rows = cache.split("val")["index"].to_numpy()[:64]
     info = export_onnx(run, quantize=int8, check_images=np.asarray(cache.images[rows]))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pneumoscope.core.errors import UserError
 from pneumoscope.core.io import write_text_atomic
-from pneumoscope.model.run import read_card
+from pneumoscope.model.contract import RunFiles, read_card
 
 COLUMNS = (
     "auroc",
@@ -31,7 +31,7 @@ def _cell(m: dict, key: str) -> str:
     return f"{v:.3f}" if math.isnan(lo) else f"{v:.3f} ({lo:.3f}-{hi:.3f})"
 
 
-def collect(runs: list[str | Path], metrics_name: str = "metrics.json") -> list[dict]:
+def collect(runs: list[str | Path], metrics_name: str = RunFiles.METRICS) -> list[dict]:
     rows = []
     for run in runs:
         run = Path(run).expanduser()
@@ -45,7 +45,7 @@ def collect(runs: list[str | Path], metrics_name: str = "metrics.json") -> list[
         rows.append(
             {
                 "run": run.name,
-                "model": f"{card['architecture']} {card['preprocess']['img_size']}px",
+                "model": f"{card.architecture} {card.input.img_size}px",
                 "split": f"{m.get('split')} (n={m.get('n')})",
                 "threshold": f"{m['threshold']:.3f} {m.get('threshold_policy', '').split(' ')[0]}",
                 **{k: _cell(m, k) for k in COLUMNS},

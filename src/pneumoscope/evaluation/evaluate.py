@@ -16,7 +16,8 @@ from pneumoscope.evaluation import plots
 from pneumoscope.evaluation.bootstrap import bootstrap_ci
 from pneumoscope.evaluation.metrics import METRIC_LABELS, binary_metrics
 from pneumoscope.evaluation.report import write_report
-from pneumoscope.model.run import check_compatible, load_run, sigmoid
+from pneumoscope.model.contract import RunFiles
+from pneumoscope.model.run import LoadedRun, check_compatible, load_run, sigmoid
 
 GROUP_COLUMNS = ("source", "age_group")
 MIN_GROUP_SIZE = 10  # smaller groups are listed with their n, without metrics
@@ -106,24 +107,9 @@ def evaluate(
     groups = rows[unit].astype(str).to_numpy()
     m = binary_metrics(y, p, thr)
     ci = bootstrap_ci(y, p, thr, groups, n_boot=n_boot, seed=seed) if n_boot else {}
-    operating_points = {}
-    if loaded.calibration:
-        for pol, t in loaded.calibration["thresholds_by_policy"].items():
-            mp = binary_metrics(y, p, t)
-            operating_points[pol] = {
-                k: mp[k]
-                for k in (
-                    "threshold",
-                    "sensitivity",
-                    "specificity",
-                    "ppv",
-                    "npv",
-                    "f1",
-                    "accuracy",
-                    "confusion_matrix",
-                )
-            }
-    out_dir = Path(out).expanduser() if out else loaded.root
+    operating_points = _operating_points(loaded, y, p)
+    out_files = RunFiles.of(out) if out else loaded.files
+    out_dir = out_files.root
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {
         "run": str(loaded.root),
@@ -147,16 +133,36 @@ def evaluate(
         "metric_labels": METRIC_LABELS,
     }
     images = per_image(rows, y, p, thr)
-    predictions_csv = f"predictions_{split}.csv"
-    write_csv(out_dir / predictions_csv, images)
-    result["per_image"] = {"csv": predictions_csv, **worst_errors(images)}
-    write_json_atomic(out_dir / "metrics.json", result)
-    plots.confusion(
-        m["confusion_matrix"], out_dir / "confusion_matrix.png", f"{split}: threshold {thr:.3f}"
-    )
-    plots.roc(y, p, m["auroc"], thr, out_dir / "roc_curve.png")
-    plots.pr(y, p, out_dir / "pr_curve.png")
-    plots.reliability(y, p_raw, p, out_dir / "reliability.png", split)
-    plots.histograms(y, p, thr, out_dir / "probability_histograms.png")
-    write_report(out_dir / "report.html", result, loaded, cache)
+    predictions_csv = out_files.predictions(split)
+    write_csv(predictions_csv, images)
+    result["per_image"] = {"csv": predictions_csv.name, **worst_errors(images)}
+    write_json_atomic(out_files.metrics, result)
+    _plots(out_files, result, y, p, p_raw, split)
+    write_report(out_files.report, result, loaded, cache)
     return result
+
+
+def _operating_points(loaded: LoadedRun, y: np.ndarray, p: np.ndarray) -> dict:
+    """Metrics at the threshold of every calibration policy (none for an uncalibrated run)."""
+    if not loaded.calibration:
+        return {}
+    keys = ("threshold", "sensitivity", "specificity", "ppv", "npv", "f1", "accuracy")
+    out = {}
+    for pol, t in loaded.calibration.thresholds_by_policy_.items():
+        mp = binary_metrics(y, p, t)
+        out[pol] = {k: mp[k] for k in (*keys, "confusion_matrix")}
+    return out
+
+
+def _plots(
+    files: RunFiles, m: dict, y: np.ndarray, p: np.ndarray, p_raw: np.ndarray, split: str
+) -> None:
+    """The evaluation's figures, at the threshold of ``m`` (metrics.json's content)."""
+    thr = m["threshold"]
+    plots.confusion(m["confusion_matrix"], files.confusion, f"{split}: threshold {thr:.3f}")
+    plots.roc(y, p, m["auroc"], thr, files.roc)
+    plots.pr(y, p, files.pr)
+    plots.reliability(y, p_raw, p, files.reliability, split)
+    plots.histograms(y, p, thr, files.histograms)
+
+

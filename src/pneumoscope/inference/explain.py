@@ -32,7 +32,6 @@ from torch import nn
 from pneumoscope.core.errors import UserError
 from pneumoscope.core.io import atomic_write, write_text_atomic
 from pneumoscope.data.preprocess import try_load_image
-from pneumoscope.model.architectures import SeedCNN
 from pneumoscope.model.run import LoadedRun, load_run
 
 CSV_COLUMNS = ["path", "probability", "label", "threshold", "status", "error", "heatmap"]
@@ -142,9 +141,6 @@ def _last_spatial(records, calls, channels_last: bool, channels: int | None):
 
 def cam_spec(model: nn.Module, img_size: int | None = None, in_chans: int | None = None) -> CamSpec:
     """Choose the Grad-CAM layer (and reshape transform) for any supported architecture."""
-    if isinstance(model, SeedCNN):
-        relus = [m for m in model.features if isinstance(m, nn.ReLU)]
-        return CamSpec(relus[-1])  # last activation of the last conv block
     img_size, in_chans = _default_geometry(model, img_size, in_chans)
     records, calls, out = _trace(model, img_size, in_chans)
     arch = _arch_name(model)
@@ -392,7 +388,7 @@ def explain_files(
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = loaded.preprocess
     thr = loaded.threshold
-    names = loaded.card.get("class_names", ["NORMAL", "PNEUMONIA"])
+    names = loaded.card.class_names
     batch_size = max(1, int(batch_size))
     spec: CamSpec | None = None
     rows: list[dict] = []

@@ -33,18 +33,8 @@ import torch
 from pneumoscope.core import __version__
 from pneumoscope.core.errors import UserError
 from pneumoscope.core.io import atomic_write, write_json_atomic
-from pneumoscope.model.run import (
-    INT8_FILE,
-    ONNX_FILE,
-    RECORD_FILE,
-    WEIGHTS,
-    InferenceNet,
-    LoadedRun,
-    load_run,
-    read_card,
-    row_batches,
-    weights_digest,
-)
+from pneumoscope.model.contract import RunFiles, read_card
+from pneumoscope.model.run import InferenceNet, LoadedRun, load_run, row_batches
 
 INPUT = "image"
 OUTPUTS = ("logit", "features")
@@ -72,13 +62,13 @@ def export_onnx(
     range of real inputs. The record (also written as export.json) holds the paths, the
     differences to PyTorch and the weights' SHA-256.
     """
-    run = Path(run).expanduser()
-    read_card(run)  # a missing or unfinished run gets its own message
-    digest = weights_digest(run)  # taken before loading: the weights the export is made from
-    loaded = load_run(run, use_calibration=False)  # calibration does not touch the graph
+    files = RunFiles.of(run)
+    read_card(files)  # a missing or unfinished run gets its own message
+    digest = files.weights_sha256()  # taken before loading: the weights the export is made from
+    loaded = load_run(files.root, use_calibration=False)  # calibration does not touch the graph
     images = _check_set(check_images, loaded.preprocess.img_size)
-    out = Path(out).expanduser() if out else run / ONNX_FILE
-    record_path = _record_path(out)
+    out = Path(out).expanduser() if out else files.onnx
+    record_path = RunFiles.record_beside(out)
     record_path.unlink(missing_ok=True)  # a half-finished export must never look current
     net = loaded.inference_net()
     ref = _torch_outputs(net, images)
@@ -91,11 +81,11 @@ def export_onnx(
     atomic_write(out, write)
     record = _record(loaded, out, record_path, digest, diffs, len(images), check_images)
     if quantize:
-        int8_path = out.with_name(out.name.removesuffix(".onnx") + ".int8.onnx")
+        int8_path = RunFiles.int8_beside(out)
         record["int8"] = _write_int8(out, int8_path, images, ref, int8_ops)
         record["paths"]["int8"] = str(int8_path.resolve())
-    if weights_digest(run) != digest:
-        raise UserError(f"{run / WEIGHTS} changed during the export; run the export again")
+    if files.weights_sha256() != digest:
+        raise UserError(f"{files.weights} changed during the export; run the export again")
     write_json_atomic(record_path, record)
     return record
 
@@ -112,18 +102,11 @@ def _record(
         "opset": _opset_of(out),
         "weights_sha256": digest,
         "img_size": loaded.preprocess.img_size,
-        "architecture": loaded.card.get("architecture"),
+        "architecture": loaded.card.architecture,
         "exporter": "torch.onnx.export(dynamo=True), dynamic batch axis",
         "versions": _versions(),
         "int8": None,
     }
-
-
-def _record_path(onnx_path: Path) -> Path:
-    """export.json beside RUN/model.onnx; '<name>.export.json' beside any other file name."""
-    if onnx_path.name == ONNX_FILE:
-        return onnx_path.with_name(RECORD_FILE)
-    return onnx_path.with_name(onnx_path.name.removesuffix(".onnx") + ".export.json")
 
 
 def _check_set(images: np.ndarray | None, size: int) -> np.ndarray:
@@ -250,20 +233,20 @@ def _versions() -> dict:
 
 def export_problem(run: str | Path, int8: bool = False) -> str | None:
     """Why RUN's ONNX export cannot be used (missing, unfinished, stale), or None if it can."""
-    run = Path(run).expanduser()
-    path = run / (INT8_FILE if int8 else ONNX_FILE)
-    again = f"run 'pneumoscope export --run {run}{' --int8' if int8 else ''}'"
+    files = RunFiles.of(run)
+    path = files.int8 if int8 else files.onnx
+    again = f"run 'pneumoscope export --run {files.root}{' --int8' if int8 else ''}'"
     if not path.is_file():
         return f"{path} not found; {again} first"
-    record_path = run / RECORD_FILE
+    record_path = files.export_record
     if not record_path.is_file():
         return f"{record_path} is missing (the export did not finish); {again} again"
     try:
         record = json.loads(record_path.read_text())
     except json.JSONDecodeError as exc:
         return f"{record_path} is not valid JSON ({exc}); {again} again"
-    if record.get("weights_sha256") != weights_digest(run):
-        return f"{path} was exported from other weights than {run / WEIGHTS}; {again} again"
+    if record.get("weights_sha256") != files.weights_sha256():
+        return f"{path} was exported from other weights than {files.weights}; {again} again"
     if int8 and not record.get("int8"):
         return f"{path} is not from the latest export (it had no int8); {again} again"
     return None
@@ -299,9 +282,10 @@ class OnnxRunner:
     """
 
     def __init__(self, run: str | Path, int8: bool = False, threads: int | None = None):
-        self.root = Path(run).expanduser()
+        files = RunFiles.of(run)
+        self.root = files.root
         check_export(self.root, int8)
-        self.path = self.root / (INT8_FILE if int8 else ONNX_FILE)
+        self.path = files.int8 if int8 else files.onnx
         self.int8 = int8
         self.session = _session(self.path, threads)
         shape = self.session.get_inputs()[0].shape

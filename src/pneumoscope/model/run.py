@@ -1,16 +1,15 @@
-"""A run directory: weights (safetensors), model card (model.json) and batched inference.
+"""A loaded run: its card, weights (safetensors), calibration, and batched inference.
 
-Everything predict and evaluate need is read from here, so the preprocessing and
-normalisation used at training time are repeated exactly. ``model_input`` is the one
-function from cached uint8 pixels to the network's input (scale, evaluation crop,
-channels, normalisation), used by validation during training and by every inference
-path (``InferenceNet``, hence predict, evaluate, calibrate, export).
+Everything predict and evaluate need is read from the run folder (through
+``model.contract``), so the preprocessing and normalisation used at training time are
+repeated exactly. ``model_input`` is the one function from cached uint8 pixels to the
+network's input (scale, evaluation crop, channels, normalisation), used by validation
+during training and by every inference path (``InferenceNet``, hence predict, evaluate,
+calibrate, export); a run's parameters for it come from its ``InputSpec``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,27 +24,9 @@ from torch import nn
 from pneumoscope.core.errors import UserError
 from pneumoscope.core.io import atomic_write
 from pneumoscope.data.preprocess import PreprocessConfig
-from pneumoscope.model.architectures import SeedCNN, build_model
-
-WEIGHTS = "model.safetensors"
-CARD = "model.json"
-CALIBRATION = "calibration.json"
-ONNX_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
-RECORD_FILE = "export.json"
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
-
-
-def weights_digest(run: Path) -> str:
-    """SHA-256 of the weights file, tying calibration.json to the weights it was fitted on."""
-    h = hashlib.sha256()
-    with open(run / WEIGHTS, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from pneumoscope.model.architectures import build_model
+from pneumoscope.model.calibration import TemperatureScaler, sigmoid
+from pneumoscope.model.contract import InputSpec, ModelCard, RunFiles, read_card
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
@@ -100,10 +81,9 @@ def split_head(net: nn.Module) -> tuple[Callable, nn.Module]:
     """(features function, final linear layer) of a one-logit model.
 
     The features are the penultimate activations: what the OOD guard measures distances
-    in, and what the last layer turns into the logit.
+    in, and what the last layer turns into the logit. Every model answers timm's
+    interface, seed_cnn included.
     """
-    if isinstance(net, SeedCNN):
-        return (lambda x: net.head[:-1](net.features(x))), net.head[-1]
     return (lambda x: net.forward_head(net.forward_features(x), pre_logits=True)), (
         net.get_classifier()
     )
@@ -148,59 +128,79 @@ def row_batches(
         yield start, np.ascontiguousarray(images[rows[start : start + batch_size]])
 
 
-def views_note(calibration: dict) -> str:
-    """' + K augmented views of each image' when calibration.json's threshold used them."""
-    views = (calibration.get("threshold_views") or {}).get("views")
-    return f" + {views} augmented views of each image" if views else ""
+def spec_tensors(spec: InputSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalisation's (mean, std) as float32 tensors, for ``model_input``."""
+    norm = spec.normalization
+    return (
+        torch.tensor(norm.mean, dtype=torch.float32),
+        torch.tensor(norm.std, dtype=torch.float32),
+    )
 
 
 @dataclass
 class LoadedRun:
-    root: Path
-    card: dict
+    """A run folder in memory: its files, card, network and (when calibrated) calibration."""
+
+    files: RunFiles
+    card: ModelCard
     model: torch.nn.Module
-    mean: torch.Tensor
-    std: torch.Tensor
-    calibration: dict | None = None
+    calibration: TemperatureScaler | None = None
+
+    @property
+    def root(self) -> Path:
+        return self.files.root
+
+    @property
+    def spec(self) -> InputSpec:
+        return self.card.input
 
     @property
     def preprocess(self) -> PreprocessConfig:
-        return PreprocessConfig.from_dict(self.card["preprocess"])
+        return self.spec.preprocess
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return spec_tensors(self.spec)[0]
+
+    @property
+    def std(self) -> torch.Tensor:
+        return spec_tensors(self.spec)[1]
 
     @property
     def temperature(self) -> float:
-        return float(self.calibration["temperature"]) if self.calibration else 1.0
+        return self.calibration.temperature_ if self.calibration else 1.0
 
     @property
     def threshold(self) -> float:
         """calibration.json's threshold when present, else the card's (Youden on validation)."""
         if self.calibration:
-            return float(self.calibration["threshold"])
-        return float(self.card.get("threshold", 0.5))
+            return self.calibration.threshold_
+        return float(self.card.threshold)
 
     @property
     def threshold_policy(self) -> str:
         if self.calibration:
-            extra = views_note(self.calibration)
-            return f"{self.calibration['policy']} (calibrated, on validation{extra})"
-        return self.card.get("threshold_policy", "0.5")
+            extra = self.calibration.views_note()
+            return f"{self.calibration.policy_} (calibrated, on validation{extra})"
+        return self.card.threshold_policy
 
     @property
     def in_chans(self) -> int:
-        return int(self.card["in_chans"])
+        return self.spec.in_chans
 
     @property
     def eval_crop(self) -> float:
-        """Evaluation resize factor before the centre crop (1.0: none; runs made before the
-        option existed have none)."""
-        return float(self.card.get("eval_crop", 1.0))
+        """Evaluation resize factor before the centre crop (1.0: none)."""
+        return self.spec.eval_crop
 
     def model_input(self, x_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 (B,1,S,S) -> exactly what the network saw at validation time."""
-        return model_input(x_uint8, self.mean, self.std, self.in_chans, self.eval_crop)
+        mean, std = spec_tensors(self.spec)
+        return model_input(x_uint8, mean, std, self.in_chans, self.eval_crop)
 
     def inference_net(self) -> InferenceNet:
-        return InferenceNet(self.model, self.mean, self.std, self.in_chans, self.eval_crop).eval()
+        mean, std = spec_tensors(self.spec)
+        return InferenceNet(self.model, mean, std, self.in_chans, self.eval_crop).eval()
 
     @torch.inference_mode()
     def logits_and_features(
@@ -236,66 +236,23 @@ class LoadedRun:
         return self.proba_from_logits(self.predict_logits(images, batch_size, rows))
 
 
-def read_card(run: str | Path) -> dict:
-    run = Path(run).expanduser()
-    if not run.is_dir():
-        raise UserError(
-            f"run folder not found: {run} (train one with 'pneumoscope train "
-            f"--data DATA --out {run}')"
-        )
-    card_path = run / CARD
-    if not card_path.is_file() or not (run / WEIGHTS).is_file():
-        raise UserError(
-            f"{run} is not a finished run: {CARD} or {WEIGHTS} is missing (did training finish?)"
-        )
-    try:
-        return json.loads(card_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{card_path} is not valid JSON ({exc}); train the run again") from None
-
-
 def load_run(run: str | Path, use_calibration: bool = True) -> LoadedRun:
     """Rebuild the model from its card and load the weights (safetensors: no pickle).
 
     calibration.json is used when present and fitted on these very weights.
     """
-    run = Path(run).expanduser()
-    card = read_card(run)
-    model = build_model(
-        card["architecture"],
-        int(card["in_chans"]),
-        int(card["preprocess"]["img_size"]),
-        pretrained=False,
-    )
+    files = RunFiles.of(run)
+    card = read_card(files)
+    spec = card.input
+    model = build_model(card.architecture, spec.in_chans, spec.img_size, pretrained=False)
     try:
-        state = load_file(str(run / WEIGHTS))
+        state = load_file(str(files.weights))
         model.load_state_dict(state)
     except Exception as exc:  # corrupt or mismatched weights file
-        raise UserError(f"cannot load {run / WEIGHTS}: {exc}") from None
+        raise UserError(f"cannot load {files.weights}: {exc}") from None
     model.eval()
-    norm = card["normalization"]
-    mean = torch.tensor(norm["mean"], dtype=torch.float32)
-    std = torch.tensor(norm["std"], dtype=torch.float32)
-    calibration = _read_calibration(run) if use_calibration else None
-    return LoadedRun(run, card, model, mean, std, calibration)
-
-
-def _read_calibration(run: Path) -> dict | None:
-    path = run / CALIBRATION
-    if not path.is_file():
-        return None
-    try:
-        cal = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(
-            f"{path} is not valid JSON ({exc}); run 'pneumoscope calibrate' again"
-        ) from None
-    if cal.get("weights_sha256") != weights_digest(run):
-        raise UserError(
-            f"{path} was fitted on other weights than {run / WEIGHTS}; run "
-            f"'pneumoscope calibrate --run {run} --data DATA' again"
-        )
-    return cal
+    calibration = TemperatureScaler.load(files) if use_calibration else None
+    return LoadedRun(files, card, model, calibration)
 
 
 def check_compatible(cache, loaded: LoadedRun, data: str | Path) -> None:

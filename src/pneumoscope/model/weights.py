@@ -15,7 +15,6 @@ first convolution is adapted to the model's input channels with timm's
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from torch import nn
 
 from pneumoscope.core.errors import UserError
 from pneumoscope.model.architectures import build_model, stem_and_head_keys
+from pneumoscope.model.contract import RunFiles, read_card
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 MIN_MATCH = 0.5  # below this share of the model's tensors loaded, the file is for another model
@@ -35,18 +35,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
     """(state dict, description of the source) of a weights file or a run folder."""
     p = Path(path).expanduser()
     if p.is_dir():
-        from pneumoscope.model.run import CARD, WEIGHTS
-
-        if not (p / WEIGHTS).is_file():
-            raise UserError(f"--weights {p}: a folder must be a pneumoscope run with {WEIGHTS}")
-        arch = None
-        if (p / CARD).is_file():
-            try:
-                arch = json.loads((p / CARD).read_text()).get("architecture")
-            except json.JSONDecodeError:
-                arch = None
-        state, _ = read_state_dict(p / WEIGHTS)
-        return state, f"pneumoscope run {p}" + (f" ({arch})" if arch else "")
+        return _read_run_weights(RunFiles(p))
     if not p.is_file():
         raise UserError(f"--weights file not found: {p}")
     suffix = p.suffix.lower()
@@ -71,6 +60,22 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
             "give a .safetensors file or a state_dict saved with torch.save"
         ) from None
     return _unwrap(obj, p), str(p)
+
+
+def _read_run_weights(files: RunFiles) -> tuple[dict[str, torch.Tensor], str]:
+    """A previous run's weights, described with its architecture when its card says it."""
+    if not files.weights.is_file():
+        raise UserError(
+            f"--weights {files.root}: a folder must be a pneumoscope run with {RunFiles.WEIGHTS}"
+        )
+    arch = None
+    if files.card.is_file():
+        try:
+            arch = read_card(files).architecture
+        except UserError:  # an unreadable card does not stop fine-tuning from the weights
+            arch = None
+    state, _ = read_state_dict(files.weights)
+    return state, f"pneumoscope run {files.root}" + (f" ({arch})" if arch else "")
 
 
 def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:

@@ -19,12 +19,8 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from pneumoscope.core.io import atomic_write, write_json_atomic
 from pneumoscope.model.architectures import head_module
-from pneumoscope.model.run import WEIGHTS, save_weights
-
-CHECKPOINT_DIR = "checkpoints"
-LAST_CKPT = "last.ckpt"
-BEST_VAL = "best_val.npz"  # the best epoch's validation probabilities and labels
-SUMMARY = "summary.json"  # how the fit ended, written by the global-zero process
+from pneumoscope.model.contract import RunFiles
+from pneumoscope.model.run import save_weights
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -103,7 +99,7 @@ class RunRecorder(Callback):
     checkpoint, so a resumed run's history continues where it stopped."""
 
     def __init__(self, out: Path, init: dict | None = None):
-        self.out = Path(out)
+        self.files = RunFiles(Path(out))
         self.init = init
         self.rows: list[dict] = []
         self.best_auroc = -np.inf
@@ -136,11 +132,11 @@ class RunRecorder(Callback):
         if not trainer.is_global_zero:
             return
         df = pd.DataFrame(self.rows)
-        atomic_write(self.out / "history.csv", lambda tmp: df.to_csv(tmp, index=False))
+        atomic_write(self.files.history, lambda tmp: df.to_csv(tmp, index=False))
         if improved:  # the weights validation scored: the average when there is one
             ema = next((c for c in trainer.callbacks if isinstance(c, WeightEMA)), None)
             scored = pl_module if ema is None else ema.averaged(pl_module)
-            save_weights(scored.net, self.out / WEIGHTS)
+            save_weights(scored.net, self.files.weights)
             self._save_best_val()
 
     def on_fit_end(self, trainer, pl_module) -> None:
@@ -154,7 +150,7 @@ class RunRecorder(Callback):
         else:
             stopped = "max_time"
         write_json_atomic(
-            self.out / CHECKPOINT_DIR / SUMMARY,
+            self.files.summary,
             {"stopped_by": stopped, "init": self.init, "train_seconds": self._elapsed()},
         )
 
@@ -165,7 +161,7 @@ class RunRecorder(Callback):
         probs = np.asarray(self.best_probs, np.float64)
         labels = np.asarray(self.best_labels, np.float64)
         atomic_write(
-            self.out / CHECKPOINT_DIR / BEST_VAL,
+            self.files.best_val,
             lambda tmp: _savez(tmp, probs=probs, labels=labels),
         )
 

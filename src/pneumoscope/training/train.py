@@ -36,19 +36,21 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping
 
 from pneumoscope.core import CLASS_NAMES, __version__
 from pneumoscope.core.errors import UserError
-from pneumoscope.core.io import write_json_atomic, write_text_atomic
+from pneumoscope.core.io import write_text_atomic
 from pneumoscope.data.cache import Cache, counts_table, open_cache
 from pneumoscope.data.loader import make_loader
 from pneumoscope.evaluation.metrics import binary_metrics, youden_threshold
 from pneumoscope.evaluation.plots import training_curves
 from pneumoscope.model.architectures import check_model_name
-from pneumoscope.model.ood import OOD_CARD, OOD_STATS
-from pneumoscope.model.run import CALIBRATION, CARD, INT8_FILE, ONNX_FILE, RECORD_FILE, WEIGHTS
+from pneumoscope.model.contract import (
+    InputSpec,
+    ModelCard,
+    Normalization,
+    RunFiles,
+    TrainingData,
+    TrainingInfo,
+)
 from pneumoscope.training.callbacks import (
-    BEST_VAL,
-    CHECKPOINT_DIR,
-    LAST_CKPT,
-    SUMMARY,
     AtomicCheckpointIO,
     FreezeBackbone,
     LastCheckpoint,
@@ -148,33 +150,34 @@ def _strategy(cfg: TrainConfig) -> str:
     return s
 
 
-def _prepare_out(out: Path, resume: bool) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def _prepare_out(files: RunFiles, resume: bool) -> None:
+    files.root.mkdir(parents=True, exist_ok=True)
     if resume:
-        (out / CARD).unlink(missing_ok=True)
+        files.card.unlink(missing_ok=True)
         return
     # model.json is written last and marks a finished run: a reused folder loses its old
     # card first, so a retraining that fails is never mistaken for a finished run.
-    (out / CARD).unlink(missing_ok=True)
-    for stale in (WEIGHTS, CALIBRATION, OOD_CARD, OOD_STATS, ONNX_FILE, INT8_FILE, RECORD_FILE):
-        (out / stale).unlink(missing_ok=True)
-    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    files.card.unlink(missing_ok=True)
+    for stale in files.fitted_files():
+        stale.unlink(missing_ok=True)
+    shutil.rmtree(files.checkpoints, ignore_errors=True)
 
 
 def _check_resumable(out: Path) -> Path:
-    ckpt = out / CHECKPOINT_DIR / LAST_CKPT
-    summary = out / CHECKPOINT_DIR / SUMMARY
+    files = RunFiles(out)
+    ckpt, summary = files.last_ckpt, files.summary
+    last = f"{RunFiles.CHECKPOINT_DIR}/{RunFiles.LAST_CKPT}"
     if not ckpt.is_file():
-        if (out / CARD).is_file():
+        if files.card.is_file():
             raise UserError(
-                f"{out} finished already (no {CHECKPOINT_DIR}/{LAST_CKPT} left to resume from); "
+                f"{out} finished already (no {last} left to resume from); "
                 f"to train longer start a new run, e.g. with --weights {out}"
             )
         raise UserError(
-            f"cannot resume {out}: {CHECKPOINT_DIR}/{LAST_CKPT} not found (it is written after "
+            f"cannot resume {out}: {last} not found (it is written after "
             "the first epoch); start the run again without --resume"
         )
-    if summary.is_file() and (out / CARD).is_file():
+    if summary.is_file() and files.card.is_file():
         import json
 
         stopped = json.loads(summary.read_text()).get("stopped_by")
@@ -223,18 +226,85 @@ def make_train_loader(cache: Cache, cfg: TrainConfig):
     )
 
 
+def _check_splits(cfg: TrainConfig, cache: Cache) -> tuple[pd.DataFrame, int, int]:
+    """(training rows, N_PNEUMONIA, N_NORMAL), refusing splits training cannot use."""
+    train_rows = cache.split("train")
+    y_train = train_rows["label"].to_numpy()
+    n_pos, n_neg = int(y_train.sum()), int(len(y_train) - y_train.sum())
+    if n_pos == 0 or n_neg == 0:
+        raise UserError(
+            f"the training split of {cfg.data} holds one class only "
+            f"({n_neg} NORMAL, {n_pos} PNEUMONIA); both are needed"
+        )
+    if cache.split("val")["label"].nunique() < 2:
+        raise UserError(
+            f"the validation split of {cfg.data} holds one class only; "
+            "prepare the data again with a larger --val-fraction"
+        )
+    world = cfg.devices * cfg.num_nodes
+    if len(train_rows) // cfg.batch_size < world:
+        raise UserError(
+            f"{len(train_rows)} training images make fewer batches of {cfg.batch_size} than "
+            f"the {world} processes; lower --batch-size or --devices"
+        )
+    return train_rows, n_pos, n_neg
+
+
+def _trainer(
+    cfg: TrainConfig,
+    files: RunFiles,
+    init: dict | None,
+    progress: bool,
+    callbacks: Sequence[Callback],
+) -> L.Trainer:
+    """The Lightning Trainer with the run's callbacks (recorder, early stopping, last
+    checkpoint, freezing, EMA, progress bar) and then ``callbacks``."""
+    recorder = RunRecorder(files.root, init)
+    early = EarlyStopping(monitor="val_auroc", mode="max", patience=cfg.patience, verbose=False)
+    cbs: list[Callback] = [recorder, early, LastCheckpoint(files.last_ckpt)]
+    if cfg.freeze_epochs:
+        cbs.append(FreezeBackbone(cfg.freeze_epochs))
+    if cfg.ema_decay:
+        cbs.append(WeightEMA(cfg.ema_decay))
+    if progress:
+        from lightning.pytorch.callbacks import TQDMProgressBar
+
+        cbs.append(TQDMProgressBar(refresh_rate=10))
+    cbs += list(callbacks)
+    return L.Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=_strategy(cfg),
+        precision=cfg.precision,
+        max_epochs=cfg.epochs,
+        callbacks=cbs,
+        plugins=[AtomicCheckpointIO()],
+        logger=False,
+        enable_checkpointing=True,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # IndexBatchSampler shards by rank itself
+        deterministic="warn" if _uses_gpu(cfg) else True,
+        max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
+    )
+
+
 def train(
     cfg: TrainConfig,
     progress: bool = True,
     resume: bool = False,
     echo: Callable[[str], None] | None = None,
     callbacks: Sequence[Callback] = (),
-) -> dict:
-    """Train, select the best epoch on validation AUROC, pick the threshold on validation.
+) -> ModelCard | None:
+    """Train, select the best epoch on validation AUROC, pick the threshold on validation,
+    then calibrate and fit the OOD guard, one after the other.
 
     ``resume`` continues RUN (= cfg.out) from its last checkpoint. Returns the model card
-    (an empty dict on processes other than global zero). ``echo`` gets one-line notes;
-    ``callbacks`` are added to the Trainer's (tests use them to interrupt a run).
+    with the calibration it ended with (None on processes other than global zero).
+    ``echo`` gets one-line notes; ``callbacks`` are added to the Trainer's (tests use them
+    to interrupt a run).
     """
     cfg.validate()
     check_model_name(cfg.model)
@@ -247,27 +317,7 @@ def train(
     ckpt = _check_resumable(out) if resume else None
 
     pp = cache.preprocess
-    train_rows = cache.split("train")
-    val_rows = cache.split("val")
-    y_train = train_rows["label"].to_numpy()
-    n_pos, n_neg = int(y_train.sum()), int(len(y_train) - y_train.sum())
-    if n_pos == 0 or n_neg == 0:
-        raise UserError(
-            f"the training split of {cfg.data} holds one class only "
-            f"({n_neg} NORMAL, {n_pos} PNEUMONIA); both are needed"
-        )
-    if val_rows["label"].nunique() < 2:
-        raise UserError(
-            f"the validation split of {cfg.data} holds one class only; "
-            "prepare the data again with a larger --val-fraction"
-        )
-
-    world = cfg.devices * cfg.num_nodes
-    if len(train_rows) // cfg.batch_size < world:
-        raise UserError(
-            f"{len(train_rows)} training images make fewer batches of {cfg.batch_size} than "
-            f"the {world} processes; lower --batch-size or --devices"
-        )
+    train_rows, n_pos, n_neg = _check_splits(cfg, cache)
     local_procs = cfg.devices if not _uses_gpu(cfg) else 1
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // local_procs)
     torch.set_num_threads(threads)
@@ -294,39 +344,11 @@ def train(
     train_loader = make_train_loader(cache, cfg)
     val_loader = make_loader(cache, "val", max(64, cfg.batch_size))
 
+    files = RunFiles(out)
     if rank0:  # only now, when everything was checked and read (--weights may lie in out)
-        _prepare_out(out, resume)
-        write_text_atomic(out / "config.yaml", cfg.to_yaml())
-    recorder = RunRecorder(out, init)
-    early = EarlyStopping(monitor="val_auroc", mode="max", patience=cfg.patience, verbose=False)
-    cbs: list[Callback] = [recorder, early, LastCheckpoint(out / CHECKPOINT_DIR / LAST_CKPT)]
-    if cfg.freeze_epochs:
-        cbs.append(FreezeBackbone(cfg.freeze_epochs))
-    if cfg.ema_decay:
-        cbs.append(WeightEMA(cfg.ema_decay))
-    if progress:
-        from lightning.pytorch.callbacks import TQDMProgressBar
-
-        cbs.append(TQDMProgressBar(refresh_rate=10))
-    cbs += list(callbacks)
-    trainer = L.Trainer(
-        accelerator=cfg.accelerator,
-        devices=cfg.devices,
-        num_nodes=cfg.num_nodes,
-        strategy=_strategy(cfg),
-        precision=cfg.precision,
-        max_epochs=cfg.epochs,
-        callbacks=cbs,
-        plugins=[AtomicCheckpointIO()],
-        logger=False,
-        enable_checkpointing=True,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,  # IndexBatchSampler shards by rank itself
-        deterministic="warn" if _uses_gpu(cfg) else True,
-        max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
-    )
+        _prepare_out(files, resume)
+        write_text_atomic(files.config, cfg.to_yaml())
+    trainer = _trainer(cfg, files, init, progress, callbacks)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         quiet_warnings()
@@ -338,7 +360,7 @@ def train(
             weights_only=True,
         )
     if not trainer.is_global_zero:
-        return {}
+        return None
     return _finish(cfg, cache, out, time.perf_counter() - t0, mean, std, pos_weight)
 
 
@@ -350,91 +372,96 @@ def _finish(
     mean: list[float],
     std: list[float],
     pos_weight: float | None,
-) -> dict:
-    """Card, curves and calibration from what the global-zero process wrote to disk (the
-    same whether training ran in this process or in spawned ones)."""
+) -> ModelCard:
+    """Card, curves, calibration and OOD guard from what the global-zero process wrote to
+    disk (the same whether training ran in this process or in spawned ones)."""
     import json
 
-    best_val = out / CHECKPOINT_DIR / BEST_VAL
-    if not best_val.is_file() or not (out / "history.csv").is_file():
+    files = RunFiles(out)
+    if not files.best_val.is_file() or not files.history.is_file():
         raise UserError("training stopped before the first validation; increase --max-minutes")
-    with np.load(best_val, allow_pickle=False) as z:
+    with np.load(files.best_val, allow_pickle=False) as z:
         best_probs, best_labels = z["probs"], z["labels"]
-    summary_path = out / CHECKPOINT_DIR / SUMMARY
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    history = pd.read_csv(out / "history.csv")
+    summary = json.loads(files.summary.read_text()) if files.summary.is_file() else {}
+    history = pd.read_csv(files.history)
     best_row = history.loc[history["val_auroc"].idxmax()]
     best_epoch = int(best_row["epoch"])
     best = {k: float(best_row[k]) for k in ("val_loss", "val_accuracy", "val_auroc")}
-    pp = cache.preprocess
-
     threshold = youden_threshold(best_labels, best_probs)
     val_at_thr = binary_metrics(best_labels, best_probs, threshold)
-    training_curves(history, out / "curves.png", best_epoch=best_epoch)
-    stopped = summary.get("stopped_by", "max_time")
-    card = {
-        "pneumoscope_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "architecture": cfg.model,
-        "in_chans": cfg.in_chans,
-        "img_size": pp.img_size,
-        "preprocess": pp.to_dict(),
-        "normalization": {
-            "kind": cfg.normalization,
-            "mean": mean,
-            "std": std,
-            "scale": "pixel / 255",
-        },
-        "eval_crop": cfg.eval_crop,
-        "input_note": _input_note(cfg, pp.img_size),
-        "class_names": list(CLASS_NAMES),
-        "positive_class": CLASS_NAMES[1],
-        "threshold": threshold,
-        "threshold_policy": "youden (max sensitivity + specificity on validation)",
-        "training_data": {
-            "cache": str(Path(cfg.data).expanduser().resolve()),
-            "sources": sorted(cache.manifest["source"].unique().tolist()),
-            "counts": counts_table(cache.manifest),
-            "split_note": cache.info.get("split_note", ""),
-        },
-        "training": {
-            "imbalance": cfg.imbalance,
-            "pos_weight": pos_weight,
-            "pos_weight_note": (
-                "BCE pos_weight = N_NORMAL / N_PNEUMONIA: each class weighs the same in the loss"
-                if pos_weight is not None
-                else ""
-            ),
-            "optimizer": cfg.optimizer,
-            "lr": cfg.lr,
-            "weight_decay": cfg.weight_decay,
-            "scheduler": cfg.scheduler,
-            "freeze_epochs": cfg.freeze_epochs,
-            "augment": cfg.augment,
-            "threshold_views": cfg.threshold_views,
-            "ema_decay": cfg.ema_decay,
-            "batch_size_per_process": cfg.batch_size,
-            "processes": cfg.devices * cfg.num_nodes,
-            "precision": str(cfg.precision),
-            "initial_weights": summary.get("init"),
-            "epochs_run": int(len(history)),
-            "train_seconds": round(float(summary.get("train_seconds", fit_seconds)), 1),
-            "stopped_by": stopped,
-            "seed": cfg.seed,
-        },
-        "best_epoch": best_epoch,
-        "val_metrics": {**best, "at_threshold": val_at_thr},
-        "weights": WEIGHTS,
-        "intended_use": "research and decision support; not a medical device",
-    }
-    if stopped in ("early_stopping", "max_epochs"):  # finished for good: nothing to resume
-        (out / CHECKPOINT_DIR / LAST_CKPT).unlink(missing_ok=True)
-    write_json_atomic(out / CARD, card)
-    # Temperature and threshold on validation, so the run is usable as it stands.
+    training_curves(history, files.curves, best_epoch=best_epoch)
+    info = _training_info(cfg, pos_weight, summary, len(history), fit_seconds)
+    card = ModelCard(
+        pneumoscope_version=__version__,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        architecture=cfg.model,
+        input=InputSpec(
+            preprocess=cache.preprocess,
+            in_chans=cfg.in_chans,
+            normalization=Normalization(tuple(mean), tuple(std), kind=cfg.normalization),
+            eval_crop=cfg.eval_crop,
+        ),
+        input_note=_input_note(cfg, cache.preprocess.img_size),
+        class_names=list(CLASS_NAMES),
+        positive_class=CLASS_NAMES[1],
+        threshold=threshold,
+        threshold_policy="youden (max sensitivity + specificity on validation)",
+        training_data=_training_data(cfg, cache),
+        training=info,
+        best_epoch=best_epoch,
+        val_metrics={**best, "at_threshold": val_at_thr},
+    )
+    if info.stopped_by in ("early_stopping", "max_epochs"):  # finished: nothing to resume
+        files.last_ckpt.unlink(missing_ok=True)
+    card.save(files)
+    # Temperature and threshold on validation, then the OOD guard: the run is usable as
+    # it stands. Each step writes its own files.
     from pneumoscope.evaluation.calibration import calibrate
+    from pneumoscope.model.ood import fit_ood_guard
 
-    card["calibration"] = calibrate(out, cfg.data, policy="youden")  # views: the card's
+    card.calibration = calibrate(out, cfg.data, policy="youden")  # views: the card's
+    fit_ood_guard(out, cfg.data)
     return card
+
+
+def _training_data(cfg: TrainConfig, cache: Cache) -> TrainingData:
+    return TrainingData(
+        cache=str(Path(cfg.data).expanduser().resolve()),
+        sources=sorted(cache.manifest["source"].unique().tolist()),
+        counts=counts_table(cache.manifest),
+        split_note=cache.info.get("split_note", ""),
+    )
+
+
+def _training_info(
+    cfg: TrainConfig, pos_weight: float | None, summary: dict, epochs_run: int, seconds: float
+) -> TrainingInfo:
+    """How the run was trained; ``summary`` is what the recorder wrote when the fit ended."""
+    return TrainingInfo(
+        imbalance=cfg.imbalance,
+        pos_weight=pos_weight,
+        pos_weight_note=(
+            "BCE pos_weight = N_NORMAL / N_PNEUMONIA: each class weighs the same in the loss"
+            if pos_weight is not None
+            else ""
+        ),
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        scheduler=cfg.scheduler,
+        freeze_epochs=cfg.freeze_epochs,
+        augment=cfg.augment,
+        threshold_views=cfg.threshold_views,
+        ema_decay=cfg.ema_decay,
+        batch_size_per_process=cfg.batch_size,
+        processes=cfg.devices * cfg.num_nodes,
+        precision=str(cfg.precision),
+        initial_weights=summary.get("init"),
+        epochs_run=int(epochs_run),
+        train_seconds=round(float(summary.get("train_seconds", seconds)), 1),
+        stopped_by=summary.get("stopped_by", "max_time"),
+        seed=cfg.seed,
+    )
 
 
 def _input_note(cfg: TrainConfig, size: int) -> str:

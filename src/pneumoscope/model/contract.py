@@ -1,0 +1,395 @@
+"""The run contract: the files of a run folder, the input it expects and its model card.
+
+A run folder is what ``pneumoscope train`` writes and every later step reads. This module
+is the one place that names its files (``RunFiles``), says what the network's input is
+(``InputSpec``: image size, channels, preprocessing incl. CLAHE, normalisation,
+evaluation crop) and reads and writes model.json (``ModelCard``, versioned). Cards written
+before a field existed get that field's default here, in ``ModelCard.from_dict``, and
+nowhere else.
+
+Version 1 is the card of release 0.1.0 (it has no ``card_version`` key); a card of a newer
+version than this code knows is refused with one line saying to upgrade.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pneumoscope.core import CLASS_NAMES, __version__
+from pneumoscope.core.errors import UserError
+from pneumoscope.core.io import write_json_atomic
+from pneumoscope.data.preprocess import PreprocessConfig
+from pneumoscope.model.calibration import TemperatureScaler
+
+CARD_VERSION = 1
+INTENDED_USE = "research and decision support; not a medical device"
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _path(*names: str) -> property:
+    """A property: the path of the file whose name is the class constant(s) ``names``."""
+
+    def get(self) -> Path:
+        return self.root.joinpath(*(getattr(self, n) for n in names))
+
+    return property(get, doc=f"RUN/{'/'.join(names)}")
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Every file of a run folder, by name. Evaluation outputs (metrics, plots, report,
+    predictions) land in the run folder or in another folder laid out the same way
+    (``evaluate --out``), so ``RunFiles(out)`` names those too."""
+
+    root: Path
+
+    WEIGHTS: ClassVar[str] = "model.safetensors"
+    CARD: ClassVar[str] = "model.json"
+    CALIBRATION: ClassVar[str] = "calibration.json"
+    OOD_CARD: ClassVar[str] = "ood.json"
+    OOD_STATS: ClassVar[str] = "ood.safetensors"
+    CONFIG: ClassVar[str] = "config.yaml"
+    HISTORY: ClassVar[str] = "history.csv"
+    CURVES: ClassVar[str] = "curves.png"
+    RELIABILITY_VAL: ClassVar[str] = "reliability_val.png"
+    CHECKPOINT_DIR: ClassVar[str] = "checkpoints"
+    LAST_CKPT: ClassVar[str] = "last.ckpt"
+    BEST_VAL: ClassVar[str] = "best_val.npz"  # the best epoch's validation probabilities
+    SUMMARY: ClassVar[str] = "summary.json"  # how the fit ended
+    ONNX: ClassVar[str] = "model.onnx"
+    INT8: ClassVar[str] = "model.int8.onnx"
+    EXPORT_RECORD: ClassVar[str] = "export.json"
+    METRICS: ClassVar[str] = "metrics.json"
+    REPORT: ClassVar[str] = "report.html"
+    PREDICTIONS: ClassVar[str] = "predictions_{split}.csv"
+    CONFUSION: ClassVar[str] = "confusion_matrix.png"
+    ROC: ClassVar[str] = "roc_curve.png"
+    PR: ClassVar[str] = "pr_curve.png"
+    RELIABILITY: ClassVar[str] = "reliability.png"
+    HISTOGRAMS: ClassVar[str] = "probability_histograms.png"
+
+    @classmethod
+    def of(cls, run: str | Path | RunFiles) -> RunFiles:
+        return run if isinstance(run, RunFiles) else cls(Path(run).expanduser())
+
+    weights = _path("WEIGHTS")
+    card = _path("CARD")
+    calibration = _path("CALIBRATION")
+    ood_card = _path("OOD_CARD")
+    ood_stats = _path("OOD_STATS")
+    config = _path("CONFIG")
+    history = _path("HISTORY")
+    curves = _path("CURVES")
+    reliability_val = _path("RELIABILITY_VAL")
+    checkpoints = _path("CHECKPOINT_DIR")
+    last_ckpt = _path("CHECKPOINT_DIR", "LAST_CKPT")
+    best_val = _path("CHECKPOINT_DIR", "BEST_VAL")
+    summary = _path("CHECKPOINT_DIR", "SUMMARY")
+    onnx = _path("ONNX")
+    int8 = _path("INT8")
+    export_record = _path("EXPORT_RECORD")
+    metrics = _path("METRICS")
+    report = _path("REPORT")
+    confusion = _path("CONFUSION")
+    roc = _path("ROC")
+    pr = _path("PR")
+    reliability = _path("RELIABILITY")
+    histograms = _path("HISTOGRAMS")
+
+    def predictions(self, split: str) -> Path:
+        return self.root / self.PREDICTIONS.format(split=split)
+
+    def fitted_files(self) -> tuple[Path, ...]:
+        """What training fits from the weights: a new training makes every one stale."""
+        return (
+            self.weights,
+            self.calibration,
+            self.ood_card,
+            self.ood_stats,
+            self.onnx,
+            self.int8,
+            self.export_record,
+        )
+
+    @staticmethod
+    def int8_beside(onnx: Path) -> Path:
+        """The int8 model written beside an ONNX file (RUN/model.int8.onnx for the run's)."""
+        return onnx.with_name(onnx.name.removesuffix(".onnx") + ".int8.onnx")
+
+    @classmethod
+    def record_beside(cls, onnx: Path) -> Path:
+        """export.json beside RUN/model.onnx; '<name>.export.json' beside any other name."""
+        if onnx.name == cls.ONNX:
+            return onnx.with_name(cls.EXPORT_RECORD)
+        return onnx.with_name(onnx.name.removesuffix(".onnx") + ".export.json")
+
+    def weights_sha256(self) -> str:
+        """SHA-256 of the weights: ties calibration, OOD guard, export and predictions'
+        model id to the weights they were made from. Hashed once per process."""
+        return file_sha256(self.weights)
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, cached on (resolved path, size, mtime, inode, ctime): one predict
+    call asks for the weights' digest several times, and a large file is read once."""
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = _sha256_of(p)
+    return _DIGESTS[key]
+
+
+def _sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- input
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel mean and std, in units of pixel / 255."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    kind: str = "dataset"  # the first cards had no kind: they all used the training images'
+    scale: str = "pixel / 255"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Normalization:
+        extra = {k: d[k] for k in ("kind", "scale") if k in d}
+        return cls(mean=tuple(d["mean"]), std=tuple(d["std"]), **extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "scale": self.scale,
+        }
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the network was trained on: preprocessed images (size, CLAHE) of ``img_size``
+    pixels, repeated to ``in_chans`` channels, normalised, and at evaluation resized by
+    ``eval_crop`` then centre-cropped back. ``model.run.model_input`` applies it."""
+
+    preprocess: PreprocessConfig
+    in_chans: int
+    normalization: Normalization
+    eval_crop: float = 1.0  # cards made before the option have no crop
+
+    @property
+    def img_size(self) -> int:
+        return self.preprocess.img_size
+
+
+# --------------------------------------------------------------------------- card
+
+
+@dataclass
+class TrainingData:
+    """Which cache the run was trained on and what it held."""
+
+    cache: str = ""
+    sources: list[str] = field(default_factory=list)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    split_note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainingInfo:
+    """How the run was trained. The first cards held only imbalance, pos_weight,
+    epochs_run, train_seconds, stopped_by and seed; settings that did not exist then get
+    the value that means "off", the others None (not recorded)."""
+
+    imbalance: str | None = None
+    pos_weight: float | None = None
+    pos_weight_note: str = ""
+    optimizer: str | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    scheduler: str | None = None
+    freeze_epochs: int = 0
+    augment: dict[str, Any] | None = None
+    threshold_views: int = 0
+    ema_decay: float = 0.0
+    batch_size_per_process: int | None = None
+    processes: int = 1
+    precision: str | None = None
+    initial_weights: dict[str, Any] | None = None
+    epochs_run: int | None = None
+    train_seconds: float | None = None
+    stopped_by: str | None = None
+    seed: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ModelCard:
+    """model.json: what the run is, what it expects, how it was made and how well it did.
+
+    ``to_dict`` writes today's keys in today's order (plus ``card_version``); keys this
+    version does not know are kept in ``extra`` and written back. ``calibration`` is not
+    part of model.json: ``train`` returns the card with the calibration it ended with.
+    """
+
+    architecture: str
+    input: InputSpec
+    pneumoscope_version: str = "unknown"
+    created: str = ""
+    input_note: str = ""
+    class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
+    positive_class: str = CLASS_NAMES[1]
+    threshold: float = 0.5
+    threshold_policy: str = "0.5"
+    training_data: TrainingData = field(default_factory=TrainingData)
+    training: TrainingInfo = field(default_factory=TrainingInfo)
+    best_epoch: int | None = None
+    val_metrics: dict[str, Any] = field(default_factory=dict)
+    weights: str = RunFiles.WEIGHTS
+    intended_use: str = INTENDED_USE
+    card_version: int = CARD_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+    calibration: TemperatureScaler | None = None
+
+    # keys of model.json that are not plain fields of the card
+    _STRUCTURED: ClassVar[frozenset[str]] = frozenset(
+        {"in_chans", "img_size", "preprocess", "normalization", "eval_crop"}
+        | {"training_data", "training", "calibration", "extra", "input"}
+    )
+    _REQUIRED: ClassVar[tuple[str, ...]] = (
+        "architecture",
+        "in_chans",
+        "preprocess",
+        "normalization",
+    )
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "model.json") -> ModelCard:
+        """A card from model.json's content: the one place where the keys older cards lack
+        get their defaults."""
+        _check_version(d, where)
+        missing = [k for k in cls._REQUIRED if k not in d]
+        missing += [
+            f"normalization.{k}" for k in ("mean", "std") if k not in d.get("normalization", {})
+        ]
+        if missing:
+            raise UserError(
+                f"{where} is not a finished model card (no {', '.join(missing)}); train the "
+                "run again"
+            )
+        spec = InputSpec(
+            preprocess=PreprocessConfig.from_dict(d["preprocess"]),
+            in_chans=int(d["in_chans"]),
+            normalization=Normalization.from_dict(d["normalization"]),
+            eval_crop=float(d.get("eval_crop", 1.0)),
+        )
+        plain = {f.name for f in fields(cls)} - cls._STRUCTURED
+        calibration = d.get("calibration")
+        return cls(
+            input=spec,
+            training_data=_build(TrainingData, d.get("training_data", {})),
+            training=_build(TrainingInfo, d.get("training", {})),
+            **{k: d[k] for k in plain if k in d},
+            extra={k: v for k, v in d.items() if k not in plain | cls._STRUCTURED},
+            calibration=None if calibration is None else TemperatureScaler.from_dict(calibration),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """model.json's content, in the order train has always written it."""
+        spec = self.input
+        out: dict[str, Any] = {
+            "card_version": self.card_version,
+            "pneumoscope_version": self.pneumoscope_version,
+            "created": self.created,
+            "architecture": self.architecture,
+            "in_chans": spec.in_chans,
+            "img_size": spec.img_size,
+            "preprocess": spec.preprocess.to_dict(),
+            "normalization": spec.normalization.to_dict(),
+            "eval_crop": spec.eval_crop,
+            "input_note": self.input_note,
+            "class_names": list(self.class_names),
+            "positive_class": self.positive_class,
+            "threshold": self.threshold,
+            "threshold_policy": self.threshold_policy,
+            "training_data": _plain(self.training_data),
+            "training": _plain(self.training),
+            "best_epoch": self.best_epoch,
+            "val_metrics": self.val_metrics,
+            "weights": self.weights,
+            "intended_use": self.intended_use,
+            **self.extra,
+        }
+        if self.calibration is not None:
+            out["calibration"] = self.calibration.to_dict()
+        return out
+
+    def save(self, files: RunFiles) -> None:
+        """Write model.json (without the calibration, which has its own file)."""
+        d = self.to_dict()
+        d.pop("calibration", None)
+        write_json_atomic(files.card, d)
+
+
+def _check_version(d: Mapping[str, Any], where: str) -> None:
+    version = d.get("card_version", 1)  # release 0.1.0 wrote no version: version 1
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise UserError(f"{where} has an invalid card_version {version!r}; train the run again")
+    if version > CARD_VERSION:
+        by = d.get("pneumoscope_version", "a newer release")
+        raise UserError(
+            f"{where} was written by pneumoscope {by} (card version {version}); this is "
+            f"version {__version__} (card version {CARD_VERSION}): upgrade pneumoscope"
+        )
+
+
+def _build(cls, d: Mapping[str, Any]):
+    """A card section from a mapping: known keys as fields, the rest kept in ``extra``."""
+    names = {f.name for f in fields(cls)} - {"extra"}
+    known = {k: d[k] for k in names if k in d}
+    return cls(**known, extra={k: v for k, v in d.items() if k not in names})
+
+
+def _plain(obj) -> dict[str, Any]:
+    """A card section as written: its fields in order, then the keys it did not know."""
+    out = {f.name: getattr(obj, f.name) for f in fields(obj) if f.name != "extra"}
+    return {**out, **obj.extra}
+
+
+def read_card(run: str | Path | RunFiles) -> ModelCard:
+    """The card of a finished run; one line saying what to do when there is none."""
+    files = RunFiles.of(run)
+    if not files.root.is_dir():
+        raise UserError(
+            f"run folder not found: {files.root} (train one with 'pneumoscope train "
+            f"--data DATA --out {files.root}')"
+        )
+    if not files.card.is_file() or not files.weights.is_file():
+        raise UserError(
+            f"{files.root} is not a finished run: {RunFiles.CARD} or {RunFiles.WEIGHTS} is "
+            "missing (did training finish?)"
+        )
+    try:
+        d = json.loads(files.card.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{files.card} is not valid JSON ({exc}); train the run again") from None
+    return ModelCard.from_dict(d, where=str(files.card))
