@@ -11,8 +11,8 @@ import pytest
 
 from pneumoscope.core.errors import UserError
 from pneumoscope.inference.predict import CSV_COLUMNS, predict_to_csv
-from pneumoscope.model.ood import load_guard
-from pneumoscope.model.run import weights_digest
+from pneumoscope.model.contract import RunFiles
+from pneumoscope.model.ood import OodGuard
 from tests.helpers import dicom_dataset, png_header_only, write_dicom
 
 
@@ -36,8 +36,8 @@ def test_ood_guard_is_fitted_at_calibration_and_documented(run_dir):
     card = json.loads((run_dir / "ood.json").read_text())
     assert "Mahalanobis" in card["method"] and card["threshold"] > 0
     assert card["val_flag_rate"] <= 0.15  # 99% quantile of validation distances
-    assert card["weights_sha256"] == weights_digest(run_dir)
-    assert load_guard(run_dir) is not None
+    assert card["weights_sha256"] == RunFiles(run_dir).weights_sha256()
+    assert OodGuard.load(RunFiles(run_dir)) is not None
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_predict_columns_csv_lists_dicom_and_awkward_paths(run_dir, synthetic_so
     # 16-bit; failing: no pixels, empty, bomb, text, missing, truncated (unless libjpeg pads)
     assert counts.ok == 8 + truncated_ok and counts.failed == 6 - truncated_ok
     assert df["model_id"].nunique() == 1 and df["model_id"][0].endswith(
-        weights_digest(run_dir)[:12]
+        RunFiles(run_dir).weights_sha256()[:12]
     )
     by_name = df.set_index(df["path"].map(lambda p: p.split("/")[-1]))
     assert "without pixel data" in by_name.loc["nopixels.dcm", "error"]

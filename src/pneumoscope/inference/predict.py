@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 
 from pneumoscope.core.errors import UserError
+from pneumoscope.data.layouts.base import is_hidden
 from pneumoscope.data.preprocess import PreprocessConfig, is_image_file, try_load_image
-from pneumoscope.data.sources import is_hidden
-from pneumoscope.model.ood import load_guard
-from pneumoscope.model.run import LoadedRun, load_run, weights_digest
+from pneumoscope.model.ood import OodGuard
+from pneumoscope.model.run import LoadedRun, load_run
 
 CSV_COLUMNS = [
     "path",
@@ -118,7 +118,7 @@ def make_runner(loaded: LoadedRun, backend: str):
 
 def model_id(loaded: LoadedRun) -> str:
     """Run folder name and the start of the weights' SHA-256: names the exact model."""
-    return f"{loaded.root.name}@{weights_digest(loaded.root)[:12]}"
+    return f"{loaded.root.name}@{loaded.files.weights_sha256()[:12]}"
 
 
 def _progress(total: int, enabled: bool):
@@ -136,6 +136,76 @@ def _progress(total: int, enabled: bool):
     )
 
 
+@dataclass
+class Prediction:
+    """One input's outcome: the predict CSV's row, with typed values."""
+
+    path: str
+    threshold: float
+    model_id: str
+    probability: float | None = None
+    label: str = ""
+    ood: bool | None = None
+    ood_score: float | None = None
+    status: str = "ok"
+    error: str = ""
+    heatmap: str = ""
+
+    def csv_cells(self, with_heatmap: bool = False) -> list[str]:
+        """The row as `predict` writes it (fixed decimals, empty cells for missing values)."""
+        ok = self.probability is not None
+        cells = [
+            self.path,
+            f"{self.probability:.6f}" if ok else "",
+            self.label,
+            f"{self.threshold:.6f}",
+            self.model_id,
+            "" if self.ood is None else str(self.ood).lower(),
+            "" if self.ood_score is None else f"{self.ood_score:.4f}",
+            self.status,
+            self.error,
+        ]
+        return cells + ([self.heatmap] if with_heatmap else [])
+
+
+def predict_rows(
+    loaded: LoadedRun,
+    runner,
+    paths: list[str],
+    batch_size: int = 32,
+    workers: int | None = None,
+    gradcam_dir: str | Path | None = None,
+) -> Iterator[Prediction]:
+    """One Prediction per path, in input order, batch by batch: the inference path shared by
+    `predict`, the Python API and the service. An unreadable file gets status "error"."""
+    guard = OodGuard.load(loaded.files)
+    thr, mid = loaded.threshold, model_id(loaded)
+    names = loaded.card.class_names
+    workers = workers or os.cpu_count() or 1
+    for batch in _batches(paths, loaded.preprocess, batch_size, workers):
+        good = [i for i, (_, img, _) in enumerate(batch) if img is not None]
+        done: dict[int, Prediction] = {}
+        if good:
+            imgs = np.stack([batch[i][1] for i in good])
+            logits, feats = runner.logits_and_features(imgs)
+            probs = loaded.proba_from_logits(logits)
+            scores, flags = guard.score(feats) if guard else (None, None)
+            heat = _heatmaps(loaded, imgs, [batch[i][0] for i in good], probs, gradcam_dir)
+            for k, i in enumerate(good):
+                done[i] = Prediction(
+                    batch[i][0],
+                    thr,
+                    mid,
+                    float(probs[k]),
+                    names[int(probs[k] >= thr)],
+                    None if guard is None else bool(flags[k]),
+                    None if guard is None else float(scores[k]),
+                    heatmap=heat[k] if heat else "",
+                )
+        for i, (path, _, err) in enumerate(batch):
+            yield done.get(i) or Prediction(path, thr, mid, status="error", error=err)
+
+
 def predict_to_csv(
     run: str | Path | LoadedRun,
     inputs: list[str],
@@ -146,72 +216,32 @@ def predict_to_csv(
     gradcam_dir: str | Path | None = None,
     progress: bool = False,
 ) -> Counts:
+    """Stream one CSV row per input to ``out_csv`` (flushed as batches finish)."""
     loaded = run if isinstance(run, LoadedRun) else load_run(run)
     runner = make_runner(loaded, backend)
-    guard = load_guard(loaded.root)
     paths = expand_inputs(inputs)
     if not paths:
         raise UserError("no inputs: give image files, folders, glob patterns or a CSV list")
     out_csv = Path(out_csv).expanduser()
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    thr, mid = loaded.threshold, model_id(loaded)
-    names = loaded.card.get("class_names", ["NORMAL", "PNEUMONIA"])
-    columns = CSV_COLUMNS + (["heatmap"] if gradcam_dir else [])
+    heat = bool(gradcam_dir)
     counts = Counts()
-    workers = workers or os.cpu_count() or 1
+    rows = predict_rows(loaded, runner, paths, batch_size, workers, gradcam_dir)
     with (
         open(out_csv, "w", newline="", encoding="utf-8") as fh,
         _progress(len(paths), progress) as prog,
     ):
         task = prog.add_task("predict", total=len(paths))
         writer = csv.writer(fh)
-        writer.writerow(columns)
-        for batch in _batches(paths, loaded.preprocess, batch_size, workers):
-            good = [i for i, (_, img, _) in enumerate(batch) if img is not None]
-            result: dict[int, list] = {}
-            if good:
-                imgs = np.stack([batch[i][1] for i in good])
-                logits, feats = runner.logits_and_features(imgs)
-                probs = loaded.proba_from_logits(logits)
-                scores, flags = guard.score(feats) if guard else (None, None)
-                heat = _heatmaps(loaded, imgs, [batch[i][0] for i in good], probs, gradcam_dir)
-                for k, i in enumerate(good):
-                    ood = "" if guard is None else str(bool(flags[k])).lower()
-                    score = "" if guard is None else f"{scores[k]:.4f}"
-                    counts.flagged_ood += int(ood == "true")
-                    result[i] = [
-                        f"{probs[k]:.6f}",
-                        names[int(probs[k] >= thr)],
-                        f"{thr:.6f}",
-                        mid,
-                        ood,
-                        score,
-                        "ok",
-                        "",
-                        *heat[k : k + 1],
-                    ]
-            for i, (path, _, err) in enumerate(batch):
-                if i in result:
-                    writer.writerow([path, *result[i]])
-                    counts.ok += 1
-                else:
-                    writer.writerow(
-                        [
-                            path,
-                            "",
-                            "",
-                            f"{thr:.6f}",
-                            mid,
-                            "",
-                            "",
-                            "error",
-                            err,
-                            *([""] if gradcam_dir else []),
-                        ]
-                    )
-                    counts.failed += 1
-            fh.flush()
-            prog.advance(task, len(batch))
+        writer.writerow(CSV_COLUMNS + (["heatmap"] if heat else []))
+        for n, row in enumerate(rows, 1):
+            writer.writerow(row.csv_cells(heat))
+            counts.ok += row.status == "ok"
+            counts.failed += row.status != "ok"
+            counts.flagged_ood += bool(row.ood)
+            if n % batch_size == 0 or n == len(paths):
+                fh.flush()
+                prog.update(task, completed=n)
     return counts
 
 
@@ -230,7 +260,7 @@ def _heatmaps(
     out = Path(gradcam_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     heats = gradcam(loaded, imgs)
-    names = loaded.card.get("class_names", ["NORMAL", "PNEUMONIA"])
+    names = loaded.card.class_names
     files = []
     for img, h, path, p in zip(imgs, heats, paths, probs, strict=True):
         target = out / heatmap_name(path)
