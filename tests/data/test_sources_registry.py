@@ -122,3 +122,11 @@ def test_a_new_module_in_the_package_is_discovered(monkeypatch, tmp_path):
         assert (read.layout, len(read.rows)) == ("toy-file", 2)
     finally:
         sys.modules.pop(f"{layouts.__name__}.toy_file_layout", None)
+
+
+def test_the_layout_option_help_names_every_registered_layout():
+    from pneumoscope.data.config import DataConfig
+    from pneumoscope.data.layouts import layout_names
+
+    help_text = DataConfig.model_fields["layout"].description
+    assert all(name in help_text for name in layout_names())
