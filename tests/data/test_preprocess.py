@@ -132,3 +132,70 @@ def test_load_image_equals_decode_then_preprocess(tmp_path):
 def test_config_round_trip():
     cfg = PreprocessConfig(img_size=96, clahe=False)
     assert PreprocessConfig.from_dict({**cfg.to_dict(), "unknown": 1}) == cfg
+
+
+# --- bytes in memory (uploads): the same pixels as the same bytes in a file ---------------
+
+
+def test_bytes_path_equals_file_path_on_real_films(shared_data):
+    from pneumoscope.data.preprocess import load_image_bytes
+
+    root = shared_data / "chest_xray_224" / "test"
+    films = (
+        sorted((root / "NORMAL").glob("*.jpeg"))[:3]
+        + sorted((root / "PNEUMONIA").glob("*.jpeg"))[:3]
+    )
+    cfg = PreprocessConfig(img_size=224)
+    for film in films:
+        np.testing.assert_array_equal(
+            load_image_bytes(film.read_bytes(), cfg), load_image(film, cfg)
+        )
+
+
+def test_bytes_path_equals_file_path_on_dicom(tmp_path):
+    from pneumoscope.data.preprocess import decode_image_bytes
+    from tests.helpers import dicom_dataset, dicom_ramp, write_dicom
+
+    path = write_dicom(
+        dicom_dataset(dicom_ramp(0, 4000, np.uint16), "MONOCHROME1"), tmp_path / "a.dcm"
+    )
+    np.testing.assert_array_equal(decode_image_bytes(path.read_bytes()), decode_gray(path))
+
+
+@pytest.mark.parametrize(
+    ("content", "kind"),
+    [
+        (b"\x89PNG\r\n\x1a\n" + bytes(20), "png"),
+        (b"\xff\xd8\xff\xe0" + bytes(20), "jpeg"),
+        (b"II*\x00" + bytes(20), "tiff"),
+        (b"BM" + bytes(20), "bmp"),
+        (bytes(128) + b"DICM" + bytes(20), "dicom"),
+        (b"hello, plain text", None),
+        (b"", None),
+    ],
+)
+def test_sniff_by_content(content, kind):
+    from pneumoscope.data.preprocess import sniff_image
+
+    assert sniff_image(content) == kind
+
+
+def test_dicom_without_preamble_is_sniffed_from_its_header(tmp_path):
+    from pneumoscope.data.preprocess import decode_image_bytes, sniff_image
+    from tests.helpers import dicom_dataset, dicom_ramp, write_dicom
+
+    data = write_dicom(dicom_dataset(dicom_ramp(0, 255, np.uint8)), tmp_path / "a.dcm")
+    raw = data.read_bytes()[132:]  # drop preamble and DICM: what old files look like
+    assert sniff_image(raw) == "dicom"
+    assert decode_image_bytes(raw).shape == (64, 80)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(b"", "empty"), (png_header_only(50_000, 50_000), "too large"), (b"\xff\xd8\xff", "readable")],
+)
+def test_unreadable_bytes_raise_with_reason(content, reason):
+    from pneumoscope.data.preprocess import decode_image_bytes
+
+    with pytest.raises(ImageReadError, match=reason):
+        decode_image_bytes(content)

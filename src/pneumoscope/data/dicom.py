@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+from io import BytesIO
 from pathlib import Path
 
 import cv2
@@ -64,8 +65,20 @@ def is_dicom(path: str | os.PathLike) -> bool:
         return True
     if not str(path).lower().endswith(DICOM_EXTENSIONS):
         return False
+    return _plausible_header(path)
+
+
+def is_dicom_bytes(data: bytes) -> bool:
+    """``is_dicom`` for bytes in memory (an upload): the DICM marker, or, as bytes have no
+    name, a header pydicom can parse into a plausible image dataset; never raises."""
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return True
+    return _plausible_header(BytesIO(data))
+
+
+def _plausible_header(source) -> bool:
     try:
-        ds = pydicom.dcmread(path, force=True, stop_before_pixels=True)
+        ds = pydicom.dcmread(source, force=True, stop_before_pixels=True)
     except Exception:
         return False
     return "SOPClassUID" in ds or ("Rows" in ds and "Columns" in ds)
@@ -73,7 +86,17 @@ def is_dicom(path: str | os.PathLike) -> bool:
 
 def decode_dicom(path: str | os.PathLike) -> np.ndarray:
     """Decode a DICOM image to a 2-D uint8 array (bone bright), or raise ImageReadError."""
-    ds = _read(path, stop_before_pixels=False)
+    return _decode_dataset(_read(path, stop_before_pixels=False))
+
+
+def decode_dicom_bytes(data: bytes) -> np.ndarray:
+    """``decode_dicom`` for bytes in memory: the same pixels as the same bytes in a file."""
+    if not is_dicom_bytes(data):
+        raise ImageReadError("not a DICOM file (no DICM marker, no readable header)")
+    return _decode_dataset(_parse(BytesIO(data), stop_before_pixels=False, defer_size=None))
+
+
+def _decode_dataset(ds: Dataset) -> np.ndarray:
     if not any(tag in ds for tag in _PIXEL_TAGS):
         raise ImageReadError("DICOM without pixel data")
     _check_header(ds)
@@ -139,9 +162,14 @@ def _read(path: str | os.PathLike, stop_before_pixels: bool) -> Dataset:
         raise ImageReadError(f"cannot open file: no such file {Path(path).name!r}")
     if not is_dicom(path):  # force=True below would make a "dataset" out of any bytes
         raise ImageReadError("not a DICOM file (no DICM marker, no readable header)")
+    return _parse(Path(path), stop_before_pixels, _DEFER_SIZE)
+
+
+def _parse(source, stop_before_pixels: bool, defer_size: int | None) -> Dataset:
+    """A dataset from a path or a file object, every failure an ImageReadError."""
     try:
         ds = pydicom.dcmread(
-            Path(path), force=True, stop_before_pixels=stop_before_pixels, defer_size=_DEFER_SIZE
+            source, force=True, stop_before_pixels=stop_before_pixels, defer_size=defer_size
         )
     except FileNotFoundError as exc:
         raise ImageReadError(f"cannot open file: {exc.strerror or exc}") from None

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from pneumoscope.core.errors import ImageReadError
-from pneumoscope.data.dicom import decode_dicom, is_dicom
+from pneumoscope.data.dicom import decode_dicom, decode_dicom_bytes, is_dicom, is_dicom_bytes
 from pneumoscope.data.limits import MAX_PIXELS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
@@ -72,6 +72,38 @@ def decode_gray_bytes(data: np.ndarray | bytes) -> np.ndarray:
     if img is None:
         raise ImageReadError("not a readable image (corrupt, truncated or unsupported format)")
     return to_gray_uint8(img)
+
+
+_RASTER_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"BM", "bmp"),
+)
+
+
+def sniff_image(data: bytes) -> str | None:
+    """What the bytes are by content alone ("dicom", "png", "jpeg", "tiff", "bmp"), or None
+    for anything else: uploads are recognised by their bytes, never by a name or a header."""
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "dicom"  # checked first: a DICOM preamble may itself look like TIFF
+    for magic, kind in _RASTER_MAGIC:
+        if data.startswith(magic):
+            return kind
+    return "dicom" if data and is_dicom_bytes(data) else None
+
+
+def decode_image_bytes(data: bytes) -> np.ndarray:
+    """``decode_gray`` for bytes in memory (an upload, never written to disk): the same
+    limits, and the same pixels as the same bytes read from a file."""
+    if len(data) == 0:
+        raise ImageReadError("empty file (0 bytes)")
+    if len(data) > MAX_FILE_BYTES:
+        raise ImageReadError(f"file too large ({len(data) / 2**20:.0f} MiB)")
+    if sniff_image(data) == "dicom":
+        return decode_dicom_bytes(data)  # refuses Rows*Columns > MAX_PIXELS from the header
+    return decode_gray_bytes(data)
 
 
 def _check_dimensions(buf: np.ndarray) -> None:
@@ -156,6 +188,11 @@ def preprocess_gray(gray: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 def load_image(path: str | Path, cfg: PreprocessConfig) -> np.ndarray:
     """Decode and preprocess one file: the function every stage uses."""
     return preprocess_gray(decode_gray(path), cfg)
+
+
+def load_image_bytes(data: bytes, cfg: PreprocessConfig) -> np.ndarray:
+    """``load_image`` for bytes in memory: decode and preprocess one upload."""
+    return preprocess_gray(decode_image_bytes(data), cfg)
 
 
 def try_load_image(path: str | Path, cfg: PreprocessConfig) -> tuple[np.ndarray | None, str]:
