@@ -80,6 +80,16 @@ def test_wheel_installs_the_package_outside_the_checkout(wheel_env, tmp_path):
     )
     installed = Path(res.stdout.strip())
     assert wheel_env in installed.parents and REPO not in installed.parents
+    data = _sh(
+        wheel_env / "bin" / "python",
+        "-c",
+        "from importlib.resources import files as f; p = f('pneumoscope');"
+        "print(sorted(x.name for x in (p / 'presets' / 'train').iterdir()),"
+        " (p / 'serving' / 'static' / 'index.html').is_file(),"
+        " (p / 'evaluation' / 'templates' / 'report.html.j2').is_file())",
+        cwd=tmp_path,
+    ).stdout
+    assert "fast-cpu.yaml" in data and data.strip().endswith("True True")
 
 
 def test_wheel_trains_from_a_preset_and_predicts(wheel_env, tmp_path):

@@ -6,12 +6,12 @@ import sys
 
 import typer
 
-from pneumoscope.cli import data, evaluate, predict, train
+from pneumoscope.cli import data, evaluate, predict, serve, train
 from pneumoscope.cli.base import app
 from pneumoscope.core.errors import UserError
 
-COMMAND_MODULES = (data, train, evaluate, predict)  # importing one registers its commands
-ORDER = ("train", "calibrate", "evaluate", "compare", "predict", "explain", "export")
+COMMAND_MODULES = (data, train, evaluate, predict, serve)  # importing one registers its commands
+ORDER = ("train", "calibrate", "evaluate", "compare", "predict", "explain", "export", "serve")
 app.registered_commands.sort(key=lambda c: ORDER.index(c.name or c.callback.__name__))
 
 

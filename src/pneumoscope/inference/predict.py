@@ -168,6 +168,29 @@ class Prediction:
         return cells + ([self.heatmap] if with_heatmap else [])
 
 
+def score_batch(
+    loaded: LoadedRun, runner, guard: OodGuard | None, pixels: np.ndarray, paths, mid: str
+) -> list[Prediction]:
+    """Predictions for a stack of preprocessed images: logits and features from the runner,
+    the run's temperature and threshold, the OOD guard. `predict` and the service share it."""
+    logits, feats = runner.logits_and_features(pixels)
+    probs = loaded.proba_from_logits(logits)
+    scores, flags = guard.score(feats) if guard else (None, None)
+    thr, names = loaded.threshold, loaded.card.class_names
+    return [
+        Prediction(
+            path,
+            thr,
+            mid,
+            float(p),
+            names[int(p >= thr)],
+            None if guard is None else bool(flags[k]),
+            None if guard is None else float(scores[k]),
+        )
+        for k, (path, p) in enumerate(zip(paths, probs, strict=True))
+    ]
+
+
 def predict_rows(
     loaded: LoadedRun,
     runner,
@@ -180,28 +203,19 @@ def predict_rows(
     `predict`, the Python API and the service. An unreadable file gets status "error"."""
     guard = OodGuard.load(loaded.files)
     thr, mid = loaded.threshold, model_id(loaded)
-    names = loaded.card.class_names
     workers = workers or os.cpu_count() or 1
     for batch in _batches(paths, loaded.preprocess, batch_size, workers):
         good = [i for i, (_, img, _) in enumerate(batch) if img is not None]
         done: dict[int, Prediction] = {}
         if good:
             imgs = np.stack([batch[i][1] for i in good])
-            logits, feats = runner.logits_and_features(imgs)
-            probs = loaded.proba_from_logits(logits)
-            scores, flags = guard.score(feats) if guard else (None, None)
-            heat = _heatmaps(loaded, imgs, [batch[i][0] for i in good], probs, gradcam_dir)
+            names = [batch[i][0] for i in good]
+            preds = score_batch(loaded, runner, guard, imgs, names, mid)
+            probs = np.array([r.probability for r in preds])
+            heat = _heatmaps(loaded, imgs, names, probs, gradcam_dir)
             for k, i in enumerate(good):
-                done[i] = Prediction(
-                    batch[i][0],
-                    thr,
-                    mid,
-                    float(probs[k]),
-                    names[int(probs[k] >= thr)],
-                    None if guard is None else bool(flags[k]),
-                    None if guard is None else float(scores[k]),
-                    heatmap=heat[k] if heat else "",
-                )
+                preds[k].heatmap = heat[k] if heat else ""
+                done[i] = preds[k]
         for i, (path, _, err) in enumerate(batch):
             yield done.get(i) or Prediction(path, thr, mid, status="error", error=err)
 

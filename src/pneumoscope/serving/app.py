@@ -1,0 +1,209 @@
+"""`create_app(settings)`: the FastAPI application behind `pneumoscope serve`.
+
+Endpoints: GET /healthz, GET /readyz, GET /v1/model, POST /v1/predict,
+POST /v1/predict/batch, and the web page at / (its files under /static). The API's own
+documentation is at /docs and /openapi.json.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from contextlib import asynccontextmanager
+from importlib import resources
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from pneumoscope.core import __version__
+from pneumoscope.serving.engine import Engine, Outcome
+from pneumoscope.serving.errors import ApiError, error_response, install_handlers, request_id
+from pneumoscope.serving.service import Service
+from pneumoscope.serving.settings import ServeSettings
+
+HEATMAP_HELP = "Also return the preprocessed input and its Grad-CAM heatmap as base64 PNGs."
+_ONE_FILE = {"type": "string", "format": "binary"}
+_SINGLE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/octet-stream": {"schema": _ONE_FILE},
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": _ONE_FILE}}
+            },
+        },
+    }
+}
+_BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"files": {"type": "array", "items": _ONE_FILE}},
+                }
+            }
+        },
+    }
+}
+
+
+def service(request: Request) -> Service:
+    return request.app.state.service
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinities (metrics a run could not compute) become null: strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def result_json(outcome: Outcome, rid: str, policy: str) -> dict:
+    """One upload's answer: the predict CSV's fields, typed, plus its id and hash."""
+    p = outcome.prediction
+    return {
+        "request_id": rid,
+        "filename": p.path,
+        "sha256": outcome.sha256,
+        "probability": p.probability,
+        "label": p.label or None,
+        "threshold": p.threshold,
+        "threshold_policy": policy,
+        "model_id": p.model_id,
+        "ood": p.ood,
+        "ood_score": p.ood_score,
+        "status": p.status,
+        "error": p.error,
+        **outcome.pictures,
+    }
+
+
+class RequestIdMiddleware:
+    """A fresh id per request (never the client's), echoed as X-Request-ID, and nosniff."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        rid = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers += [
+                    (b"x-request-id", rid.encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                ]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def require_token(request: Request) -> None:
+    service(request).check_token(request)
+
+
+def _v1_router() -> APIRouter:
+    router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
+
+    @router.get("/model", summary="The model card, threshold, calibration and OOD guard")
+    def model_info(request: Request) -> JSONResponse:
+        return JSONResponse(json_safe(service(request).require_engine().info()))
+
+    @router.post("/predict", summary="Predict one image", openapi_extra=_SINGLE_BODY)
+    async def predict(request: Request, heatmap: bool = Query(False, description=HEATMAP_HELP)):
+        svc = service(request)
+        [outcome] = await svc.predict(request, heatmap, batch=False)
+        if outcome.http_status != 200:
+            return error_response(request, outcome.http_status, outcome.prediction.error)
+        policy = svc.require_engine().loaded.threshold_policy
+        return JSONResponse(json_safe(result_json(outcome, request_id(request), policy)))
+
+    @router.post("/predict/batch", summary="Predict several images", openapi_extra=_BATCH_BODY)
+    async def predict_batch(
+        request: Request, heatmap: bool = Query(False, description=HEATMAP_HELP)
+    ):
+        svc = service(request)
+        outcomes = await svc.predict(request, heatmap, batch=True)
+        policy = svc.require_engine().loaded.threshold_policy
+        rid = request_id(request)
+        return JSONResponse(json_safe({"results": [result_json(o, rid, policy) for o in outcomes]}))
+
+    return router
+
+
+def _health_routes(app: FastAPI) -> None:
+    @app.get("/healthz", summary="The process is up")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="The model is loaded")
+    def readyz(request: Request):
+        svc = service(request)
+        if svc.engine is None:
+            if svc.load_error:
+                raise ApiError(503, svc.load_error)
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return {"status": "ready", "model_id": svc.engine.model_id}
+
+
+def _page_routes(app: FastAPI) -> None:
+    static = resources.files("pneumoscope.serving").joinpath("static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> HTMLResponse:
+        page = static.joinpath("index.html")
+        if not page.is_file():
+            raise ApiError(404, "the web page is not installed; the API is at /docs")
+        return HTMLResponse(page.read_text(encoding="utf-8"))
+
+    if static.is_dir():
+        app.mount("/static", StaticFiles(directory=str(static), check_dir=False), name="static")
+
+
+def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI:
+    """The service for ``settings``; the run is loaded at start-up unless ``engine`` is
+    given (the CLI loads it first, to fail with one line; tests inject one)."""
+    svc = Service(settings, engine)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        svc.load_in_background()
+        try:
+            yield
+        finally:
+            svc.close()
+
+    app = FastAPI(
+        title="pneumoscope",
+        version=__version__,
+        summary="Pneumonia on chest X-rays: research use, not a medical device.",
+        lifespan=lifespan,
+    )
+    app.state.service = svc
+    install_handlers(app)
+    _health_routes(app)
+    app.include_router(_v1_router())
+    _page_routes(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(RequestIdMiddleware)
+    return app

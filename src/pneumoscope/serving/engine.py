@@ -1,0 +1,165 @@
+"""The model behind the service: loaded once, fed decoded uploads, same numbers as `predict`.
+
+An upload is recognised by its bytes, decoded in memory by the bytes twin of the file
+decoder, and goes through the run's runner, temperature, threshold and OOD guard exactly
+as `predict_rows` does for a file, so the same film gets the same probability from both.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pneumoscope.core.errors import ImageReadError
+from pneumoscope.data.preprocess import load_image_bytes, sniff_image
+from pneumoscope.inference.predict import Prediction, make_runner, model_id, score_batch
+from pneumoscope.model.ood import OodGuard
+from pneumoscope.model.run import LoadedRun, load_run
+
+NOT_AN_IMAGE = "not an image: the content is not PNG, JPEG, TIFF, BMP or DICOM"
+
+
+@dataclass
+class Upload:
+    """One uploaded file, held in memory only; ``filename`` is echoed back, never used."""
+
+    data: bytes
+    filename: str = ""
+
+
+@dataclass
+class Outcome:
+    """One upload's result: the prediction plus what the response and the audit log need."""
+
+    prediction: Prediction
+    sha256: str
+    size: int
+    http_status: int = 200  # 400 unreadable, 415 not an image
+    pictures: dict[str, str] = field(default_factory=dict)  # image_png, heatmap_png (base64)
+
+
+def png_base64(image: np.ndarray) -> str:
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+def heatmap_rgba(heat: np.ndarray) -> np.ndarray:
+    """Grad-CAM heat in [0, 1] -> BGRA colour map (JET) whose opacity is the heat itself,
+    so the page can lay it over the X-ray and cool regions stay see-through."""
+    level = np.round(np.clip(heat, 0.0, 1.0) * 255).astype(np.uint8)
+    return np.dstack([cv2.applyColorMap(level, cv2.COLORMAP_JET), level])
+
+
+class Engine:
+    """A loaded run and its runner (torch or ONNX). Model work is serialised by a lock:
+    Grad-CAM hooks the shared network, and a concurrent forward pass would disturb it."""
+
+    def __init__(self, loaded: LoadedRun, runner, backend: str = "torch"):
+        self.loaded = loaded
+        self.runner = runner
+        self.backend = backend
+        self.guard = OodGuard.load(loaded.files)
+        self.model_id = model_id(loaded)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, run: str | Path, backend: str = "torch") -> Engine:
+        """What `pneumoscope.api.load` does, keeping the runner: raises UserError."""
+        loaded = load_run(run)
+        return cls(loaded, make_runner(loaded, backend), backend)
+
+    def info(self) -> dict:
+        """GET /v1/model: the card, the threshold and its policy, calibration, OOD guard."""
+        run = self.loaded
+        return {
+            "model_id": self.model_id,
+            "card": run.card.to_dict(),
+            "threshold": run.threshold,
+            "threshold_policy": run.threshold_policy,
+            "calibration": run.calibration.to_dict() if run.calibration else None,
+            "ood": self.guard.to_dict() if self.guard else None,
+            "intended_use": run.card.intended_use,
+            "test_metrics": self._test_metrics(),
+        }
+
+    def _test_metrics(self) -> dict | None:
+        """The run's own evaluation (RUN/metrics.json from `pneumoscope evaluate`), its scalar
+        figures and 95% intervals only; None when the run was never evaluated."""
+        path = self.loaded.files.metrics
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        keep = {
+            k: v
+            for k, v in result.items()
+            if isinstance(v, int | float | str) and k not in ("run", "data")  # server paths
+        }
+        return {**keep, "ci": result.get("ci", {})} if "auroc" in keep else None
+
+    def predict(self, uploads: list[Upload], heatmap: bool = False) -> list[Outcome]:
+        """One Outcome per upload, in order; an unreadable one never fails the others."""
+        decoded = [self._decode(u) for u in uploads]
+        good = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
+        outcomes: list[Outcome] = []
+        done = self._infer(np.stack([decoded[i] for i in good]), heatmap) if good else []
+        by_index = dict(zip(good, done, strict=True))
+        for i, (up, d) in enumerate(zip(uploads, decoded, strict=True)):
+            digest = hashlib.sha256(up.data).hexdigest()
+            if i in by_index:
+                pred, pictures = by_index[i]
+                pred.path = up.filename
+                outcomes.append(Outcome(pred, digest, len(up.data), pictures=pictures))
+            else:
+                status, message = d
+                pred = self._prediction(up.filename, status="error", error=message)
+                outcomes.append(Outcome(pred, digest, len(up.data), http_status=status))
+        return outcomes
+
+    def _decode(self, upload: Upload) -> np.ndarray | tuple[int, str]:
+        """Pixels, or (HTTP status, reason): 400 unreadable, 415 not an image."""
+        data = upload.data
+        if not data:
+            return 400, "empty file (0 bytes)"
+        if sniff_image(data) is None:
+            return 415, NOT_AN_IMAGE
+        try:
+            return load_image_bytes(data, self.loaded.preprocess)
+        except ImageReadError as exc:
+            return 400, str(exc)
+        except Exception as exc:  # a decoder bug must stay one file's error
+            return 400, f"unexpected error: {type(exc).__name__}"
+
+    def _prediction(self, filename: str, **values) -> Prediction:
+        return Prediction(filename, self.loaded.threshold, self.model_id, **values)
+
+    def _infer(self, pixels: np.ndarray, heatmap: bool) -> list[tuple[Prediction, dict]]:
+        """`predict`'s scoring step (score_batch) on decoded uploads, plus the pictures."""
+        names = [""] * len(pixels)
+        with self._lock:
+            preds = score_batch(self.loaded, self.runner, self.guard, pixels, names, self.model_id)
+            heats = self._gradcam(pixels) if heatmap else None
+        out = []
+        for k, pred in enumerate(preds):
+            pictures = {}
+            if heats is not None:
+                pictures = {
+                    "image_png": png_base64(pixels[k]),
+                    "heatmap_png": png_base64(heatmap_rgba(heats[k])),
+                }
+            out.append((pred, pictures))
+        return out
+
+    def _gradcam(self, pixels: np.ndarray) -> np.ndarray:
+        from pneumoscope.inference.explain import gradcam
+
+        return gradcam(self.loaded, pixels)

@@ -1,0 +1,58 @@
+"""What `pneumoscope serve` is told: the run, where to listen and the safety limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pneumoscope.core.errors import UserError
+from pneumoscope.inference.predict import BACKENDS
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Safe defaults: loopback only, 50 MB uploads, 2 inferences at once, 16 waiting,
+    30 s per request, no token, no CORS, no audit log."""
+
+    run: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    backend: str = "torch"
+    max_upload_mb: float = 50.0
+    max_concurrency: int = 2
+    max_queue: int = 16
+    timeout_s: float = 30.0
+    max_batch_files: int = 32
+    token_file: Path | None = None
+    cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    audit_log: Path | None = None
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.backend in BACKENDS, f"--backend must be one of {', '.join(BACKENDS)}"),
+            (self.max_upload_mb > 0, "--max-upload-mb must be positive"),
+            (self.max_concurrency >= 1, "--max-concurrency must be at least 1"),
+            (self.max_queue >= 0, "--max-queue must be 0 or more"),
+            (self.timeout_s > 0, "--timeout must be positive"),
+            (self.max_batch_files >= 1, "the batch limit must be at least 1"),
+            (0 <= self.port <= 65535, "--port must be between 0 and 65535"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    def read_token(self) -> str | None:
+        """The bearer token from --token-file (surrounding whitespace dropped), or None."""
+        if self.token_file is None:
+            return None
+        try:
+            token = Path(self.token_file).expanduser().read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read the token file {self.token_file}: {exc}") from None
+        if not token:
+            raise UserError(f"the token file {self.token_file} is empty")
+        return token
