@@ -83,9 +83,6 @@ def test_missing_file(tmp_path):
         decode_gray(tmp_path / "nope.png")
 
 
-
-
-
 def test_decompression_bomb_is_refused_from_its_header(tmp_path):
     f = tmp_path / "bomb.png"
     f.write_bytes(png_header_only(50_000, 50_000))  # 2.5 gigapixels claimed, 100 bytes on disk

@@ -44,9 +44,11 @@ def make_client(engine, one_torch_thread):
 
     def make(runner_delay: float = 0.0, **settings):
         eng = engine
+        serve_settings = ServeSettings(run=RUN_V1, **settings)
         if runner_delay:
-            eng = Engine(engine.loaded, SlowRunner(engine.runner, runner_delay))
-        client = TestClient(create_app(ServeSettings(run=RUN_V1, **settings), eng))
+            slow = SlowRunner(engine.runner, runner_delay)
+            eng = Engine(engine.loaded, slow, **serve_settings.batching)
+        client = TestClient(create_app(serve_settings, eng))
         clients.append(client.__enter__())
         return client
 

@@ -299,3 +299,11 @@ def test_model_info_carries_the_run_evaluation_without_server_paths(tmp_path):
     ]
     assert "run" not in info["test_metrics"] and "data" not in info["test_metrics"]
     assert "per_image" not in info["test_metrics"]
+
+
+def test_openapi_declares_the_bearer_scheme_on_v1_only(client):
+    """/docs offers 'Authorize' for the /v1 endpoints; health stays open."""
+    spec = client.get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert spec["paths"]["/v1/predict"]["post"]["security"] == [{"HTTPBearer": []}]
+    assert "security" not in spec["paths"]["/healthz"]["get"]

@@ -30,8 +30,12 @@ def serve(
     token_file: Path = typer.Option(
         None, help="File holding a bearer token that every /v1 request must send."
     ),
-    max_concurrency: int = typer.Option(2, help="Inferences running at once."),
-    max_queue: int = typer.Option(16, help="Requests waiting beyond those (503 above)."),
+    max_concurrency: int = typer.Option(2, help="Requests decoding their uploads at once."),
+    max_queue: int = typer.Option(16, help="Requests admitted beyond those (503 above)."),
+    max_batch: int = typer.Option(16, help="Images scored together from concurrent requests."),
+    batch_window_ms: float = typer.Option(
+        2.0, help="How long a batch waits for more requests, in ms (0: take what is queued)."
+    ),
     timeout: float = typer.Option(30.0, help="Time limit per request, in seconds (504)."),
     audit_log: Path = typer.Option(
         None, help="Append one JSON line per prediction here (hash, result; no names)."
@@ -59,12 +63,14 @@ def serve(
         max_upload_mb=max_upload_mb,
         max_concurrency=max_concurrency,
         max_queue=max_queue,
+        max_batch=max_batch,
+        batch_window_ms=batch_window_ms,
         timeout_s=timeout,
         token_file=token_file,
         cors_origins=tuple(cors_origin or ()),
         audit_log=audit_log,
     )
     settings.read_token()  # a bad token file is one line, before the model loads
-    engine = Engine.load(run, backend)
+    engine = Engine.load(run, backend, **settings.batching)
     typer.echo(f"serving {engine.model_id} on http://{host}:{port}/ (Ctrl+C stops)", err=True)
     uvicorn.run(create_app(settings, engine), host=host, port=port, log_level="info")

@@ -164,5 +164,3 @@ def _plots(
     plots.pr(y, p, files.pr)
     plots.reliability(y, p_raw, p, files.reliability, split)
     plots.histograms(y, p, thr, files.histograms)
-
-

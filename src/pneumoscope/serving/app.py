@@ -11,11 +11,12 @@ import math
 import uuid
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
 from pneumoscope.core import __version__
@@ -112,7 +113,17 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-def require_token(request: Request) -> None:
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="Only when the server was started with --token-file: "
+    "'Authorization: Bearer <token>'.",
+)
+
+
+def require_token(
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """The bearer check of every /v1 endpoint (declared so /docs offers 'Authorize')."""
     service(request).check_token(request)
 
 

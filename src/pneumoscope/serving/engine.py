@@ -11,6 +11,8 @@ import base64
 import hashlib
 import json
 import threading
+import time
+from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from pneumoscope.data.preprocess import load_image_bytes, sniff_image
 from pneumoscope.inference.predict import Prediction, make_runner, model_id, score_batch
 from pneumoscope.model.ood import OodGuard
 from pneumoscope.model.run import LoadedRun, load_run
+from pneumoscope.serving.batcher import MicroBatcher
 
 NOT_AN_IMAGE = "not an image: the content is not PNG, JPEG, TIFF, BMP or DICOM"
 
@@ -60,22 +63,40 @@ def heatmap_rgba(heat: np.ndarray) -> np.ndarray:
 
 
 class Engine:
-    """A loaded run and its runner (torch or ONNX). Model work is serialised by a lock:
-    Grad-CAM hooks the shared network, and a concurrent forward pass would disturb it."""
+    """A loaded run and its runner (torch or ONNX).
 
-    def __init__(self, loaded: LoadedRun, runner, backend: str = "torch"):
+    Uploads are decoded on the caller's thread, at most ``decoders`` at once; their images
+    are then scored in micro-batches shared with concurrent requests (at most ``max_batch``
+    images, gathered for up to ``window_s``). Model work is serialised by a lock: Grad-CAM
+    hooks the shared network, and a concurrent forward pass would disturb it.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedRun,
+        runner,
+        backend: str = "torch",
+        max_batch: int = 16,
+        window_s: float = 0.002,
+        decoders: int = 2,
+    ):
         self.loaded = loaded
         self.runner = runner
         self.backend = backend
         self.guard = OodGuard.load(loaded.files)
         self.model_id = model_id(loaded)
         self._lock = threading.Lock()
+        self._decoding = threading.BoundedSemaphore(decoders)
+        self.batcher = MicroBatcher(self._score, max_batch, window_s)
 
     @classmethod
-    def load(cls, run: str | Path, backend: str = "torch") -> Engine:
+    def load(cls, run: str | Path, backend: str = "torch", **batching) -> Engine:
         """What `pneumoscope.api.load` does, keeping the runner: raises UserError."""
         loaded = load_run(run)
-        return cls(loaded, make_runner(loaded, backend), backend)
+        return cls(loaded, make_runner(loaded, backend), backend, **batching)
+
+    def close(self) -> None:
+        self.batcher.close()
 
     def info(self) -> dict:
         """GET /v1/model: the card, the threshold and its policy, calibration, OOD guard."""
@@ -106,12 +127,17 @@ class Engine:
         }
         return {**keep, "ci": result.get("ci", {})} if "auroc" in keep else None
 
-    def predict(self, uploads: list[Upload], heatmap: bool = False) -> list[Outcome]:
-        """One Outcome per upload, in order; an unreadable one never fails the others."""
-        decoded = [self._decode(u) for u in uploads]
+    def predict(
+        self, uploads: list[Upload], heatmap: bool = False, deadline: float | None = None
+    ) -> list[Outcome]:
+        """One Outcome per upload, in order; an unreadable one never fails the others.
+        ``deadline`` (time.monotonic()) bounds the wait for a batch: TimeoutError after it."""
+        with self._decoding:
+            decoded = [self._decode(u) for u in uploads]
         good = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
         outcomes: list[Outcome] = []
-        done = self._infer(np.stack([decoded[i] for i in good]), heatmap) if good else []
+        pixels = np.stack([decoded[i] for i in good]) if good else None
+        done = self._infer(pixels, heatmap, deadline) if good else []
         by_index = dict(zip(good, done, strict=True))
         for i, (up, d) in enumerate(zip(uploads, decoded, strict=True)):
             digest = hashlib.sha256(up.data).hexdigest()
@@ -142,22 +168,39 @@ class Engine:
     def _prediction(self, filename: str, **values) -> Prediction:
         return Prediction(filename, self.loaded.threshold, self.model_id, **values)
 
-    def _infer(self, pixels: np.ndarray, heatmap: bool) -> list[tuple[Prediction, dict]]:
-        """`predict`'s scoring step (score_batch) on decoded uploads, plus the pictures."""
-        names = [""] * len(pixels)
+    def _infer(
+        self, pixels: np.ndarray, heatmap: bool, deadline: float | None
+    ) -> list[tuple[Prediction, dict]]:
+        """`predict`'s scoring step (score_batch) on decoded uploads, plus the pictures:
+        with a heatmap on its own (Grad-CAM needs the network to itself), else batched."""
+        if heatmap:
+            with self._lock:
+                preds = self._score_unlocked(pixels)
+                heats = self._gradcam(pixels)
+            pictures = [
+                {"image_png": png_base64(p), "heatmap_png": png_base64(heatmap_rgba(h))}
+                for p, h in zip(pixels, heats, strict=True)
+            ]
+            return list(zip(preds, pictures, strict=True))
+        preds = self._batched(pixels, deadline)
+        return [(pred, {}) for pred in preds]
+
+    def _batched(self, pixels: np.ndarray, deadline: float | None) -> list[Prediction]:
+        job = self.batcher.submit(pixels)
+        wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        try:
+            return job.result(wait)
+        except futures.TimeoutError:  # not the builtin one before Python 3.11
+            job.cancel()  # dropped unless its batch already runs
+            raise TimeoutError("the request's time limit passed while it waited") from None
+
+    def _score(self, pixels: np.ndarray) -> list[Prediction]:
         with self._lock:
-            preds = score_batch(self.loaded, self.runner, self.guard, pixels, names, self.model_id)
-            heats = self._gradcam(pixels) if heatmap else None
-        out = []
-        for k, pred in enumerate(preds):
-            pictures = {}
-            if heats is not None:
-                pictures = {
-                    "image_png": png_base64(pixels[k]),
-                    "heatmap_png": png_base64(heatmap_rgba(heats[k])),
-                }
-            out.append((pred, pictures))
-        return out
+            return self._score_unlocked(pixels)
+
+    def _score_unlocked(self, pixels: np.ndarray) -> list[Prediction]:
+        names = [""] * len(pixels)
+        return score_batch(self.loaded, self.runner, self.guard, pixels, names, self.model_id)
 
     def _gradcam(self, pixels: np.ndarray) -> np.ndarray:
         from pneumoscope.inference.explain import gradcam

@@ -22,17 +22,20 @@ log = logging.getLogger("pneumoscope.serve")
 
 
 class Service:
-    """One per app. Inference runs on ``max_concurrency`` worker threads, off the event
-    loop; at most ``max_queue`` more requests wait; each has ``timeout_s`` in all."""
+    """One per app. Each admitted request (at most ``max_concurrency + max_queue``) gets a
+    worker thread off the event loop, where its uploads are decoded (``max_concurrency``
+    at once) and then wait for a shared batch; each has ``timeout_s`` in all."""
 
     def __init__(self, settings: ServeSettings, engine: Engine | None = None):
         self.settings = settings
         self.engine = engine
+        self._owns_engine = engine is None
         self.load_error = ""
         self.token = settings.read_token()
         self.audit = AuditLog(settings.audit_log)
         self.admission = Admission(settings.max_concurrency + settings.max_queue)
-        self.executor = ThreadPoolExecutor(settings.max_concurrency, "pneumoscope-infer")
+        workers = settings.max_concurrency + settings.max_queue
+        self.executor = ThreadPoolExecutor(workers, "pneumoscope-infer")
 
     def load_in_background(self) -> None:
         """Load the run on a thread, so /healthz answers and /readyz says 503 meanwhile."""
@@ -41,7 +44,8 @@ class Service:
 
         def load() -> None:
             try:
-                self.engine = Engine.load(self.settings.run, self.settings.backend)
+                settings = self.settings
+                self.engine = Engine.load(settings.run, settings.backend, **settings.batching)
                 log.info("model %s ready (%s)", self.engine.model_id, self.settings.backend)
             except Exception as exc:
                 self.load_error = f"cannot load the run: {exc}"
@@ -51,6 +55,8 @@ class Service:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+        if self._owns_engine and self.engine is not None:
+            self.engine.close()
 
     def require_engine(self) -> Engine:
         if self.engine is None:
@@ -101,7 +107,8 @@ class Service:
         handed_over = False
         try:
             uploads = await self._uploads(request, batch)
-            job = self.executor.submit(engine.predict, uploads, heatmap)
+            deadline = time.monotonic() + self.settings.timeout_s
+            job = self.executor.submit(engine.predict, uploads, heatmap, deadline)
             job.add_done_callback(self.admission.leave)  # the job, not the wait, holds a place
             handed_over = True
             return await asyncio.wrap_future(job)  # cancelled at the time limit

@@ -11,7 +11,8 @@ from pneumoscope.inference.predict import BACKENDS
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """Safe defaults: loopback only, 50 MB uploads, 2 inferences at once, 16 waiting,
+    """Safe defaults: loopback only, 50 MB uploads, 2 requests decoding at once and 16
+    more admitted, images scored in shared batches of up to 16 gathered for up to 2 ms,
     30 s per request, no token, no CORS, no audit log."""
 
     run: Path
@@ -23,6 +24,8 @@ class ServeSettings:
     max_queue: int = 16
     timeout_s: float = 30.0
     max_batch_files: int = 32
+    max_batch: int = 16
+    batch_window_ms: float = 2.0
     token_file: Path | None = None
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     audit_log: Path | None = None
@@ -35,6 +38,8 @@ class ServeSettings:
             (self.max_queue >= 0, "--max-queue must be 0 or more"),
             (self.timeout_s > 0, "--timeout must be positive"),
             (self.max_batch_files >= 1, "the batch limit must be at least 1"),
+            (self.max_batch >= 1, "--max-batch must be at least 1"),
+            (0 <= self.batch_window_ms <= 1000, "--batch-window-ms must be 0 to 1000"),
             (0 <= self.port <= 65535, "--port must be between 0 and 65535"),
         ]
         for ok, message in checks:
@@ -44,6 +49,15 @@ class ServeSettings:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def batching(self) -> dict:
+        """The Engine's batching arguments."""
+        return {
+            "max_batch": self.max_batch,
+            "window_s": self.batch_window_ms / 1000,
+            "decoders": self.max_concurrency,
+        }
 
     def read_token(self) -> str | None:
         """The bearer token from --token-file (surrounding whitespace dropped), or None."""
