@@ -20,7 +20,9 @@ from playwright.sync_api import Page, sync_playwright
 from tests.helpers import REPO
 
 CHROMIUM = Path("/usr/bin/chromium")
-RUN = REPO / "tests" / "fixtures" / "run_v1"
+# the committed tiny run; PNEUMOSCOPE_SERVE_RUN serves another (the README's screenshot
+# comes from a real run: PNEUMOSCOPE_SERVE_RUN=RUN PNEUMOSCOPE_SCREENSHOT=docs/images/serve.png)
+RUN = Path(os.environ.get("PNEUMOSCOPE_SERVE_RUN") or REPO / "tests" / "fixtures" / "run_v1")
 READY_TIMEOUT_S = 120.0
 RESULT_TIMEOUT_MS = 60_000
 README_CLIP = {"x": 0, "y": 0, "width": 1280, "height": 1100}  # the first screen and a bit
