@@ -4,6 +4,7 @@ objects built with pydicom, awkward files, and the real CLI in a subprocess."""
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -196,3 +197,107 @@ def scan_class_folders(root: str | Path, source: str | None = None) -> list[Sour
     what to do when the path is missing or holds no class folders)."""
     root = Path(root).expanduser()
     return read_class_folders(source or root.resolve().name, root).rows
+
+
+# --- a realistic chest radiograph as a PACS holds it ----------------------------------------
+
+CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
+
+
+def chest_xray_dataset(
+    pixels: np.ndarray,
+    study_uid: str,
+    series_uid: str,
+    modality: str = "CR",
+    study_date: str = "20240115",
+    instance_number: int = 1,
+    view: str = "PA",
+    bits_stored: int | None = None,
+) -> Dataset:
+    """A CR or DX chest image with the patient, study, series, equipment and image modules a
+    PACS expects (dummy patient values), its own new SOP Instance UID, and ``pixels``."""
+    ds = dicom_dataset(
+        pixels,
+        bits_stored=bits_stored,
+        sop_class=CR_IMAGE if modality == "CR" else DX_IMAGE,
+        Modality=modality,
+        PatientName="Test^Pneumoscope",
+        PatientID="PAT-001",
+        PatientBirthDate="20180301",
+        PatientSex="F",
+        PatientAge="005Y",
+        StudyInstanceUID=study_uid,
+        StudyDate=study_date,
+        StudyTime="101500",
+        StudyID="1",
+        AccessionNumber="ACC-" + study_date,
+        ReferringPhysicianName="",
+        StudyDescription="CHEST",
+        SeriesInstanceUID=series_uid,
+        SeriesNumber=1,
+        BodyPartExamined="CHEST",
+        ViewPosition=view,
+        Manufacturer="pneumoscope-tests",
+        InstanceNumber=instance_number,
+        PatientOrientation=["L", "F"],
+        ImageType=["ORIGINAL", "PRIMARY"],
+    )
+    ds.SOPInstanceUID = generate_uid()
+    return ds
+
+
+# --- a chest radiograph as a modality stores it (patient, study, series, equipment) ------
+
+CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
+PATIENT = {  # made up, with a non-ASCII name, as PACS data often has
+    "SpecificCharacterSet": "ISO_IR 192",
+    "PatientName": "Müller^Jörg",
+    "PatientID": "PAT-042",
+    "PatientBirthDate": "19800215",
+    "PatientSex": "M",
+    "PatientAge": "044Y",
+}
+
+
+def xray_dicom(
+    pixels: np.ndarray,
+    sop_class: str = CR_IMAGE,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int | None = None,
+    **attrs,
+) -> Dataset:
+    """A PA chest film with the patient, general study, series, equipment and image modules
+    filled (made-up, well-formed values); ``attrs`` override or add attributes."""
+    study = {
+        "StudyInstanceUID": generate_uid(),
+        "StudyDate": "20240311",
+        "StudyTime": "093015",
+        "AccessionNumber": "ACC-7781",
+        "ReferringPhysicianName": "Referrer^Rita",
+        "StudyID": "ST-12",
+        "StudyDescription": "XR CHEST PA",
+    }
+    series = {
+        "SeriesInstanceUID": generate_uid(),
+        "SeriesNumber": 1,
+        "Manufacturer": "Example Modality Co",
+        "InstanceNumber": 1,
+        "PatientOrientation": ["L", "F"],
+        "BodyPartExamined": "CHEST",
+        "ViewPosition": "PA",
+        "ImageType": ["ORIGINAL", "PRIMARY"],
+        "ContentDate": "20240311",
+        "ContentTime": "093100",
+    }
+    values = {"Modality": "CR", **PATIENT, **study, **series, **attrs}
+    return dicom_dataset(pixels, photometric, bits_stored, sop_class, **values)
+
+
+def dciodvfy(path: Path) -> list[str]:
+    """Every line dciodvfy (Debian package dicom3tools) says about a DICOM file: the IOD's
+    name, then "Error - ..." and "Warning - ..." findings."""
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        raise AssertionError("dciodvfy is missing: apt-get install -y dicom3tools")
+    done = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120)
+    return [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
