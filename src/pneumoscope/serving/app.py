@@ -3,29 +3,60 @@
 Endpoints: GET /healthz, GET /readyz, GET /v1/model, POST /v1/predict,
 POST /v1/predict/batch, and the web page at / (its files under /static). The API's own
 documentation is at /docs and /openapi.json.
+
+POST /v1/predict?format=dicom answers a DICOM upload with DICOM: an SR and a secondary
+capture joining the upload's study (``pneumoscope.pacs``), as a DICOMweb-style
+``multipart/related; type="application/dicom"`` body a PACS gateway can store as it is.
 """
 
 from __future__ import annotations
 
+import base64
 import math
 import uuid
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
+import cv2
+import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 
 from pneumoscope.core import __version__
-from pneumoscope.serving.engine import Engine, Outcome
+from pneumoscope.core.errors import ImageReadError
+from pneumoscope.data.preprocess import sniff_image
+from pneumoscope.pacs.common import SourceError
+from pneumoscope.pacs.results import dicom_results_bytes
+from pneumoscope.serving.engine import Engine, Outcome, Upload
 from pneumoscope.serving.errors import ApiError, error_response, install_handlers, request_id
 from pneumoscope.serving.service import Service
 from pneumoscope.serving.settings import ServeSettings
 
 HEATMAP_HELP = "Also return the preprocessed input and its Grad-CAM heatmap as base64 PNGs."
+DICOM_TYPE = "application/dicom"
+MULTIPART_DICOM = f'multipart/related; type="{DICOM_TYPE}"'
+FORMAT_HELP = (
+    "json (default): the result as JSON. dicom (DICOM uploads only): two DICOM objects that "
+    "join the upload's study, answered as " + MULTIPART_DICOM + " (as DICOMweb WADO-RS "
+    "returns instances; store them with STOW-RS or C-STORE): first a Comprehensive SR "
+    "(TID 1500 measurement report: pneumonia present/absent at the threshold, probability, "
+    "threshold and policy, OOD flag and score, model id, reference to the image), then a "
+    "Secondary Capture (the film with the Grad-CAM overlay and the result burned in). "
+    "Both are AI results for research use, not for diagnosis. Another image type gets 422."
+)
+PREDICT_HELP = (
+    "One image in the body (raw, or multipart field 'file'). The answer is JSON, or with "
+    "format=dicom and a DICOM upload, " + MULTIPART_DICOM + " with an SR and a secondary "
+    "capture for the PACS."
+)
+NOT_DICOM = (
+    "format=dicom needs a DICOM upload: results join the image's DICOM study, and this "
+    "image has none (send it without format=dicom for a JSON result)"
+)
 _ONE_FILE = {"type": "string", "format": "binary"}
 _SINGLE_BODY = {
     "requestBody": {
@@ -127,6 +158,53 @@ def require_token(
     service(request).check_token(request)
 
 
+def heat_from_picture(heatmap_png: str) -> np.ndarray:
+    """The Grad-CAM heat in [0, 1] back from the engine's heatmap picture, whose alpha channel
+    is the heat in 8 bits (``engine.heatmap_rgba``): as fine as the capture's 8-bit colour
+    map draws it. (An engine hook handing over the heat array would spare the round trip.)"""
+    buf = np.frombuffer(base64.b64decode(heatmap_png), np.uint8)
+    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)[:, :, 3].astype(np.float32) / 255.0
+
+
+class DicomWork:
+    """format=dicom, on the worker thread: refuse an image that is not DICOM (422), predict
+    with Grad-CAM, then build the SR and the capture from the upload and its result."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.parts: list[bytes] = []
+
+    def __call__(self, uploads: list[Upload], deadline: float) -> list[Outcome]:
+        data = uploads[0].data
+        if sniff_image(data) not in (None, "dicom"):  # empty or not an image: 400 / 415 below
+            raise ApiError(422, NOT_DICOM)
+        [outcome] = self.engine.predict(uploads, True, deadline)
+        if outcome.http_status == 200:
+            heat = heat_from_picture(outcome.pictures["heatmap_png"])
+            policy = self.engine.loaded.threshold_policy
+            try:
+                self.parts = list(dicom_results_bytes(data, outcome.prediction, heat, policy))
+            except (SourceError, ImageReadError) as exc:
+                raise ApiError(422, f"cannot make DICOM results: {exc}") from None
+        return [outcome]
+
+
+def multipart_related(parts: list[bytes], media_type: str = DICOM_TYPE) -> Response:
+    """A DICOMweb-style multipart/related body, one part per object, in order."""
+    boundary = uuid.uuid4().hex
+    head = f"--{boundary}\r\nContent-Type: {media_type}\r\n\r\n".encode()
+    body = b"".join(head + part + b"\r\n" for part in parts) + f"--{boundary}--\r\n".encode()
+    return Response(body, media_type=f'multipart/related; type="{media_type}"; boundary={boundary}')
+
+
+async def _predict_dicom(request: Request, svc: Service) -> Response:
+    work = DicomWork(svc.require_engine())
+    [outcome] = await svc.predict(request, True, batch=False, work=work)
+    if outcome.http_status != 200:
+        return error_response(request, outcome.http_status, outcome.prediction.error)
+    return multipart_related(work.parts)
+
+
 def _v1_router() -> APIRouter:
     router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
 
@@ -134,9 +212,21 @@ def _v1_router() -> APIRouter:
     def model_info(request: Request) -> JSONResponse:
         return JSONResponse(json_safe(service(request).require_engine().info()))
 
-    @router.post("/predict", summary="Predict one image", openapi_extra=_SINGLE_BODY)
-    async def predict(request: Request, heatmap: bool = Query(False, description=HEATMAP_HELP)):
+    @router.post(
+        "/predict",
+        summary="Predict one image (JSON, or DICOM SR + secondary capture with format=dicom)",
+        description=PREDICT_HELP,
+        openapi_extra=_SINGLE_BODY,
+        responses={200: {"content": {"application/json": {}, MULTIPART_DICOM: {}}}},
+    )
+    async def predict(
+        request: Request,
+        heatmap: bool = Query(False, description=HEATMAP_HELP),
+        fmt: Literal["json", "dicom"] = Query("json", alias="format", description=FORMAT_HELP),
+    ):
         svc = service(request)
+        if fmt == "dicom":
+            return await _predict_dicom(request, svc)
         [outcome] = await svc.predict(request, heatmap, batch=False)
         if outcome.http_status != 200:
             return error_response(request, outcome.http_status, outcome.prediction.error)

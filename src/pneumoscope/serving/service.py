@@ -7,6 +7,7 @@ import hmac
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import anyio
@@ -19,6 +20,8 @@ from pneumoscope.serving.limits import Admission, is_multipart, read_multipart, 
 from pneumoscope.serving.settings import ServeSettings
 
 log = logging.getLogger("pneumoscope.serve")
+
+Work = Callable[[list[Upload], float], list[Outcome]]
 
 
 class Service:
@@ -78,14 +81,18 @@ class Service:
                 {"WWW-Authenticate": "Bearer"},
             )
 
-    async def predict(self, request: Request, heatmap: bool, batch: bool) -> list[Outcome]:
+    async def predict(
+        self, request: Request, heatmap: bool, batch: bool, work: Work | None = None
+    ) -> list[Outcome]:
         """Read the upload(s) under the size cap and predict, within the time limit;
-        refusals (413, 503, 504, ...) are audited too."""
+        refusals (413, 503, 504, ...) are audited too. ``work(uploads, deadline)``, when
+        given, runs on the worker thread in place of ``engine.predict`` (e.g. to build
+        DICOM results from the uploads); an ApiError it raises is the answer."""
         engine = self.require_engine()
         start = time.perf_counter()
         try:
             with anyio.fail_after(self.settings.timeout_s):
-                outcomes = await self._admitted(request, engine, heatmap, batch)
+                outcomes = await self._admitted(request, engine, heatmap, batch, work)
         except TimeoutError:
             self._refused(request, engine, 504, start)
             raise ApiError(
@@ -101,14 +108,17 @@ class Service:
         return outcomes
 
     async def _admitted(
-        self, request: Request, engine: Engine, heatmap: bool, batch: bool
+        self, request: Request, engine: Engine, heatmap: bool, batch: bool, work: Work | None
     ) -> list[Outcome]:
         self.admission.enter()
         handed_over = False
         try:
             uploads = await self._uploads(request, batch)
             deadline = time.monotonic() + self.settings.timeout_s
-            job = self.executor.submit(engine.predict, uploads, heatmap, deadline)
+            if work is None:
+                job = self.executor.submit(engine.predict, uploads, heatmap, deadline)
+            else:
+                job = self.executor.submit(work, uploads, deadline)
             job.add_done_callback(self.admission.leave)  # the job, not the wait, holds a place
             handed_over = True
             return await asyncio.wrap_future(job)  # cancelled at the time limit
