@@ -248,14 +248,13 @@ def chest_xray_dataset(
 
 # --- a chest radiograph as a modality stores it (patient, study, series, equipment) ------
 
-CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
-PATIENT = {  # made up, with a non-ASCII name, as PACS data often has
+PATIENT = {  # made up, a child like the training films', with a non-ASCII name
     "SpecificCharacterSet": "ISO_IR 192",
     "PatientName": "Müller^Jörg",
     "PatientID": "PAT-042",
-    "PatientBirthDate": "19800215",
+    "PatientBirthDate": "20200215",
     "PatientSex": "M",
-    "PatientAge": "044Y",
+    "PatientAge": "004Y",
 }
 
 
@@ -301,3 +300,189 @@ def dciodvfy(path: Path) -> list[str]:
         raise AssertionError("dciodvfy is missing: apt-get install -y dicom3tools")
     done = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=120)
     return [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+
+
+# --- DICOM as a hospital sends it -------------------------------------------------------
+
+CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
+SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
+CLASS_OF_MODALITY = {"DX": DX_IMAGE, "CR": CR_IMAGE, "CT": CT_IMAGE, "SC": SC_IMAGE}
+
+
+def dicom_raw(pixels: np.ndarray, photometric: str = "MONOCHROME2", **attrs) -> Dataset:
+    """A dataset whose pixel data hold ``pixels`` byte for byte, for what pydicom's
+    set_pixel_data refuses: 32-bit integers (Pixel Data), float32 (Float Pixel Data), or
+    big-endian values (a '>' dtype; the file must then be written Explicit VR Big Endian)."""
+    ds = dicom_dataset(None, **attrs)
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.SamplesPerPixel = 1 if pixels.ndim == 2 else pixels.shape[2]
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = pixels.dtype.itemsize * 8
+    if pixels.dtype.kind == "f":
+        ds.FloatPixelData = pixels.tobytes()
+        return ds
+    ds.BitsStored = ds.BitsAllocated
+    ds.HighBit = ds.BitsAllocated - 1
+    ds.PixelRepresentation = int(pixels.dtype.kind == "i")
+    ds.PixelData = pixels.tobytes()
+    ds["PixelData"].VR = "OW" if ds.BitsAllocated > 8 else "OB"
+    return ds
+
+
+def _study(ds: Dataset, study_uid: str, series: int, instance: int) -> Dataset:
+    """The patient, study and series attributes a DICOMDIR record needs."""
+    ds.PatientName = "Doe^Jane"
+    ds.PatientID = "PAT-001"
+    ds.PatientBirthDate = ""
+    ds.PatientSex = "F"
+    ds.StudyInstanceUID = study_uid
+    ds.StudyDate, ds.StudyTime = "20240115", "101500"
+    ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "ACC1", ""
+    ds.SeriesInstanceUID = f"{study_uid}.{series}"
+    ds.SeriesNumber, ds.InstanceNumber = series, instance
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds
+
+
+def film_dataset(
+    gray: np.ndarray,
+    modality: str = "DX",
+    study_uid: str = "1.2.826.0.1.3680043.8.498.1",
+    series: int = 1,
+    instance: int = 1,
+    **attrs,
+) -> Dataset:
+    """An 8-bit gray picture as a PACS stores a film of ``modality``: 12-bit MONOCHROME2
+    (value x 16), the SOP class of the modality, patient, study and series attributes."""
+    pixels = np.asarray(gray).astype(np.uint16) * 16
+    ds = dicom_dataset(pixels, bits_stored=12, sop_class=CLASS_OF_MODALITY[modality])
+    ds.Modality = modality
+    _study(ds, study_uid, series, instance)
+    for keyword, value in attrs.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def report_dataset(
+    study_uid: str = "1.2.826.0.1.3680043.8.498.1", series: int = 9, instance: int = 1
+) -> Dataset:
+    """A Basic Text SR (a radiologist's report) in the study: no pixels."""
+    from pydicom.sequence import Sequence
+
+    ds = dicom_dataset(None, sop_class=BASIC_TEXT_SR)
+    ds.Modality = "SR"
+    ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "UNVERIFIED"
+    ds.ContentDate, ds.ContentTime = "20240115", "103000"
+    ds.ValueType = "CONTAINER"
+    ds.ContinuityOfContent = "SEPARATE"
+    title = Dataset()
+    title.CodeValue, title.CodingSchemeDesignator = "18748-4", "LN"
+    title.CodeMeaning = "Diagnostic imaging report"
+    ds.ConceptNameCodeSequence = Sequence([title])
+    text = Dataset()
+    text.RelationshipType, text.ValueType = "CONTAINS", "TEXT"
+    text.TextValue = "No focal consolidation."
+    ds.ContentSequence = Sequence([text])
+    return _study(ds, study_uid, series, instance)
+
+
+# --- public data sets: archives laid out like the publishers', and a local HTTP server ----
+
+
+def mendeley_zip(path: Path, n_per_class: dict[str, int] | None = None, seed: int = 0) -> bytes:
+    """A small zip laid out like Mendeley's ChestXRay2017.zip (``chest_xray/train|test/
+    NORMAL|PNEUMONIA/`` with pediatric file names, plus macOS debris); returns its bytes."""
+    import zipfile
+
+    tree = path.with_suffix("") / "tree"
+    write_kaggle_layout(tree / "chest_xray", n_per_class or {"train": 6, "test": 3}, seed=seed)
+    with zipfile.ZipFile(path, "w") as zf:
+        for f in sorted(tree.rglob("*")):
+            if f.is_file():
+                zf.write(f, f.relative_to(tree).as_posix())
+        zf.writestr("chest_xray/.DS_Store", b"\0\0\0\1Bud1")
+        zf.writestr("__MACOSX/chest_xray/._.DS_Store", b"\0\5\26\7")
+    shutil.rmtree(tree.parent)
+    return path.read_bytes()
+
+
+def medmnist_npz(path: Path, n: dict[str, int] | None = None, px: int = 28, seed: int = 0) -> bytes:
+    """A small .npz laid out like MedMNIST's PneumoniaMNIST (``{split}_images`` N x px x px
+    uint8, ``{split}_labels`` N x 1, 0 normal / 1 pneumonia); returns its bytes."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, k in (n or {"train": 8, "val": 4, "test": 4}).items():
+        labels = (np.arange(k) % 2).astype(np.uint8).reshape(k, 1)
+        arrays[f"{split}_images"] = np.stack([fake_xray(rng, bool(y), px) for y in labels[:, 0]])
+        arrays[f"{split}_labels"] = labels
+    np.savez_compressed(path, **arrays)
+    return path.read_bytes()
+
+
+class FileServer:
+    """An HTTP server on 127.0.0.1, in a thread, serving ``files`` (name -> bytes) at
+    ``url + "/" + name`` with Range requests (206; 416 past the end), and faults to inject:
+    ``status[name] = 500`` answers that status; ``drops[name] = [n, ...]`` makes each next
+    request send only n bytes of the body and close the connection; ``ignore_range`` answers
+    every request with the whole file. ``requests`` logs (name, Range header)."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files = dict(files)
+        self.status: dict[str, int] = {}
+        self.drops: dict[str, list[int]] = {}
+        self.ignore_range = False
+        self.requests: list[tuple[str, str]] = []
+        self.url = ""
+
+    def __enter__(self) -> FileServer:
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+def _handler_for(server: FileServer):
+    import re
+    from http.server import BaseHTTPRequestHandler
+    from urllib.parse import urlsplit
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+        def do_GET(self) -> None:
+            name = urlsplit(self.path).path.lstrip("/")
+            asked = self.headers.get("Range", "")
+            server.requests.append((name, asked))
+            if name in server.status or name not in server.files:
+                self.send_error(server.status.get(name, 404))
+                return
+            data = server.files[name]
+            m = re.match(r"bytes=(\d+)-$", asked)
+            start = int(m.group(1)) if m and not server.ignore_range else 0
+            if start >= len(data) > 0:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206 if start else 200)
+            if start:
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Length", str(len(data) - start))
+            self.end_headers()
+            drops = server.drops.get(name)
+            body = data[start:] if not drops else data[start : start + drops.pop(0)]
+            self.wfile.write(body)
+            self.close_connection = True
+
+    return Handler

@@ -353,7 +353,7 @@ def test_read_source_checks_its_options(tmp_path):
         read_source("x", root, layout="rsna")
     with pytest.raises(UserError, match="no class folders"):
         read_source("x", tmp_path / "cx" / "train" / "NORMAL", layout="covid19-pneumonia")
-    assert set(LAYOUTS) == {"auto", "class-folders", "covid19-pneumonia", "csv", "rsna"}
+    assert set(LAYOUTS) == {"auto", "class-folders", "covid19-pneumonia", "csv", "medmnist", "rsna"}
 
 
 def test_parse_source_spec(tmp_path, monkeypatch):

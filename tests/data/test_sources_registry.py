@@ -15,7 +15,7 @@ from pneumoscope.data.layouts.base import Layout, ReadOptions
 from pneumoscope.data.records import SourceRead, SourceRow
 from pneumoscope.data.sources import LAYOUTS, detect_layout, layout_choices, read_source
 
-BUILT_IN = ("class-folders", "covid19-pneumonia", "csv", "rsna")
+BUILT_IN = ("class-folders", "covid19-pneumonia", "csv", "medmnist", "rsna")
 
 
 @pytest.fixture
@@ -47,12 +47,12 @@ def _toy_folder(tmp_path: Path) -> Path:
     return folder
 
 
-def test_the_four_built_in_layouts_and_their_detection_order():
+def test_the_built_in_layouts_and_their_detection_order():
     assert layouts.layout_names() == BUILT_IN
     assert LAYOUTS == layout_choices() == ("auto", *BUILT_IN)
     order = [lay.name for lay in layouts.layouts_in_detection_order()]
     # the RSNA labels file is a .csv and an RSNA download may hold class folders: rsna first
-    assert order == ["rsna", "covid19-pneumonia", "class-folders", "csv"]
+    assert order == ["rsna", "covid19-pneumonia", "class-folders", "csv", "medmnist"]
     assert layouts.get_layout("csv").name == "csv"
     with pytest.raises(UserError, match="unknown --layout 'toy'"):
         layouts.get_layout("toy")

@@ -109,3 +109,62 @@ def data_prepare(
         for _, r in res.rejected.head(5).iterrows():
             typer.echo(f"  {r['path']}: {r['reason']}", err=True)
     typer.echo(f"report: {out / 'data_report.md'} (and data_report.json)")
+
+
+@data_app.command(
+    "download",
+    epilog="Examples:\n\n"
+    "  pneumoscope data download pediatric\n\n"
+    "  pneumoscope data download pneumoniamnist --size 128 --out work/pmnist128\n\n"
+    "  pneumoscope data download pediatric --from ~/Downloads/ChestXRay2017.zip\n\n"
+    "  pneumoscope data download rsna   (prints the Kaggle steps)\n\n"
+    "Sets: pediatric (Kermany et al. 2018, Mendeley Data doi:10.17632/rscbjbr9sj.2, CC BY "
+    "4.0, about 1.2 GB); pneumoniamnist (MedMNIST, Zenodo record 10519652, CC BY 4.0, 28/64/"
+    "128/224 px, checked against MedMNIST's MD5); rsna (Kaggle account needed). Downloads "
+    "are cached in ~/.cache/pneumoscope (PNEUMOSCOPE_CACHE), resume after an interruption "
+    "and are unpacked atomically; running the command again does nothing. Prints the "
+    "folder to give to `data prepare --source` on stdout.",
+)
+def data_download(
+    name: str = typer.Argument(..., help="pediatric | pneumoniamnist | rsna."),
+    out: Path = typer.Option(
+        None,
+        help="Folder to leave the set in, as `data prepare --source` reads it (default: "
+        "CACHE/datasets/NAME).",
+    ),
+    from_file: Path = typer.Option(
+        None,
+        "--from",
+        help="The set's archive fetched elsewhere (ChestXRay2017.zip, pneumoniamnist_64.npz, "
+        "the Kaggle zip): checked and unpacked, nothing downloaded.",
+    ),
+    size: int = typer.Option(
+        None, help="pneumoniamnist only: image size, 28 | 64 | 128 | 224 (default 64)."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
+) -> None:
+    """Download a public chest X-ray set, check it, and unpack it into a folder that
+    `pneumoscope data prepare --source` reads as it is; its licence and citation go into
+    the folder (pneumoscope-dataset.json) and into the data report."""
+    from pneumoscope.data.public.catalog import MARKER, get_set
+    from pneumoscope.data.public.download import already_there, cached_file, download, kaggle_steps
+
+    ps = get_set(name)
+    ready = already_there(ps.name, out, size)
+    if ready is None and ps.kind == "kaggle" and from_file is None and not cached_file(ps):
+        typer.echo(kaggle_steps())
+        return
+    ready = ready or download(ps.name, out, from_file, size, progress=progress)
+    state = "ready" if ready.fresh else "already there"
+    typer.echo(
+        f"{ps.name}: {state} in {ready.path} ({ps.licence}; licence and citation in "
+        f"{MARKER} there)",
+        err=True,
+    )
+    # a MedMNIST file is prepared at its own size (32 px at least, the smallest cache)
+    at = f" --img-size {max(32, int(ready.variant))}" if ready.variant else ""
+    typer.echo(
+        f"next: pneumoscope data prepare --source {ready.path} --out work/{ready.path.name}{at}",
+        err=True,
+    )
+    typer.echo(str(ready.path))

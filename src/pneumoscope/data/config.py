@@ -51,14 +51,14 @@ class DataConfig(Settings):
         validate_default=True,
         description="PATH or NAME=PATH, repeatable: a folder with NORMAL/ and PNEUMONIA/ "
         "(optionally inside train|val|test/), the Covid-19 & Pneumonia layout, a CSV of "
-        "path,label[,...] or an RSNA folder. NAME=PATH with a preset's source NAME moves "
-        "that source; other values replace a preset's sources. When copies are dropped, the "
-        "first-listed source's copy is kept.",
+        "path,label[,...], an RSNA folder or a PneumoniaMNIST .npz. NAME=PATH with a "
+        "preset's source NAME moves that source; other values replace a preset's sources. "
+        "When copies are dropped, the first-listed source's copy is kept.",
     )
     layout: dict[str, str] = Field(
         default_factory=dict,
         description="LAYOUT or NAME=LAYOUT where detection is ambiguous: class-folders | "
-        "covid19-pneumonia | csv | rsna.",
+        "covid19-pneumonia | csv | medmnist | rsna.",
     )
     covid_as: Literal["exclude", "pneumonia"] = Field(
         "exclude",

@@ -19,6 +19,7 @@ import pandas as pd
 from pneumoscope.core import CLASS_NAMES, __version__
 from pneumoscope.core.io import write_json_atomic, write_text_atomic
 from pneumoscope.data.dedupe import PHASH_BITS
+from pneumoscope.data.public.catalog import identify
 from pneumoscope.data.records import Excluded, SourceRow
 from pneumoscope.data.splits import SPLITS, Move, straddling_groups
 
@@ -103,9 +104,26 @@ def _sources(f: Facts, sources: np.ndarray, kept: np.ndarray) -> list[dict]:
                 "dropped_duplicates": dropped.get("duplicate", 0),
                 "dropped_conflicts": dropped.get("conflict", 0),
                 "cached": int((mine & kept).sum()),
+                "dataset": public_set_terms(s),
             }
         )
     return out
+
+
+def public_set_terms(source: dict) -> dict | None:
+    """Title, licence, citation and possible grouping of a source that is a public set
+    pneumoscope knows (``data.public.catalog``: by the marker ``data download`` leaves, or
+    by its layout); None for any other source."""
+    ps = identify(source["path"], source.get("layout", ""))
+    if ps is None:
+        return None
+    return {
+        "name": ps.name,
+        "title": ps.title,
+        "licence": ps.licence,
+        "citation": ps.citation,
+        "grouping": ps.grouping,
+    }
 
 
 def _accounting(f: Facts, kept: np.ndarray) -> dict:
