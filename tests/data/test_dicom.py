@@ -2,31 +2,65 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
+import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
+from pydicom.fileset import FileSet
 from pydicom.filewriter import dcmwrite
+from pydicom.pixels import convert_color_space, pack_bits
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    MPEG4HP41,
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
+    JPEGExtended12Bit,
     RLELossless,
 )
 
 from pneumoscope.core.errors import ImageReadError
 from pneumoscope.data import dicom as dicom
-from pneumoscope.data.dicom import decode_dicom, dicom_metadata, is_dicom, parse_age
+from pneumoscope.data.dicom import (
+    decode_dicom,
+    decode_dicom_bytes,
+    decoder_packages,
+    dicom_metadata,
+    dicomdir_references,
+    is_dicom,
+    is_dicom_bytes,
+    is_dicomdir,
+    not_image_reason,
+    parse_age,
+    read_header,
+)
 from pneumoscope.data.preprocess import (
     PreprocessConfig,
     decode_gray,
     is_image_file,
     load_image,
 )
-from tests.helpers import BASIC_TEXT_SR, CT_IMAGE, H, W, dicom_dataset, dicom_ramp, write_dicom
+from tests.helpers import (
+    BASIC_TEXT_SR,
+    CT_IMAGE,
+    DX_IMAGE,
+    H,
+    W,
+    dicom_dataset,
+    dicom_ramp,
+    dicom_raw,
+    film_dataset,
+    report_dataset,
+    write_dicom,
+)
 
 
 def _monotone_full_range(row: np.ndarray) -> bool:
@@ -195,8 +229,12 @@ def test_truncated_dicom_is_refused(tmp_path):
     cut = tmp_path / "cut.dcm"
     cut.write_bytes(data[: len(data) - 3000])  # most of the pixel data is missing
     assert is_dicom(cut)
-    with pytest.raises(ImageReadError):
+    with pytest.raises(ImageReadError, match=f"truncated pixel data: {H * W * 2 - 3000} of the "):
         decode_gray(cut)
+    one_byte = tmp_path / "one.dcm"
+    one_byte.write_bytes(data[:-1])
+    with pytest.raises(ImageReadError, match=f"truncated pixel data: {H * W * 2 - 1} of the"):
+        decode_dicom(one_byte)
 
 
 def test_content_not_name_decides(tmp_path):
@@ -212,7 +250,7 @@ def test_content_not_name_decides(tmp_path):
     np.testing.assert_array_equal(decode_gray(png_named_dcm), dicom_ramp(0, 255, np.uint8))
 
 
-def test_file_without_preamble_is_read_when_named_dcm(tmp_path):
+def test_file_without_preamble_is_read_whatever_its_name(tmp_path):
     pixels = dicom_ramp(100, 4000, np.uint16)
     ds = dicom_dataset(pixels, bits_stored=12)
     del ds.file_meta  # an old-style bare dataset: no preamble, no DICM, no file meta
@@ -220,9 +258,22 @@ def test_file_without_preamble_is_read_when_named_dcm(tmp_path):
     dcmwrite(path, ds, implicit_vr=True, little_endian=True)
     assert path.read_bytes()[128:132] != b"DICM"
     assert is_dicom(path)
-    assert _monotone_full_range(decode_gray(path)[0])
-    renamed = path.rename(tmp_path / "old.bin")
-    assert not is_dicom(renamed)
+    expected = decode_gray(path)
+    assert _monotone_full_range(expected[0])
+    for name in ("IM00001", "1", "old.bin"):  # a PACS export's names
+        renamed = path.rename(tmp_path / name)
+        assert is_dicom(renamed) and is_dicom_bytes(renamed.read_bytes())
+        np.testing.assert_array_equal(decode_gray(renamed), expected)
+        path = renamed
+
+
+def test_text_and_binary_files_without_extension_are_not_dicom(tmp_path):
+    (tmp_path / "README").write_text("Exported from PACS on 2024-01-01.\n" * 20)
+    (tmp_path / "Thumbs").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(2000))
+    (tmp_path / "noise").write_bytes(np.random.default_rng(4).bytes(3000))
+    for name in ("README", "Thumbs", "noise"):
+        assert not is_dicom(tmp_path / name), name
+        assert not is_dicom_bytes((tmp_path / name).read_bytes()), name
 
 
 def test_huge_header_is_refused_before_decoding(tmp_path):
@@ -405,3 +456,267 @@ def test_other_uncompressed_transfer_syntaxes(tmp_path, syntax):
     ds = dicom_dataset(pixels, bits_stored=12)
     ds.file_meta.TransferSyntaxUID = syntax
     np.testing.assert_array_equal(decode_dicom(write_dicom(ds, tmp_path / "other.dcm")), expected)
+
+
+# --- the awkward DICOM a PACS sends -------------------------------------------------------
+
+
+def test_missing_transfer_syntax_is_taken_from_the_encoding(tmp_path):
+    pixels = dicom_ramp(100, 4000, np.uint16)
+    expected = decode_dicom(write_dicom(dicom_dataset(pixels, bits_stored=12), tmp_path / "a.dcm"))
+    for implicit in (False, True):
+        ds = dicom_dataset(pixels, bits_stored=12)
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        del ds.file_meta.TransferSyntaxUID  # a file meta header that forgot it
+        ds.preamble = bytes(128)
+        path = tmp_path / f"nots_{implicit}"
+        dcmwrite(path, ds, implicit_vr=implicit, little_endian=True)
+        assert path.read_bytes()[128:132] == b"DICM"
+        assert "TransferSyntaxUID" not in pydicom.dcmread(path, force=True).file_meta
+        np.testing.assert_array_equal(decode_dicom(path), expected)
+
+
+def test_video_and_unknown_transfer_syntaxes_say_what_they_are(tmp_path):
+    ds = dicom_dataset(dicom_ramp(0, 255, np.uint8), bits_stored=8)
+    ds.file_meta.TransferSyntaxUID = MPEG4HP41
+    ds.PixelData = encapsulate([bytes(100)])
+    ds["PixelData"].VR = "OB"
+    with pytest.raises(ImageReadError) as err:
+        decode_gray(write_dicom(ds, tmp_path / "video.dcm"))
+    assert str(err.value).startswith("unsupported compression MPEG-4 AVC/H.264 High Profile")
+    assert MPEG4HP41 in str(err.value) and "no DICOM pixel decoder" in str(err.value)
+    private = dicom_dataset(dicom_ramp(0, 255, np.uint8), bits_stored=8)
+    private.file_meta.TransferSyntaxUID = "1.2.826.0.1.3680043.8.498.77"  # a vendor's own
+    private.file_meta.MediaStorageSOPClassUID = private.SOPClassUID
+    path = tmp_path / "private.dcm"
+    dcmwrite(path, private, implicit_vr=False, little_endian=True)
+    with pytest.raises(
+        ImageReadError, match="unknown transfer syntax 1.2.826.0.1.3680043.8.498.77"
+    ):
+        decode_gray(path)
+
+
+def test_a_compression_no_installed_plugin_decodes_names_the_package():
+    # python-gdcm is not installed here: pydicom would use it for JPEG, pylibjpeg-rle for RLE
+    assert "python-gdcm" in decoder_packages(JPEGBaseline8Bit)
+    assert decoder_packages(RLELossless) == ["pylibjpeg-rle"]
+    assert decoder_packages(ExplicitVRLittleEndian) == []  # nothing to decode
+    assert decoder_packages(MPEG4HP41) == []  # no decoder exists at all
+
+
+def test_12bit_jpeg_extended_decodes_with_pylibjpeg_libjpeg(tmp_path):
+    """1.2.840.10008.1.2.4.51 at 12 bits: Pillow cannot, pylibjpeg-libjpeg (a dependency)
+    can. The codestream is pydicom's own 12-bit sample, wrapped in a dataset built here."""
+    sample = pydicom.dcmread(get_testdata_file("JPGExtended.dcm"))
+    assert sample.file_meta.TransferSyntaxUID == JPEGExtended12Bit and sample.BitsStored == 12
+    reference = sample.pixel_array  # pydicom's decoders, for comparison
+    assert reference.max() > 255  # truly more than 8 bits
+    ds = dicom_dataset(None, Rows=sample.Rows, Columns=sample.Columns)
+    for kw in ("SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated", "BitsStored"):
+        setattr(ds, kw, sample[kw].value)
+    ds.HighBit, ds.PixelRepresentation = sample.HighBit, sample.PixelRepresentation
+    ds.file_meta.TransferSyntaxUID = JPEGExtended12Bit
+    ds.PixelData = sample.PixelData
+    ds["PixelData"].VR = "OB"
+    out = decode_gray(write_dicom(ds, tmp_path / "IM12"))
+    assert out.shape == (sample.Rows, sample.Columns) and out.dtype == np.uint8
+    lo, hi = int(reference.min()), int(reference.max())
+    expected = np.rint((reference.astype(float) - lo) * 255.0 / (hi - lo)).astype(np.uint8)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_a_12bit_jpeg_the_decoders_reject_gets_one_line_naming_another_decoder(tmp_path):
+    """pydicom's JPEG-lossy.dcm is a known-bad 12-bit stream (only GDCM reads it)."""
+    path = tmp_path / "bad12"
+    path.write_bytes(Path(get_testdata_file("JPEG-lossy.dcm")).read_bytes())
+    with pytest.raises(ImageReadError) as err:
+        decode_gray(path)
+    text = str(err.value)
+    assert text.startswith("cannot decode JPEG Extended") and "\n" not in text
+    assert "python-gdcm may decode it" in text
+
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.int32])
+def test_32bit_pixels_keep_their_order(tmp_path, dtype):
+    lo = -100_000 if dtype == np.int32 else 0
+    pixels = dicom_ramp(lo, lo + 200_000, dtype)
+    out = decode_dicom(write_dicom(dicom_raw(pixels), tmp_path / "p32.dcm"))
+    assert _monotone_full_range(out[0])
+    expected = np.rint((pixels[0].astype(float) - lo) * 255.0 / 200_000).astype(np.uint8)
+    np.testing.assert_array_equal(out[0], expected)
+
+
+def test_float_pixel_data(tmp_path):
+    pixels = np.tile(np.linspace(-1.0, 1.0, W, dtype=np.float32), (H, 1))
+    out = decode_dicom(write_dicom(dicom_raw(pixels), tmp_path / "float.dcm"))
+    assert _monotone_full_range(out[0])
+
+
+def test_big_endian_equals_little_endian(tmp_path):
+    pixels = dicom_ramp(100, 4000, np.uint16)
+    expected = decode_dicom(write_dicom(dicom_dataset(pixels, bits_stored=12), tmp_path / "le"))
+    ds = dicom_raw(pixels.astype(">u2"))
+    ds.BitsStored, ds.HighBit = 12, 11
+    ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    path = write_dicom(ds, tmp_path / "be")
+    np.testing.assert_array_equal(decode_dicom(path), expected)
+    np.testing.assert_array_equal(decode_dicom_bytes(path.read_bytes()), expected)
+
+
+def test_palette_colour_goes_through_its_lookup_table(tmp_path):
+    index = dicom_ramp(0, 255, np.uint8)
+    ds = dicom_dataset(index, photometric="PALETTE COLOR", bits_stored=8)
+    inverse = (65535 - np.arange(256) * 257).astype(np.uint16)  # index 0 is white
+    for colour in ("Red", "Green", "Blue"):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", inverse.tobytes())
+    out = decode_dicom(write_dicom(ds, tmp_path / "palette.dcm"))
+    assert np.abs(out.astype(int) - (255 - index.astype(int))).max() <= 1
+
+
+def test_ybr_full_is_converted_to_gray(tmp_path):
+    rng = np.random.default_rng(5)
+    rgb = cv2.GaussianBlur(rng.integers(0, 256, (H, W, 3), dtype=np.uint8), (5, 5), 0)
+    ybr = convert_color_space(rgb, "RGB", "YBR_FULL")
+    ds = dicom_dataset(ybr, photometric="YBR_FULL", bits_stored=8)
+    out = decode_dicom(write_dicom(ds, tmp_path / "ybr.dcm"))
+    assert np.abs(out.astype(int) - cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)).max() <= 2
+
+
+@pytest.mark.parametrize(("h", "w"), [(63, 81), (65, 9)])
+def test_odd_sizes(tmp_path, h, w):
+    eight = dicom_ramp(0, 255, np.uint8, h=h, w=w)  # an odd number of bytes, padded
+    out = decode_dicom(write_dicom(dicom_dataset(eight, bits_stored=8), tmp_path / "odd8"))
+    np.testing.assert_array_equal(out, eight)
+    twelve = dicom_ramp(0, 4000, np.uint16, h=h, w=w)
+    out = decode_dicom(write_dicom(dicom_dataset(twelve, bits_stored=12), tmp_path / "odd12"))
+    assert out.shape == (h, w) and _monotone_full_range(out[0])
+
+
+def test_one_bit_and_tiny_images(tmp_path):
+    bits = (dicom_ramp(0, 1, np.uint8) > 0).astype(np.uint8)
+    ds = dicom_raw(np.zeros((H, W), np.uint8))
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 1, 0
+    ds.PixelData = pack_bits(bits)
+    out = decode_dicom(write_dicom(ds, tmp_path / "bits"))
+    np.testing.assert_array_equal(out, bits * 255)
+    tiny = dicom_dataset(dicom_ramp(0, 255, np.uint8, h=5, w=80), bits_stored=8)
+    with pytest.raises(ImageReadError, match=r"unsupported image shape \(5, 80\)"):
+        decode_dicom(write_dicom(tiny, tmp_path / "tiny"))
+
+
+def test_a_batch_of_bad_dicom_gives_one_error_each_and_the_good_one_its_image(tmp_path):
+    from pneumoscope.data.preprocess import try_load_image
+
+    good = write_dicom(
+        dicom_dataset(dicom_ramp(0, 4000, np.uint16), bits_stored=12), tmp_path / "g"
+    )
+    cut = tmp_path / "cut"
+    cut.write_bytes(good.read_bytes()[:-500])
+    video = dicom_dataset(dicom_ramp(0, 255, np.uint8), bits_stored=8)
+    video.file_meta.TransferSyntaxUID = MPEG4HP41
+    video.PixelData = encapsulate([bytes(10)])
+    nopix = write_dicom(dicom_dataset(None), tmp_path / "nopix")
+    paths = [cut, write_dicom(video, tmp_path / "video"), nopix, good]
+    results = [try_load_image(p, PreprocessConfig(img_size=32)) for p in paths]
+    assert [img is None for img, _ in results] == [True, True, True, False]
+    reasons = [why for _, why in results[:3]]
+    assert reasons[0].startswith("truncated pixel data")
+    assert reasons[1].startswith("unsupported compression MPEG-4")
+    assert reasons[2] == "DICOM without pixel data"
+
+
+# --- the header the intended-use rules read ------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR CS")  # lower case, as some send it
+def test_read_header_reads_the_rules_facts_and_no_names(tmp_path):
+    ds = film_dataset(
+        dicom_ramp(0, 255, np.uint8),
+        "CR",
+        BodyPartExamined="Chest",
+        ViewPosition="ll",
+        PatientOrientation=["A", "F"],
+        PatientAge="004Y",
+    )
+    ds.PatientBirthDate = "19700101"
+    path = write_dicom(ds, tmp_path / "IM1")
+    for source in (path, path.read_bytes()):
+        h = read_header(source)
+        assert (h.modality, h.body_part, h.view_position) == ("CR", "CHEST", "LL")
+        assert h.patient_orientation == ("A", "F") and h.frames == 1 and h.has_pixels
+        assert (h.rows, h.columns) == (H, W) and h.sop_class_name.startswith("Computed Radiog")
+        assert h.age_years == 4.0 and h.age_from == "PatientAge"  # PatientAge wins
+        assert not any(secret in repr(h) for secret in ("Doe", "PAT-001", "1970"))
+
+
+def test_age_from_the_study_and_birth_dates_when_patient_age_is_absent(tmp_path):
+    ds = film_dataset(dicom_ramp(0, 255, np.uint8), PatientBirthDate="20190615")
+    ds.StudyDate = "20240115"  # 4 years and 7 months later
+    h = read_header(write_dicom(ds, tmp_path / "a"))
+    assert h.age_years == pytest.approx(4.59, abs=0.01)
+    assert h.age_from == "the study and birth dates"
+    ds.StudyDate = ""
+    ds.ContentDate = "20200615"  # the next date in line
+    assert read_header(write_dicom(ds, tmp_path / "b")).age_years == pytest.approx(1.0, abs=0.01)
+    ds.PatientBirthDate = "20230230"  # no such day
+    assert read_header(write_dicom(ds, tmp_path / "c")).age_years is None
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "modality", "pixels", "words"),
+    [
+        (BASIC_TEXT_SR, "SR", False, "DICOM Structured Report (SOP class Basic Text SR"),
+        ("1.2.840.10008.5.1.4.1.1.88.59", "KO", False, "Key Object Selection document"),
+        ("1.2.840.10008.5.1.4.1.1.11.1", "PR", False, "presentation state"),
+        ("1.2.840.10008.5.1.4.1.1.481.3", "RTSTRUCT", False, "radiotherapy object"),
+        ("1.2.840.10008.5.1.4.1.1.481.2", "RTDOSE", True, "radiotherapy object"),
+        ("1.2.840.10008.5.1.4.1.1.104.1", "DOC", False, "encapsulated document"),
+        (DX_IMAGE, "DX", False, "DICOM without pixel data (SOP class Digital X-Ray Image"),
+        (DX_IMAGE, "DX", True, None),
+        ("1.2.840.10008.5.1.4.1.1.481.1", "RTIMAGE", True, None),  # an image: the rules decide
+    ],
+)
+def test_objects_that_are_no_image(tmp_path, sop_class, modality, pixels, words):
+    ds = dicom_dataset(dicom_ramp(0, 255, np.uint8) if pixels else None, sop_class=sop_class)
+    ds.Modality = modality
+    reason = not_image_reason(read_header(write_dicom(ds, tmp_path / "x")))
+    if words is None:
+        assert reason is None
+    else:
+        assert reason.startswith(words) and reason.endswith(": not an image")
+
+
+def _file_set(root: Path) -> Path:
+    fs = FileSet()
+    for k in range(3):
+        fs.add(film_dataset(dicom_ramp(0, 255, np.uint8), instance=k + 1))
+    fs.add(report_dataset())
+    fs.write(root)
+    return root / "DICOMDIR"
+
+
+def test_dicomdir_references_every_file_it_indexes(tmp_path):
+    dicomdir = _file_set(tmp_path / "cd")
+    assert is_dicomdir(dicomdir) and not is_dicomdir(next((tmp_path / "cd").rglob("IM*")))
+    header = read_header(dicomdir)
+    assert header.is_dicomdir and not_image_reason(header).startswith("DICOMDIR, the index")
+    refs = dicomdir_references(dicomdir)
+    on_disk = sorted(p for p in (tmp_path / "cd").rglob("*") if p.is_file() and p != dicomdir)
+    assert sorted(refs) == on_disk and len(refs) == 4
+    assert all(not p.suffix for p in refs)  # IM000000, SR000000: no extensions
+
+
+def test_dicomdir_references_survive_lower_case_copies_and_name_missing_files(tmp_path):
+    dicomdir = _file_set(tmp_path / "cd")
+    refs = dicomdir_references(dicomdir)
+    refs[0].unlink()  # a file the index names but the medium lost
+    for folder in sorted({p.parent for p in refs[1:]}, key=lambda p: -len(p.parts)):
+        for f in folder.iterdir():
+            f.rename(f.with_name(f.name.lower()))  # copied through a system that lowered names
+    found = dicomdir_references(dicomdir)
+    assert found[0] == refs[0] and not found[0].exists()
+    assert all(p.is_file() and p.name.islower() for p in found[1:])
+    (tmp_path / "junk").write_bytes(b"\x02\x00" + bytes(50))
+    with pytest.raises(ImageReadError):
+        dicomdir_references(tmp_path / "junk")

@@ -106,13 +106,16 @@ def test_predict_columns_csv_lists_dicom_and_awkward_paths(run_dir, synthetic_so
     truncated_ok = (df["path"].str.endswith("truncated.jpg") & (df["status"] == "ok")).sum()
     assert len(df) == 11 + 3  # every input has its row
     # readable: the PNG and scan.dcm (each twice: folder and list), MONOCHROME1, RGBA, CMYK,
-    # 16-bit; failing: no pixels, empty, bomb, text, missing, truncated (unless libjpeg pads)
-    assert counts.ok == 8 + truncated_ok and counts.failed == 6 - truncated_ok
+    # 16-bit; failing: empty, bomb, text, missing, truncated (unless libjpeg pads); skipped:
+    # the DICOM without pixels, which is no image
+    assert counts.ok == 8 + truncated_ok and counts.failed == 5 - truncated_ok
+    assert counts.skipped == 1 and counts.out_of_scope == 0
     assert df["model_id"].nunique() == 1 and df["model_id"][0].endswith(
         RunFiles(run_dir).weights_sha256()[:12]
     )
     by_name = df.set_index(df["path"].map(lambda p: p.split("/")[-1]))
-    assert "without pixel data" in by_name.loc["nopixels.dcm", "error"]
+    assert "DICOM without pixel data" in by_name.loc["nopixels.dcm", "error"]
+    assert by_name.loc["nopixels.dcm", "status"] == "skipped"
     p_png = float(by_name.loc["patient 1 ü.png", "probability"].iloc[0])
     assert "empty" in by_name.loc["empty.jpg", "error"]
     assert "too large" in by_name.loc["bomb.png", "error"]

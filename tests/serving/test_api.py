@@ -119,7 +119,7 @@ def _dicom_without_pixels(tmp_path) -> bytes:
         (lambda _: _truncated_jpeg(), 400, "not a readable image"),
         (lambda _: b"just some text, no pixels here\n" * 10, 415, "not an image"),
         (lambda _: png_header_only(60000, 60000), 400, "too large"),
-        (_dicom_without_pixels, 400, "DICOM without pixel data"),
+        (_dicom_without_pixels, 422, "DICOM without pixel data"),  # skipped: no image
         (lambda _: b"%PDF-1.7\n" + bytes(300), 415, "not an image"),
     ],
 )

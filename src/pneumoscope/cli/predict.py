@@ -10,19 +10,38 @@ import typer
 from pneumoscope.cli.base import app
 from pneumoscope.core.errors import UserError
 
+ALLOW_HELP = (
+    "Relax an intended-use rule for DICOM inputs (repeatable): modality (other than "
+    "CR/DX/chest captures), body-part (other than chest), view (lateral), multiframe "
+    "(first frame), age (outside the training population's)."
+)
+
+
+def _report_scan(not_images: list[str], listed: Path | None, notes: list[str]) -> None:
+    """On stderr: the files a folder scan left out, and what could not be checked."""
+    if not_images:
+        shown = ", ".join(Path(p).name for p in not_images[:5])
+        more = f" and {len(not_images) - 5} more" if len(not_images) > 5 else ""
+        where = f" (listed in {listed})" if listed else ""
+        noun = "file that is not an image" if len(not_images) == 1 else "files that are not images"
+        typer.echo(f"skipped {len(not_images)} {noun}: {shown}{more}{where}", err=True)
+    for note in notes:
+        typer.echo(f"note: {note}", err=True)
+
 
 @app.command(
     epilog="Examples:\n\n"
     "  pneumoscope predict --run runs/r18 scans/ --out predictions.csv\n\n"
     "  pneumoscope predict --run runs/r18 'scans/**/*.dcm' list.csv --backend onnx --out p.csv"
-    "\n\n  pneumoscope predict --run runs/r18 one.png --gradcam heatmaps/",
+    "\n\n  pneumoscope predict --run runs/r18 one.png --gradcam heatmaps/"
+    "\n\n  pneumoscope predict --run runs/r18 /media/cdrom/DICOMDIR --allow age --out p.csv",
 )
 def predict(
     inputs: list[str] = typer.Argument(
         ...,
-        help="Image files (JPEG, PNG, DICOM), folders "
-        "(searched recursively), quoted glob patterns, or a "
-        ".csv listing paths (column 'path').",
+        help="Image files (JPEG, PNG, DICOM), folders (searched recursively, files "
+        "recognised by content, so a PACS export without extensions works), a DICOMDIR "
+        "(its files), quoted glob patterns, or a .csv listing paths (column 'path').",
     ),
     run: Path = typer.Option(..., help="Run folder made by 'pneumoscope train'."),
     out: Path = typer.Option(Path("predictions.csv"), help="CSV to write."),
@@ -35,13 +54,18 @@ def predict(
         None, help="Also write a Grad-CAM heatmap PNG per input into this folder."
     ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    allow: list[str] = typer.Option(None, "--allow", metavar="RULE", help=ALLOW_HELP),
 ) -> None:
     """One CSV row per input: path, probability (calibrated), label, threshold, model_id,
     ood, ood_score, status, error.
 
     Preprocessing is read from the run's model.json. ood is true when the image lies far
-    from the training images (ood_score >= 1). Unreadable inputs get an error row and the
-    exit status is 1 when any input failed."""
+    from the training images (ood_score >= 1). status is ok, error (unreadable),
+    skipped (a DICOM object that is no image: report, presentation state, DICOMDIR, ...)
+    or out_of_scope (a DICOM the model was not made for: its modality, body part, view,
+    frames or the patient's age; error says which rule and how to relax it). Files a
+    folder scan finds to be no image are listed in OUT.skipped.txt. The exit status is 1
+    when any input failed."""
     from pneumoscope.inference.predict import predict_to_csv
 
     counts = predict_to_csv(
@@ -53,11 +77,14 @@ def predict(
         backend=backend,
         gradcam_dir=gradcam,
         progress=progress,
+        allow=allow or (),
     )
     typer.echo(
         f"{counts.ok} predicted ({counts.flagged_ood} flagged out-of-distribution), "
-        f"{counts.failed} failed; written to {out}"
+        f"{counts.failed} failed, {counts.out_of_scope} out of scope, {counts.skipped} "
+        f"skipped; written to {out}"
     )
+    _report_scan(counts.not_images, counts.skipped_list, counts.notes)
     if counts.failed:
         raise typer.Exit(1)
 
@@ -67,19 +94,34 @@ def predict(
     "  pneumoscope explain --run runs/r18 'scans/*.png' --out heatmaps/",
 )
 def explain(
-    inputs: list[str] = typer.Argument(..., help="Image files, folders, globs or a .csv list."),
+    inputs: list[str] = typer.Argument(
+        ..., help="Image files, folders (by content), a DICOMDIR, globs or a .csv list."
+    ),
     run: Path = typer.Option(..., help="Run folder made by 'pneumoscope train'."),
     out: Path = typer.Option(
         ..., help="Folder for one heatmap PNG per input and explanations.csv."
     ),
+    allow: list[str] = typer.Option(None, "--allow", metavar="RULE", help=ALLOW_HELP),
 ) -> None:
-    """Grad-CAM heatmaps (pytorch-grad-cam) over each X-ray, for the PNEUMONIA logit."""
+    """Grad-CAM heatmaps (pytorch-grad-cam) over each X-ray, for the PNEUMONIA logit.
+    DICOM inputs meet the same intended-use rules as in 'predict'."""
     from pneumoscope.inference.explain import explain_files
-    from pneumoscope.inference.predict import expand_inputs
+    from pneumoscope.inference.intended_use import IntendedUse
+    from pneumoscope.inference.predict import scan_inputs, write_skipped_list
+    from pneumoscope.model.run import load_run
 
-    rows = explain_files(run, expand_inputs(inputs), out)
-    failed = sum(r["status"] != "ok" for r in rows)
-    typer.echo(f"{len(rows) - failed} heatmaps, {failed} failed; written to {out}")
+    loaded = load_run(run)
+    scope = IntendedUse.from_card(loaded.card, allow or ())
+    found = scan_inputs(inputs)
+    rows = explain_files(loaded, found.paths, out, scope=scope)
+    listed = write_skipped_list(found, Path(out) / "skipped.txt")
+    failed = sum(r["status"] == "error" for r in rows)
+    refused = sum(r["status"] in ("skipped", "out_of_scope") for r in rows)
+    typer.echo(
+        f"{len(rows) - failed - refused} heatmaps, {failed} failed, {refused} skipped or out "
+        f"of scope; written to {out}"
+    )
+    _report_scan(found.not_images, listed, found.notes + scope.notes_for_inputs())
     if failed:
         raise typer.Exit(1)
 

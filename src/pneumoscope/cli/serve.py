@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from pneumoscope.cli.base import app
+from pneumoscope.cli.predict import ALLOW_HELP
 
 
 @app.command(
@@ -45,10 +46,12 @@ def serve(
         metavar="ORIGIN",
         help="Origin allowed to call the API from a browser (repeatable; default none).",
     ),
+    allow: list[str] = typer.Option(None, "--allow", metavar="RULE", help=ALLOW_HELP),
 ) -> None:
     """Serve a run: the web page at /, the API under /v1 (documented at /docs),
     /healthz and /readyz. The model is loaded once, before listening; uploads are
-    kept in memory only."""
+    kept in memory only. A DICOM upload that is no image or that the intended-use rules
+    refuse is answered 422 with the reason (one result of a batch)."""
     import uvicorn
 
     from pneumoscope.serving.app import create_app
@@ -69,6 +72,7 @@ def serve(
         token_file=token_file,
         cors_origins=tuple(cors_origin or ()),
         audit_log=audit_log,
+        allow=tuple(allow or ()),
     )
     settings.read_token()  # a bad token file is one line, before the model loads
     engine = Engine.load(run, backend, **settings.batching)

@@ -15,7 +15,15 @@ some viewers store a few variants), except that a multi-frame CT/MR series is a 
 not a radiograph, and is refused. Compressed transfer syntaxes decode through pydicom's
 pixel data handlers (pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg).
 
-Every failure is an :class:`~pneumoscope.errors.ImageReadError` with a one-line reason.
+Every failure is an :class:`~pneumoscope.errors.ImageReadError` with a one-line reason:
+truncated pixel data says how much is missing, a compression no installed plugin decodes
+says which it is and which package would decode it.
+
+Beside the pixels: ``read_header`` reads the facts the intended-use rules need (modality,
+body part, view, frames, age, whether the object is an image at all) without the pixels and
+without patient names or ids; ``not_image_reason`` says when an object (a report, a
+presentation state, a DICOMDIR, ...) is no image; ``dicomdir_references`` lists the files a
+DICOMDIR indexes.
 """
 
 from __future__ import annotations
@@ -23,6 +31,9 @@ from __future__ import annotations
 import copy
 import os
 import re
+from dataclasses import dataclass
+from datetime import date
+from importlib import metadata
 from io import BytesIO
 from pathlib import Path
 
@@ -35,9 +46,16 @@ from pydicom.pixels import (
     apply_modality_lut,
     apply_voi,
     apply_windowing,
+    get_decoder,
     pixel_array,
 )
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MediaStorageDirectoryStorage,
+)
 
 from pneumoscope.core.errors import ImageReadError
 from pneumoscope.data.limits import MAX_PIXELS
@@ -47,14 +65,18 @@ _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _VOLUME_MODALITIES = ("CT", "MR")
 _DEFER_SIZE = 1024 * 1024  # elements larger than this (the pixels) are read only when used
 _MIN_SIDE = 8  # the same floor as preprocess.to_gray_uint8
+# A dataset stored without preamble starts with its first element: group 0008 (little or
+# big endian) or, when it keeps a file meta header, group 0002.
+_BARE_STARTS = (b"\x08\x00", b"\x00\x08", b"\x02\x00")
 
 
 def is_dicom(path: str | os.PathLike) -> bool:
-    """True when the file is DICOM by content; never raises.
+    """True when the file is DICOM by content, whatever its name; never raises.
 
-    A DICOM Part 10 file has a 128-byte preamble followed by ``DICM``. Older files
-    without the preamble are accepted only when named ``.dcm``/``.dicom`` and pydicom can
-    parse a plausible image header from them.
+    A DICOM Part 10 file has a 128-byte preamble followed by ``DICM``. A file without the
+    preamble (old exports, some PACS folders) is DICOM when it starts like a dataset
+    (group 0008 or 0002; any start when named ``.dcm``/``.dicom``) and pydicom parses a
+    plausible header from it.
     """
     try:
         with open(path, "rb") as f:
@@ -63,16 +85,19 @@ def is_dicom(path: str | os.PathLike) -> bool:
         return False
     if len(head) == 132 and head[128:132] == b"DICM":
         return True
-    if not str(path).lower().endswith(DICOM_EXTENSIONS):
+    named = str(path).lower().endswith(DICOM_EXTENSIONS)
+    if not named and not head.startswith(_BARE_STARTS):
         return False
     return _plausible_header(path)
 
 
 def is_dicom_bytes(data: bytes) -> bool:
-    """``is_dicom`` for bytes in memory (an upload): the DICM marker, or, as bytes have no
-    name, a header pydicom can parse into a plausible image dataset; never raises."""
+    """``is_dicom`` for bytes in memory (an upload): the DICM marker, or bytes that start
+    like a dataset and parse into a plausible header; never raises."""
     if len(data) >= 132 and data[128:132] == b"DICM":
         return True
+    if not data.startswith(_BARE_STARTS):
+        return False
     return _plausible_header(BytesIO(data))
 
 
@@ -154,28 +179,223 @@ def parse_age(value: str | None) -> float | None:
     return round(years, 3)
 
 
+# --- the header the intended-use rules read ------------------------------------------
+
+# Only these elements are read: never a patient's name or id. The birth date is read only
+# to compute an age, and kept nowhere.
+_HEADER_TAGS = [
+    "SpecificCharacterSet", "SOPClassUID", "Modality", "BodyPartExamined", "ViewPosition",
+    "ViewCodeSequence", "PatientOrientation", "ConversionType",
+    "NumberOfFrames", "Rows", "Columns", "PatientAge", "PatientBirthDate", "StudyDate",
+    "SeriesDate", "AcquisitionDate", "ContentDate", *_PIXEL_TAGS,
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """What a DICOM object is, from its header alone (no pixels, no names, no ids)."""
+
+    sop_class_uid: str = ""
+    modality: str = ""  # upper case; "" when the header has none
+    body_part: str = ""  # BodyPartExamined, upper case
+    view_position: str = ""  # ViewPosition, upper case (AP, PA, LL, ...)
+    view_code: str = ""  # ViewCodeSequence's code meaning, lower case
+    patient_orientation: tuple[str, ...] = ()
+    conversion_type: str = ""  # secondary captures: DF, DI, DV, WSD, SD, SI, DRW, SYN
+    frames: int = 1
+    rows: int = 0
+    columns: int = 0
+    has_pixels: bool = False
+    age_years: float | None = None
+    age_from: str = ""  # "PatientAge" or "the study and birth dates"
+    transfer_syntax: str = ""
+    media_class_uid: str = ""  # the file meta's MediaStorageSOPClassUID
+
+    @property
+    def sop_class_name(self) -> str:
+        """The SOP class's name (``CT Image Storage``), or its UID when pydicom has none."""
+        uid = UID(self.sop_class_uid or self.media_class_uid)
+        return uid.name if uid else "unknown"
+
+    @property
+    def is_dicomdir(self) -> bool:
+        return MediaStorageDirectoryStorage in (self.media_class_uid, self.sop_class_uid)
+
+
+def read_header(source: str | os.PathLike | bytes) -> DicomHeader:
+    """The header of a DICOM file or of DICOM bytes, pixels left unread (ImageReadError
+    when it is no DICOM)."""
+    if isinstance(source, bytes | bytearray):
+        if not is_dicom_bytes(bytes(source)):
+            raise ImageReadError("not a DICOM file (no DICM marker, no readable header)")
+        ds = _parse(BytesIO(source), stop_before_pixels=False, defer_size=1024, tags=_HEADER_TAGS)
+    else:
+        ds = _read(source, stop_before_pixels=False, tags=_HEADER_TAGS, defer_size=1024)
+    age, age_from = _age(ds)
+    meta = getattr(ds, "file_meta", None) or {}
+    view_codes = ds.get("ViewCodeSequence") or []
+    return DicomHeader(
+        sop_class_uid=_text(ds, "SOPClassUID") or "",
+        modality=(_text(ds, "Modality") or "").upper(),
+        body_part=(_text(ds, "BodyPartExamined") or "").upper(),
+        view_position=(_text(ds, "ViewPosition") or "").upper(),
+        view_code=str(view_codes[0].get("CodeMeaning", "")).lower() if view_codes else "",
+        patient_orientation=_values(ds, "PatientOrientation"),
+        conversion_type=(_text(ds, "ConversionType") or "").upper(),
+        frames=_int(ds, "NumberOfFrames") or 1,
+        rows=_int(ds, "Rows"),
+        columns=_int(ds, "Columns"),
+        has_pixels=any(tag in ds for tag in _PIXEL_TAGS),
+        age_years=age,
+        age_from=age_from,
+        transfer_syntax=str(meta.get("TransferSyntaxUID", "")),
+        media_class_uid=str(meta.get("MediaStorageSOPClassUID", "")),
+    )
+
+
+def _age(ds: Dataset) -> tuple[float | None, str]:
+    """(years, where from): PatientAge, else the study (or series, acquisition, content)
+    date minus the birth date. The birth date itself goes nowhere."""
+    age = parse_age(_text(ds, "PatientAge"))
+    if age is not None:
+        return age, "PatientAge"
+    born = _date(_text(ds, "PatientBirthDate"))
+    dates = (_date(_text(ds, k)) for k in ("StudyDate", "SeriesDate", "AcquisitionDate"))
+    taken = next((d for d in dates if d is not None), _date(_text(ds, "ContentDate")))
+    if born is None or taken is None or taken < born:
+        return None, ""
+    return round((taken - born).days / 365.25, 3), "the study and birth dates"
+
+
+def _date(value: str | None) -> date | None:
+    m = re.fullmatch(r"(\d{4})(\d{2})(\d{2})", (value or "").strip())
+    if not m:
+        return None
+    try:
+        return date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+    except ValueError:
+        return None
+
+
+# Kinds of DICOM objects that hold no picture to analyse, by SOP class name, then by
+# modality when the class is unknown.
+_NOT_IMAGE_CLASSES = (
+    ("Media Storage Directory", "DICOMDIR, the index of a DICOM file-set"),
+    (" SR ", "DICOM Structured Report"),
+    ("Key Object Selection", "Key Object Selection document"),
+    ("Presentation State", "presentation state"),
+    ("Encapsulated", "encapsulated document"),
+    ("Waveform", "waveform"),
+    ("Segmentation", "segmentation"),
+    ("Registration", "spatial registration"),
+    ("Raw Data", "raw data"),
+    ("Spectroscopy", "spectroscopy data"),
+    ("Measurements", "measurements"),
+    ("Protocol", "procedure protocol"),
+    ("Surface", "surface model"),
+    ("Radiation Record", "radiotherapy record"),
+)
+_NOT_IMAGE_MODALITIES = {
+    "SR": "DICOM Structured Report",
+    "KO": "Key Object Selection document",
+    "PR": "presentation state",
+    "DOC": "encapsulated document",
+    "SEG": "segmentation",
+    "REG": "spatial registration",
+    "RTSTRUCT": "radiotherapy object",
+    "RTPLAN": "radiotherapy object",
+    "RTDOSE": "radiotherapy object",
+    "RTRECORD": "radiotherapy object",
+}
+
+
+def not_image_reason(header: DicomHeader) -> str | None:
+    """Why a DICOM object is no image to analyse (a report, a presentation state, an RT
+    plan, a DICOMDIR, no pixel data, ...), or None for an image."""
+    name = header.sop_class_name
+    padded = f" {name} "
+    what = next((w for key, w in _NOT_IMAGE_CLASSES if key in padded), None)
+    if what is None and name.startswith("RT ") and "RT Image" not in name:
+        what = "radiotherapy object"
+    what = what or _NOT_IMAGE_MODALITIES.get(header.modality)
+    if what is None and not header.has_pixels:
+        what = "DICOM without pixel data"
+    return f"{what} (SOP class {name}): not an image" if what else None
+
+
+def is_dicomdir(path: str | os.PathLike) -> bool:
+    """True for a DICOMDIR (its file meta says Media Storage Directory); reads only the
+    file meta header, never raises."""
+    try:
+        meta = pydicom.filereader.read_file_meta_info(path)
+    except Exception:
+        return False
+    return meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage
+
+
+def dicomdir_references(path: str | os.PathLike) -> list[Path]:
+    """The files a DICOMDIR names (its records' Referenced File IDs), in record order,
+    relative to the DICOMDIR's folder; a name missing on disk is returned as it should be,
+    so that the caller can report it. ImageReadError when the DICOMDIR is unreadable."""
+    ds = _read(path, stop_before_pixels=True)
+    if "DirectoryRecordSequence" not in ds:
+        raise ImageReadError("a DICOMDIR without directory records")
+    root = Path(path).parent
+    found: list[Path] = []
+    for record in ds.DirectoryRecordSequence:
+        parts = _values(record, "ReferencedFileID")
+        if parts:
+            found.append(_on_disk(root, parts))
+    return list(dict.fromkeys(found))
+
+
+def _on_disk(root: Path, parts: tuple[str, ...]) -> Path:
+    """root/parts, matching each part case-insensitively when the exact name is missing
+    (file IDs are upper case; media copied through other systems may not be)."""
+    here = root
+    for part in parts:
+        exact = here / part
+        if not exact.exists() and here.is_dir():
+            exact = next((c for c in here.iterdir() if c.name.upper() == part.upper()), exact)
+        here = exact
+    return here
+
+
 # --- reading -------------------------------------------------------------------------
 
 
-def _read(path: str | os.PathLike, stop_before_pixels: bool) -> Dataset:
+def _read(
+    path: str | os.PathLike,
+    stop_before_pixels: bool,
+    tags: list[str] | None = None,
+    defer_size: int | None = None,
+) -> Dataset:
     if not Path(path).is_file():
         raise ImageReadError(f"cannot open file: no such file {Path(path).name!r}")
     if not is_dicom(path):  # force=True below would make a "dataset" out of any bytes
         raise ImageReadError("not a DICOM file (no DICM marker, no readable header)")
-    return _parse(Path(path), stop_before_pixels, _DEFER_SIZE)
+    return _parse(Path(path), stop_before_pixels, defer_size or _DEFER_SIZE, tags)
 
 
-def _parse(source, stop_before_pixels: bool, defer_size: int | None) -> Dataset:
-    """A dataset from a path or a file object, every failure an ImageReadError."""
+def _parse(
+    source, stop_before_pixels: bool, defer_size: int | None, tags: list[str] | None = None
+) -> Dataset:
+    """A dataset from a path or a file object (only ``tags`` when given), every failure an
+    ImageReadError."""
     try:
         ds = pydicom.dcmread(
-            source, force=True, stop_before_pixels=stop_before_pixels, defer_size=defer_size
+            source,
+            force=True,
+            stop_before_pixels=stop_before_pixels,
+            defer_size=defer_size,
+            specific_tags=tags,
         )
     except FileNotFoundError as exc:
         raise ImageReadError(f"cannot open file: {exc.strerror or exc}") from None
     except Exception as exc:
         raise ImageReadError(f"not a readable DICOM file: {_short(exc)}") from None
-    if len(ds) == 0:
+    meta = getattr(ds, "file_meta", None)
+    if len(ds) == 0 and not (tags and meta is not None and "MediaStorageSOPClassUID" in meta):
         raise ImageReadError("not a readable DICOM file: no data elements")
     _ensure_transfer_syntax(ds)
     return ds
@@ -211,17 +431,73 @@ def _check_header(ds: Dataset) -> None:
 
 
 def _first_frame(ds: Dataset) -> np.ndarray:
-    """Decode only frame 0 (all a radiograph has), naming the transfer syntax on failure."""
+    """Decode only frame 0 (all a radiograph has), saying why on failure."""
     try:
         arr = pixel_array(ds, index=0)
     except Exception as exc:
-        ts = ds.file_meta.TransferSyntaxUID
-        try:
-            what = f"{ts.name} " if ts.is_compressed else ""
-        except ValueError:  # not a transfer syntax UID at all
-            what = f"{ts} "
-        raise ImageReadError(f"cannot decode {what}pixel data: {_short(exc)}") from None
+        raise ImageReadError(_decode_failure(ds, exc)) from None
     return np.asarray(arr)
+
+
+_TRUNCATED = re.compile(r"less than expected \((\d+) vs (\d+) bytes\)")
+
+
+def _decode_failure(ds: Dataset, exc: BaseException) -> str:
+    """One line: truncated data, an unknown or undecodable compression (which, and the
+    package that would decode it), or the decoder's own words."""
+    text = _short(exc)
+    cut = _TRUNCATED.search(text)
+    if cut:
+        return f"truncated pixel data: {cut.group(1)} of the {cut.group(2)} bytes it needs"
+    ts = UID(str(ds.file_meta.TransferSyntaxUID))
+    if not ts.is_transfer_syntax:
+        return f"unknown transfer syntax {ts}: its pixel data cannot be decoded"
+    if not ts.is_compressed:
+        return f"cannot decode pixel data: {text}"
+    try:
+        decoder = get_decoder(ts)
+    except NotImplementedError:
+        return (
+            f"unsupported compression {ts.name} ({ts}): no DICOM pixel decoder exists for it "
+            "(a video or referenced stream, not a radiograph)"
+        )
+    others = decoder_packages(ts)
+    if not decoder.is_available:
+        return (
+            f"unsupported compression {ts.name} ({ts}): no decoder installed; "
+            f"install {' or '.join(others) or 'a pydicom pixel data plugin'}"
+        )
+    tail = f"; {' or '.join(others)} may decode it" if others else ""
+    return f"cannot decode {ts.name} pixel data: {text}{tail}"
+
+
+_PLUGIN_PACKAGES = {"gdcm": "python-gdcm"}  # pydicom plugin -> PyPI name where they differ
+
+
+def decoder_packages(transfer_syntax: str) -> list[str]:
+    """The PyPI packages, not installed here, that pydicom would use to decode pixel data
+    in ``transfer_syntax`` (e.g. ``python-gdcm``, ``pylibjpeg-rle``); [] when none."""
+    try:
+        missing = get_decoder(UID(transfer_syntax)).missing_dependencies
+    except (NotImplementedError, ValueError):
+        return []
+    out = []
+    for line in missing:  # "gdcm - requires gdcm>=3.0.10", "pylibjpeg - requires a and b"
+        plugin, _, needs = line.partition(" - requires ")
+        if plugin in _PLUGIN_PACKAGES:
+            out.append(_PLUGIN_PACKAGES[plugin])
+            continue
+        names = [re.split(r"[<>=!~ ]", n.strip())[0] for n in re.split(r",| and ", needs)]
+        out += [n for n in names if n and not _installed(n)]
+    return list(dict.fromkeys(out))
+
+
+def _installed(package: str) -> bool:
+    try:
+        metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 # --- value transforms ----------------------------------------------------------------
@@ -322,6 +598,15 @@ def _text(ds: Dataset, keyword: str) -> str | None:
         return None
     text = str(value).strip()
     return text or None
+
+
+def _values(ds: Dataset, keyword: str) -> tuple[str, ...]:
+    """A multi-valued element as upper-case strings (one value: a 1-tuple)."""
+    value = ds.get(keyword)
+    if value is None:
+        return ()
+    items = value if isinstance(value, list | tuple | pydicom.multival.MultiValue) else [value]
+    return tuple(str(v).strip().upper() for v in items if str(v).strip())
 
 
 def _int(ds: Dataset, keyword: str) -> int:

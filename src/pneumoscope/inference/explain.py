@@ -31,7 +31,7 @@ from torch import nn
 
 from pneumoscope.core.errors import UserError
 from pneumoscope.core.io import atomic_write, write_text_atomic
-from pneumoscope.data.preprocess import try_load_image
+from pneumoscope.inference.intended_use import IntendedUse, load_screened
 from pneumoscope.model.run import LoadedRun, load_run
 
 CSV_COLUMNS = ["path", "probability", "label", "threshold", "status", "error", "heatmap"]
@@ -380,42 +380,46 @@ def explain_files(
     paths: list[str],
     out_dir: str | Path,
     batch_size: int = 16,
+    scope: IntendedUse | None = None,
 ) -> list[dict]:
     """Predict and explain each input: one PNG per readable image in ``out_dir``, an error row
-    for each unreadable one, and ``out_dir/explanations.csv`` with every row in input order."""
+    for each unreadable one, a skipped or out_of_scope row for each DICOM the intended-use
+    rules (``scope``; default: the run's, nothing relaxed) refuse, and
+    ``out_dir/explanations.csv`` with every row in input order."""
     loaded = run_or_loaded if isinstance(run_or_loaded, LoadedRun) else load_run(run_or_loaded)
+    scope = scope or IntendedUse.from_card(loaded.card)
     out_dir = Path(out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = loaded.preprocess
-    thr = loaded.threshold
-    names = loaded.card.class_names
     batch_size = max(1, int(batch_size))
     spec: CamSpec | None = None
     rows: list[dict] = []
     for start in range(0, len(paths), batch_size):
         chunk = [str(p) for p in paths[start : start + batch_size]]
-        loaded_chunk = [(p, *try_load_image(p, cfg)) for p in chunk]
-        good = [(p, img) for p, img, _ in loaded_chunk if img is not None]
-        results: dict[int, tuple[float, np.ndarray]] = {}
+        read = [(p, *load_screened(p, loaded.preprocess, scope)) for p in chunk]
+        good = [i for i, (_, img, _, _) in enumerate(read) if img is not None]
+        done: dict[int, dict] = {}
         if good:
-            imgs = np.stack([img for _, img in good])
-            spec = spec or cam_spec(loaded.model, cfg.img_size, loaded.in_chans)
-            logits = loaded.predict_logits(imgs, batch_size)
-            probs = loaded.proba_from_logits(logits)
-            heats = gradcam(loaded, imgs, batch_size, spec)
-            good_idx = [i for i, (_, img, _) in enumerate(loaded_chunk) if img is not None]
-            for k, i in enumerate(good_idx):
-                results[i] = (float(probs[k]), heats[k])
-        for i, (path, img, err) in enumerate(loaded_chunk):
-            if i not in results:
-                rows.append(_row(path, None, "", thr, "error", err, ""))
-                continue
-            prob, heat = results[i]
-            label = names[int(prob >= thr)]
-            png = out_dir / heatmap_name(path)
-            save_explanation(png, img, heat, prob, label, thr)
-            rows.append(_row(path, prob, label, thr, "ok", "", str(png)))
+            spec = spec or cam_spec(loaded.model, loaded.preprocess.img_size, loaded.in_chans)
+            made = _explain_chunk(loaded, [read[i] for i in good], out_dir, batch_size, spec)
+            done = dict(zip(good, made, strict=True))
+        for i, (path, _, status, why) in enumerate(read):
+            rows.append(done.get(i) or _row(path, None, "", loaded.threshold, status, why, ""))
     _write_csv(out_dir / CSV_NAME, rows)
+    return rows
+
+
+def _explain_chunk(loaded: LoadedRun, read: list, out_dir: Path, batch_size: int, spec) -> list:
+    """Rows (and PNGs) for decoded images: probability, label and Grad-CAM heatmap."""
+    imgs = np.stack([img for _, img, _, _ in read])
+    probs = loaded.proba_from_logits(loaded.predict_logits(imgs, batch_size))
+    heats = gradcam(loaded, imgs, batch_size, spec)
+    thr, names = loaded.threshold, loaded.card.class_names
+    rows = []
+    for (path, img, _, _), prob, heat in zip(read, probs, heats, strict=True):
+        label = names[int(prob >= thr)]
+        png = out_dir / heatmap_name(path)
+        save_explanation(png, img, heat, float(prob), label, thr)
+        rows.append(_row(path, float(prob), label, thr, "ok", "", str(png)))
     return rows
 
 

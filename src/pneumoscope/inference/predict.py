@@ -3,6 +3,14 @@
 Rows stream to the CSV in input order as batches finish, so memory stays bounded
 whatever the number of inputs. An unreadable input gets a row with status ``error`` and
 its reason; every other input still gets its prediction.
+
+A folder is scanned by content, as a PACS export needs (``IM00001``, ``1``, ``2``, ...
+without extensions): every DICOM object and every image gets a row, a DICOMDIR brings the
+files it indexes (each read once, whether found by the scan or the index), and the other
+files (``README.txt``, ``Thumbs.db``) are counted and listed, never dropped silently.
+Before a DICOM is decoded its header meets the intended-use rules
+(:mod:`pneumoscope.inference.intended_use`): a non-image object gets status ``skipped``,
+an image the model was not made for ``out_of_scope``, each with its reason.
 """
 
 from __future__ import annotations
@@ -11,17 +19,20 @@ import csv
 import glob
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pneumoscope.core.errors import UserError
+from pneumoscope.core.errors import ImageReadError, UserError
+from pneumoscope.core.io import write_text_atomic
+from pneumoscope.data.dicom import dicomdir_references, is_dicom, is_dicomdir
 from pneumoscope.data.layouts.base import is_hidden
-from pneumoscope.data.preprocess import PreprocessConfig, is_image_file, try_load_image
+from pneumoscope.data.preprocess import PreprocessConfig, is_image_file, sniff_image
+from pneumoscope.inference.intended_use import IntendedUse, load_screened
 from pneumoscope.model.ood import OodGuard
 from pneumoscope.model.run import LoadedRun, load_run
 
@@ -52,57 +63,150 @@ def _paths_from_csv(csv_path: Path) -> list[str]:
     return [str(p if Path(p).is_absolute() else base / p) for p in df[col] if p.strip()]
 
 
-def expand_inputs(inputs: list[str]) -> list[str]:
-    """Files as given; folders scanned recursively for images; globs expanded; a .csv file
-    is a list of inputs. A name that is neither an existing path nor a matching glob is
-    kept, so it gets an error row ("file not found") rather than vanishing silently."""
-    out: list[str] = []
+@dataclass
+class Inputs:
+    """What the inputs name: ``paths`` that each get a row, the files folder scans left
+    out as no image (``not_images``), and ``notes`` (e.g. an unreadable DICOMDIR)."""
+
+    paths: list[str] = field(default_factory=list)
+    not_images: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    _indexed: set[str] = field(default_factory=set, repr=False)  # found by scan or index
+
+    def add_found(self, path: str | Path) -> None:
+        """A file a folder scan or a DICOMDIR found: once, however it was found."""
+        key = os.path.realpath(path)
+        if key not in self._indexed:
+            self._indexed.add(key)
+            self.paths.append(str(path))
+
+    def add_index(self, dicomdir: Path) -> None:
+        """The files a DICOMDIR names (a missing one too: its row says it is missing)."""
+        try:
+            refs = dicomdir_references(dicomdir)
+        except ImageReadError as exc:
+            self.notes.append(f"cannot read the index {dicomdir}: {exc}")
+            return
+        for ref in refs:
+            self.add_found(ref)
+
+
+def is_input_file(path: Path) -> bool:
+    """Whether a folder scan offers the file to the decoder: an image by name, or by
+    content (PNG, JPEG, TIFF, BMP or DICOM, whatever the name)."""
+    if is_image_file(path):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return True  # unreadable: its row says why
+    return sniff_image(head) is not None or is_dicom(path)
+
+
+def _scan_folder(folder: Path, found: Inputs) -> None:
+    files = sorted(f for f in folder.rglob("*") if f.is_file() and not is_hidden(f, folder))
+    offered = {f: is_input_file(f) for f in files}
+    inputs = [f for f in files if offered[f]]
+    others = [str(f) for f in files if not offered[f]]
+    if not inputs:
+        listing = f" (only files that are not images: {_listing(others)})" if others else ""
+        raise UserError(f"no image files (JPEG, PNG, DICOM, ...) in folder {folder}{listing}")
+    found.not_images += others
+    for f in inputs:
+        found.add_found(f)
+    for f in inputs:  # what the scan found keeps its order; what only an index names follows
+        if f.suffix.lower() not in (".jpg", ".jpeg", ".png") and is_dicomdir(f):
+            found.add_index(f)
+
+
+def _listing(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(Path(n).name for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def scan_inputs(inputs: Iterable[str]) -> Inputs:
+    """Files as given (a DICOMDIR also brings the files it indexes); folders scanned
+    recursively by content; globs expanded; a .csv file is a list of inputs. A name that
+    is neither an existing path nor a matching glob is kept, so it gets an error row
+    ("file not found") rather than vanishing silently."""
+    found = Inputs()
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            found = sorted(
-                str(f)
-                for f in p.rglob("*")
-                if f.is_file() and is_image_file(f) and not is_hidden(f, p)
-            )
-            if not found:
-                raise UserError(f"no image files (.jpeg/.jpg/.png/.dcm/...) in folder {p}")
-            out += found
+            _scan_folder(p, found)
         elif p.is_file() and p.suffix.lower() == ".csv":
-            out += _paths_from_csv(p)
+            found.paths += _paths_from_csv(p)
+        elif p.is_file() and is_dicomdir(p):
+            found.paths.append(str(p))
+            found.add_index(p)
         elif p.exists():
-            out.append(str(p))
+            found.paths.append(str(p))
         elif glob.has_magic(item):
             matches = sorted(
                 m for m in glob.glob(os.path.expanduser(item), recursive=True) if Path(m).is_file()
             )
             if not matches:
                 raise UserError(f"the pattern {item} matches no files")
-            out += matches
+            found.paths += matches
         else:
-            out.append(str(p))
-    return out
+            found.paths.append(str(p))
+    return found
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+    """The paths of :func:`scan_inputs`: one row each."""
+    return scan_inputs(inputs).paths
+
+
+def skipped_list_path(out_csv: str | Path) -> Path:
+    """Where `predict` lists the files its folder scans left out: OUT.skipped.txt."""
+    out_csv = Path(out_csv)
+    return out_csv.with_name(f"{out_csv.stem}.skipped.txt")
+
+
+def write_skipped_list(found: Inputs, target: Path) -> Path | None:
+    """List the files left out (one path a line), or remove a stale list; its path or None."""
+    if not found.not_images:
+        target.unlink(missing_ok=True)
+        return None
+    write_text_atomic(target, "".join(f"{p}\n" for p in found.not_images))
+    return target
 
 
 @dataclass
 class Counts:
+    """What `predict` wrote: rows by status, and what the scan left out."""
+
     ok: int = 0
-    failed: int = 0
+    failed: int = 0  # status "error"
     flagged_ood: int = 0
+    out_of_scope: int = 0
+    skipped: int = 0  # DICOM objects that are no image
+    not_images: list[str] = field(default_factory=list)  # files no row was written for
+    skipped_list: Path | None = None  # where they are listed
+    notes: list[str] = field(default_factory=list)  # what could not be checked
+
+    def add(self, row: Prediction) -> None:
+        self.ok += row.status == "ok"
+        self.failed += row.status == "error"
+        self.out_of_scope += row.status == "out_of_scope"
+        self.skipped += row.status == "skipped"
+        self.flagged_ood += bool(row.ood)
 
 
 def _batches(
-    paths: list[str], cfg: PreprocessConfig, batch_size: int, workers: int
-) -> Iterator[list[tuple[str, np.ndarray | None, str]]]:
+    paths: list[str],
+    cfg: PreprocessConfig,
+    batch_size: int,
+    workers: int,
+    scope: IntendedUse | None,
+) -> Iterator[list[tuple[str, np.ndarray | None, str, str]]]:
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # OpenCV releases the GIL
         for start in range(0, len(paths), batch_size):
             chunk = paths[start : start + batch_size]
-            yield [
-                (p, *r)
-                for p, r in zip(
-                    chunk, pool.map(lambda q: try_load_image(q, cfg), chunk), strict=True
-                )
-            ]
+            loaded = pool.map(lambda q: load_screened(q, cfg, scope), chunk)
+            yield [(p, *r) for p, r in zip(chunk, loaded, strict=True)]
 
 
 def make_runner(loaded: LoadedRun, backend: str):
@@ -198,14 +302,18 @@ def predict_rows(
     batch_size: int = 32,
     workers: int | None = None,
     gradcam_dir: str | Path | None = None,
+    scope: IntendedUse | None = None,
 ) -> Iterator[Prediction]:
     """One Prediction per path, in input order, batch by batch: the inference path shared by
-    `predict`, the Python API and the service. An unreadable file gets status "error"."""
+    `predict`, the Python API and the service. An unreadable file gets status "error", a
+    DICOM the intended-use rules (``scope``; default: the run's, nothing relaxed) refuse
+    gets "skipped" or "out_of_scope"."""
     guard = OodGuard.load(loaded.files)
     thr, mid = loaded.threshold, model_id(loaded)
     workers = workers or os.cpu_count() or 1
-    for batch in _batches(paths, loaded.preprocess, batch_size, workers):
-        good = [i for i, (_, img, _) in enumerate(batch) if img is not None]
+    scope = scope or IntendedUse.from_card(loaded.card)
+    for batch in _batches(paths, loaded.preprocess, batch_size, workers, scope):
+        good = [i for i, (_, img, _, _) in enumerate(batch) if img is not None]
         done: dict[int, Prediction] = {}
         if good:
             imgs = np.stack([batch[i][1] for i in good])
@@ -216,8 +324,8 @@ def predict_rows(
             for k, i in enumerate(good):
                 preds[k].heatmap = heat[k] if heat else ""
                 done[i] = preds[k]
-        for i, (path, _, err) in enumerate(batch):
-            yield done.get(i) or Prediction(path, thr, mid, status="error", error=err)
+        for i, (path, _, status, why) in enumerate(batch):
+            yield done.get(i) or Prediction(path, thr, mid, status=status, error=why)
 
 
 def predict_to_csv(
@@ -229,18 +337,24 @@ def predict_to_csv(
     backend: str = "torch",
     gradcam_dir: str | Path | None = None,
     progress: bool = False,
+    allow: Iterable[str] = (),
 ) -> Counts:
-    """Stream one CSV row per input to ``out_csv`` (flushed as batches finish)."""
+    """Stream one CSV row per input to ``out_csv`` (flushed as batches finish); files a
+    folder scan left out are listed in OUT.skipped.txt. ``allow`` relaxes intended-use
+    rules (modality, body-part, view, multiframe, age)."""
     loaded = run if isinstance(run, LoadedRun) else load_run(run)
+    scope = IntendedUse.from_card(loaded.card, allow)
     runner = make_runner(loaded, backend)
-    paths = expand_inputs(inputs)
+    found = scan_inputs(inputs)
+    paths = found.paths
     if not paths:
         raise UserError("no inputs: give image files, folders, glob patterns or a CSV list")
     out_csv = Path(out_csv).expanduser()
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     heat = bool(gradcam_dir)
-    counts = Counts()
-    rows = predict_rows(loaded, runner, paths, batch_size, workers, gradcam_dir)
+    counts = Counts(not_images=found.not_images, notes=list(found.notes))
+    counts.skipped_list = write_skipped_list(found, skipped_list_path(out_csv))
+    rows = predict_rows(loaded, runner, paths, batch_size, workers, gradcam_dir, scope)
     with (
         open(out_csv, "w", newline="", encoding="utf-8") as fh,
         _progress(len(paths), progress) as prog,
@@ -250,12 +364,11 @@ def predict_to_csv(
         writer.writerow(CSV_COLUMNS + (["heatmap"] if heat else []))
         for n, row in enumerate(rows, 1):
             writer.writerow(row.csv_cells(heat))
-            counts.ok += row.status == "ok"
-            counts.failed += row.status != "ok"
-            counts.flagged_ood += bool(row.ood)
+            counts.add(row)
             if n % batch_size == 0 or n == len(paths):
                 fh.flush()
                 prog.update(task, completed=n)
+    counts.notes += scope.notes_for_inputs()
     return counts
 
 

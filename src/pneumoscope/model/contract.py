@@ -27,7 +27,14 @@ from pneumoscope.data.preprocess import PreprocessConfig
 from pneumoscope.model.calibration import TemperatureScaler
 
 CARD_VERSION = 1
-INTENDED_USE = "research and decision support; not a medical device"
+INTENDED_USE = (
+    "Research and decision support, not a medical device: the probability of pneumonia on "
+    "one frontal (AP or PA) chest radiograph (CR, DX or a digitised film) of a patient like "
+    "those the model was trained on (see its training population). Not for CT, MR or other "
+    "modalities, lateral views, other body parts, multi-frame objects or ages outside the "
+    "training population: DICOM inputs that are so are refused unless allowed (--allow)."
+)
+FRONTAL_VIEWS = ("AP", "PA", "FRONTAL")
 
 
 # --------------------------------------------------------------------------- files
@@ -215,6 +222,84 @@ class TrainingData:
 
 
 @dataclass
+class PopulationSource:
+    """One training source's patients: what is known of them and how (``age_from``)."""
+
+    name: str = ""
+    dataset: str = ""  # the public set it is, when recognised
+    layout: str = ""
+    images: int = 0  # training images from it
+    age_groups: list[str] = field(default_factory=list)  # "child", "adult"
+    age_min: float | None = None  # years
+    age_max: float | None = None
+    age_from: str = ""  # "the images' headers or list", "the dataset's description", ""
+    views: list[str] = field(default_factory=list)  # AP, PA, FRONTAL, LL, ...
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainingPopulation:
+    """Who the training images came from: what the intended-use rules compare a DICOM
+    header with. Ages in years (None where any source's are unknown); views as the
+    sources give them (AP, PA, or FRONTAL when only the projection is known)."""
+
+    sources: list[PopulationSource] = field(default_factory=list)
+    age_groups: list[str] = field(default_factory=list)
+    age_min: float | None = None
+    age_max: float | None = None
+    views: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def frontal_only(self) -> bool:
+        """True unless a source is known to hold other views (lateral films)."""
+        return all(v in FRONTAL_VIEWS for v in self.views)
+
+    def ages_text(self) -> str:
+        """``children aged 1-5 years`` / ``children and adults`` / ``patients of unknown
+        ages``."""
+        names = {"child": "children", "adult": "adults"}
+        groups = " and ".join(names.get(g, g) for g in self.age_groups)
+        if self.age_min is None or self.age_max is None:
+            return groups or "patients of unknown ages"
+        return f"{groups or 'patients'} aged {_years(self.age_min)}-{_years(self.age_max)} years"
+
+    def views_text(self) -> str:
+        """``frontal (AP) films`` / ``frontal films`` / ``AP/LL films``."""
+        if not self.frontal_only:
+            return f"{'/'.join(self.views)} films"
+        named = [v for v in self.views if v != "FRONTAL"]
+        return f"frontal ({'/'.join(named)}) films" if named else "frontal films"
+
+    def summary(self) -> str:
+        """One line for people: ages, views and sources."""
+        names = ", ".join(f"{s.name} ({s.dataset})" if s.dataset else s.name for s in self.sources)
+        return f"{self.ages_text()}; {self.views_text()}; sources: {names or 'unknown'}"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainingPopulation:
+        pop = _build(cls, {k: v for k, v in d.items() if k != "sources"})
+        pop.sources = [_build(PopulationSource, s) for s in d.get("sources", [])]
+        return pop
+
+    def to_dict(self) -> dict[str, Any]:
+        out = _plain(self)
+        out["sources"] = [_plain(s) for s in self.sources]
+        return out
+
+
+def _years(value: float) -> str:
+    return f"{value:g}" if value >= 1 else f"{value:.2g}"
+
+
+def intended_use_text(population: TrainingPopulation | None) -> str:
+    """The card's intended-use statement, naming the training population when known."""
+    if population is None:
+        return INTENDED_USE
+    return f"{INTENDED_USE} Trained on {population.summary()}."
+
+
+@dataclass
 class TrainingInfo:
     """How the run was trained. The first cards held only imbalance, pos_weight,
     epochs_run, train_seconds, stopped_by and seed; settings that did not exist then get
@@ -261,6 +346,7 @@ class ModelCard:
     threshold: float = 0.5
     threshold_policy: str = "0.5"
     training_data: TrainingData = field(default_factory=TrainingData)
+    population: TrainingPopulation | None = None  # older cards have none
     training: TrainingInfo = field(default_factory=TrainingInfo)
     best_epoch: int | None = None
     val_metrics: dict[str, Any] = field(default_factory=dict)
@@ -273,7 +359,7 @@ class ModelCard:
     # keys of model.json that are not plain fields of the card
     _STRUCTURED: ClassVar[frozenset[str]] = frozenset(
         {"in_chans", "img_size", "preprocess", "normalization", "eval_crop"}
-        | {"training_data", "training", "calibration", "extra", "input"}
+        | {"training_data", "training", "calibration", "extra", "input", "population"}
     )
     _REQUIRED: ClassVar[tuple[str, ...]] = (
         "architecture",
@@ -304,9 +390,11 @@ class ModelCard:
         )
         plain = {f.name for f in fields(cls)} - cls._STRUCTURED
         calibration = d.get("calibration")
+        population = d.get("population")
         return cls(
             input=spec,
             training_data=_build(TrainingData, d.get("training_data", {})),
+            population=None if population is None else TrainingPopulation.from_dict(population),
             training=_build(TrainingInfo, d.get("training", {})),
             **{k: d[k] for k in plain if k in d},
             extra={k: v for k, v in d.items() if k not in plain | cls._STRUCTURED},
@@ -332,6 +420,7 @@ class ModelCard:
             "threshold": self.threshold,
             "threshold_policy": self.threshold_policy,
             "training_data": _plain(self.training_data),
+            **({} if self.population is None else {"population": self.population.to_dict()}),
             "training": _plain(self.training),
             "best_epoch": self.best_epoch,
             "val_metrics": self.val_metrics,

@@ -3,6 +3,9 @@
 An upload is recognised by its bytes, decoded in memory by the bytes twin of the file
 decoder, and goes through the run's runner, temperature, threshold and OOD guard exactly
 as `predict_rows` does for a file, so the same film gets the same probability from both.
+A DICOM upload meets the same intended-use rules as in `predict` first: one that is no
+image (status ``skipped``) or that the model was not made for (``out_of_scope``) is that
+upload's outcome, HTTP 422 with the reason, and the others in a batch go on.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 
 from pneumoscope.core.errors import ImageReadError
 from pneumoscope.data.preprocess import load_image_bytes, sniff_image
+from pneumoscope.inference.intended_use import IntendedUse
 from pneumoscope.inference.predict import Prediction, make_runner, model_id, score_batch
 from pneumoscope.model.ood import OodGuard
 from pneumoscope.model.run import LoadedRun, load_run
@@ -44,7 +48,7 @@ class Outcome:
     prediction: Prediction
     sha256: str
     size: int
-    http_status: int = 200  # 400 unreadable, 415 not an image
+    http_status: int = 200  # 400 unreadable, 415 not an image, 422 skipped or out of scope
     pictures: dict[str, str] = field(default_factory=dict)  # image_png, heatmap_png (base64)
 
 
@@ -68,7 +72,8 @@ class Engine:
     Uploads are decoded on the caller's thread, at most ``decoders`` at once; their images
     are then scored in micro-batches shared with concurrent requests (at most ``max_batch``
     images, gathered for up to ``window_s``). Model work is serialised by a lock: Grad-CAM
-    hooks the shared network, and a concurrent forward pass would disturb it.
+    hooks the shared network, and a concurrent forward pass would disturb it. ``allow``
+    names the intended-use rules relaxed (``--allow``).
     """
 
     def __init__(
@@ -79,10 +84,12 @@ class Engine:
         max_batch: int = 16,
         window_s: float = 0.002,
         decoders: int = 2,
+        allow: tuple[str, ...] = (),
     ):
         self.loaded = loaded
         self.runner = runner
         self.backend = backend
+        self.scope = IntendedUse.from_card(loaded.card, allow)
         self.guard = OodGuard.load(loaded.files)
         self.model_id = model_id(loaded)
         self._lock = threading.Lock()
@@ -90,10 +97,11 @@ class Engine:
         self.batcher = MicroBatcher(self._score, max_batch, window_s)
 
     @classmethod
-    def load(cls, run: str | Path, backend: str = "torch", **batching) -> Engine:
-        """What `pneumoscope.api.load` does, keeping the runner: raises UserError."""
+    def load(cls, run: str | Path, backend: str = "torch", **options) -> Engine:
+        """What `pneumoscope.api.load` does, keeping the runner: raises UserError.
+        ``options``: batching and ``allow`` (ServeSettings.batching)."""
         loaded = load_run(run)
-        return cls(loaded, make_runner(loaded, backend), backend, **batching)
+        return cls(loaded, make_runner(loaded, backend), backend, **options)
 
     def close(self) -> None:
         self.batcher.close()
@@ -109,6 +117,7 @@ class Engine:
             "calibration": run.calibration.to_dict() if run.calibration else None,
             "ood": self.guard.to_dict() if self.guard else None,
             "intended_use": run.card.intended_use,
+            "intended_use_rules": self.scope.to_dict(),
             "test_metrics": self._test_metrics(),
         }
 
@@ -146,24 +155,29 @@ class Engine:
                 pred.path = up.filename
                 outcomes.append(Outcome(pred, digest, len(up.data), pictures=pictures))
             else:
-                status, message = d
-                pred = self._prediction(up.filename, status="error", error=message)
-                outcomes.append(Outcome(pred, digest, len(up.data), http_status=status))
+                http, status, message = d
+                pred = self._prediction(up.filename, status=status, error=message)
+                outcomes.append(Outcome(pred, digest, len(up.data), http_status=http))
         return outcomes
 
-    def _decode(self, upload: Upload) -> np.ndarray | tuple[int, str]:
-        """Pixels, or (HTTP status, reason): 400 unreadable, 415 not an image."""
+    def _decode(self, upload: Upload) -> np.ndarray | tuple[int, str, str]:
+        """Pixels, or (HTTP status, status, reason): 400 unreadable, 415 not an image, 422
+        skipped or out of scope by the intended-use rules."""
         data = upload.data
         if not data:
-            return 400, "empty file (0 bytes)"
-        if sniff_image(data) is None:
-            return 415, NOT_AN_IMAGE
+            return 400, "error", "empty file (0 bytes)"
+        kind = sniff_image(data)
+        if kind is None:
+            return 415, "error", NOT_AN_IMAGE
+        verdict = self.scope.screen(data) if kind == "dicom" else None
+        if verdict is not None:
+            return 422, verdict.status, verdict.reason
         try:
             return load_image_bytes(data, self.loaded.preprocess)
         except ImageReadError as exc:
-            return 400, str(exc)
+            return 400, "error", str(exc)
         except Exception as exc:  # a decoder bug must stay one file's error
-            return 400, f"unexpected error: {type(exc).__name__}"
+            return 400, "error", f"unexpected error: {type(exc).__name__}"
 
     def _prediction(self, filename: str, **values) -> Prediction:
         return Prediction(filename, self.loaded.threshold, self.model_id, **values)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pneumoscope.core.errors import UserError
+from pneumoscope.inference.intended_use import parse_allow
 from pneumoscope.inference.predict import BACKENDS
 
 
@@ -13,7 +14,7 @@ from pneumoscope.inference.predict import BACKENDS
 class ServeSettings:
     """Safe defaults: loopback only, 50 MB uploads, 2 requests decoding at once and 16
     more admitted, images scored in shared batches of up to 16 gathered for up to 2 ms,
-    30 s per request, no token, no CORS, no audit log."""
+    30 s per request, no token, no CORS, no audit log, every intended-use rule applied."""
 
     run: Path
     host: str = "127.0.0.1"
@@ -29,8 +30,10 @@ class ServeSettings:
     token_file: Path | None = None
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
     audit_log: Path | None = None
+    allow: tuple[str, ...] = ()  # intended-use rules relaxed (--allow)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "allow", tuple(sorted(parse_allow(self.allow))))
         checks = [
             (self.backend in BACKENDS, f"--backend must be one of {', '.join(BACKENDS)}"),
             (self.max_upload_mb > 0, "--max-upload-mb must be positive"),
@@ -52,11 +55,12 @@ class ServeSettings:
 
     @property
     def batching(self) -> dict:
-        """The Engine's batching arguments."""
+        """The Engine's options: its batching arguments and the intended-use rules relaxed."""
         return {
             "max_batch": self.max_batch,
             "window_s": self.batch_window_ms / 1000,
             "decoders": self.max_concurrency,
+            "allow": self.allow,
         }
 
     def read_token(self) -> str | None:

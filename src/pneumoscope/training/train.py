@@ -4,8 +4,9 @@ RUN/
     model.safetensors  best weights (highest validation AUROC), written when they improve;
                        with --ema-decay, the weights' moving average (what validation scored)
     model.json         model card: architecture, preprocessing, input channels,
-                       normalisation, evaluation crop, threshold, training data, initial
-                       weights, validation metrics
+                       normalisation, evaluation crop, threshold, training data and
+                       population (ages, views, sources), initial weights, validation
+                       metrics, intended use
     history.csv        per epoch: train/val loss, accuracy at 0.5, AUROC, learning rate
     curves.png         the same, plotted
     config.yaml        the resolved training config; `train --config RUN/config.yaml`
@@ -49,6 +50,7 @@ from pneumoscope.model.contract import (
     RunFiles,
     TrainingData,
     TrainingInfo,
+    intended_use_text,
 )
 from pneumoscope.training.callbacks import (
     AtomicCheckpointIO,
@@ -59,6 +61,7 @@ from pneumoscope.training.callbacks import (
 )
 from pneumoscope.training.config import IMBALANCE_CHOICES, TrainConfig  # noqa: F401  (re-exported)
 from pneumoscope.training.module import Classifier, quiet_warnings
+from pneumoscope.training.population import training_population
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -391,6 +394,7 @@ def _finish(
     val_at_thr = binary_metrics(best_labels, best_probs, threshold)
     training_curves(history, files.curves, best_epoch=best_epoch)
     info = _training_info(cfg, pos_weight, summary, len(history), fit_seconds)
+    population = training_population(cache)
     card = ModelCard(
         pneumoscope_version=__version__,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -407,9 +411,11 @@ def _finish(
         threshold=threshold,
         threshold_policy="youden (max sensitivity + specificity on validation)",
         training_data=_training_data(cfg, cache),
+        population=population,
         training=info,
         best_epoch=best_epoch,
         val_metrics={**best, "at_threshold": val_at_thr},
+        intended_use=intended_use_text(population),
     )
     if info.stopped_by in ("early_stopping", "max_epochs"):  # finished: nothing to resume
         files.last_ckpt.unlink(missing_ok=True)

@@ -1,0 +1,267 @@
+"""What the model may analyse: the intended-use rules read from a DICOM header.
+
+A DICOM object that is no image (a report, a presentation state, an RT plan, a DICOMDIR,
+no pixel data) is ``skipped``. An image the model was not made for is ``out_of_scope``,
+with a reason naming each rule it breaks and the flag that relaxes it:
+
+- ``modality``: a projection radiograph only: CR, DX, and secondary captures that look
+  like one (SC/OT with a chest body part, or converted from film or a workstation);
+  CT, MR, PT, US, NM, MG, XA, RT images and the rest are refused;
+- ``body-part``: BodyPartExamined, when present, names the chest;
+- ``view``: not a lateral (ViewPosition LL/RL/LATERAL, its view code, or a patient
+  orientation along the anterior-posterior axis) when the model learnt from frontal films;
+- ``multiframe``: one frame (with ``--allow multiframe`` the first frame is analysed);
+- ``age``: the patient's age (PatientAge, else the study date minus the birth date) lies
+  within the training population's ages, in completed years. A card without a population
+  (runs of older releases, such as 0.1.0) cannot say, and the rule is then not applied
+  (``notes`` says so, once per run).
+
+A header that lacks a fact passes that rule: absent is not refused. Files that are not
+DICOM have no header and pass every rule. `predict`, `explain` and the service all screen
+their inputs through :meth:`IntendedUse.screen`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pneumoscope.core.errors import UserError
+from pneumoscope.data.dicom import (
+    DicomHeader,
+    is_dicom,
+    is_dicom_bytes,
+    not_image_reason,
+    read_header,
+)
+from pneumoscope.data.preprocess import PreprocessConfig, try_load_image
+from pneumoscope.model.contract import ModelCard
+
+RULES = ("modality", "body-part", "view", "multiframe", "age")
+SKIPPED, OUT_OF_SCOPE = "skipped", "out_of_scope"
+
+RADIOGRAPHS = frozenset({"CR", "DX"})
+CAPTURES = frozenset({"SC", "OT"})
+# ConversionType of a capture made from a radiograph: digitised film, digital interface,
+# digitised video, workstation (not scanned documents, drawings or synthetic images)
+RADIOGRAPH_CONVERSIONS = frozenset({"DF", "DI", "DV", "WSD"})
+_CHEST_WORDS = ("CHEST", "THORA", "TORAX", "LUNG", "PULMO", "BRUST", "POUMON")
+_LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "LLAT", "RLAT"})
+_FRONTAL_VIEWS = frozenset({"AP", "PA"})
+# Modality of images whose header omits it, from the SOP class name
+_CLASS_MODALITIES = (
+    ("Computed Radiography", "CR"),
+    ("Digital X-Ray", "DX"),
+    ("Secondary Capture", "SC"),
+    ("CT ", "CT"),
+    ("MR ", "MR"),
+    ("Positron Emission", "PT"),
+    ("Ultrasound", "US"),
+    ("Nuclear Medicine", "NM"),
+    ("Mammography", "MG"),
+    ("X-Ray Angiographic", "XA"),
+    ("RT Image", "RTIMAGE"),
+)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Why an input is not analysed: ``status`` skipped or out_of_scope, the ``rules``
+    it breaks (none for skipped) and one line for people."""
+
+    status: str
+    reason: str
+    rules: tuple[str, ...] = ()
+
+
+def parse_allow(values: Iterable[str] | None) -> frozenset[str]:
+    """The ``--allow`` values as a set of rule names (UserError for an unknown one)."""
+    allowed = set()
+    for value in values or ():
+        for name in str(value).replace(",", " ").split():
+            rule = name.strip().lower().replace("_", "-")
+            if rule not in RULES:
+                raise UserError(f"--allow {name!r}: choose among {', '.join(RULES)}")
+            allowed.add(rule)
+    return frozenset(allowed)
+
+
+@dataclass(frozen=True)
+class IntendedUse:
+    """The rules as one run applies them: the training population's ages and views from
+    its card, and the rules the user relaxed (``allow``)."""
+
+    allow: frozenset[str] = frozenset()
+    ages: tuple[float, float] | None = None  # years, inclusive, in completed years
+    population: str = ""  # the ages as people read them: "children aged 1-5 years"
+    frontal_only: bool = True
+    notes: tuple[str, ...] = ()  # what could not be checked, said once per run
+    _screened: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+
+    @classmethod
+    def from_card(cls, card: ModelCard, allow: Iterable[str] = ()) -> IntendedUse:
+        allowed = parse_allow(allow)
+        pop = card.population
+        if pop is None:
+            note = (
+                "the age rule is not applied: the model card records no training "
+                "population (a run made by an older pneumoscope; train it again to add one)"
+            )
+            return cls(allowed, notes=() if "age" in allowed else (note,))
+        ages = None
+        if pop.age_min is not None and pop.age_max is not None:
+            ages = (float(pop.age_min), float(pop.age_max))
+        notes = ()
+        if ages is None and "age" not in allowed:
+            notes = ("the age rule is not applied: the training population's ages are unknown",)
+        return cls(allowed, ages, pop.ages_text(), pop.frontal_only, notes)
+
+    def to_dict(self) -> dict:
+        """For /v1/model: the rules, what is relaxed and what cannot be checked."""
+        return {
+            "rules": [r for r in RULES if r not in self.allow],
+            "allowed": sorted(self.allow),
+            "ages": list(self.ages) if self.ages else None,
+            "population": self.population,
+            "notes": list(self.notes),
+        }
+
+    def screen(self, source: str | os.PathLike | bytes) -> Verdict | None:
+        """The verdict for a file or upload, or None when it goes to the model (not DICOM,
+        or an image within scope). A DICOM whose header cannot be read also gets None:
+        the decoder then reports it as an error, in its own words."""
+        try:
+            if isinstance(source, bytes | bytearray):
+                if not is_dicom_bytes(bytes(source)):
+                    return None
+            elif not is_dicom(source):
+                return None
+            header = read_header(source)
+        except Exception:  # ImageReadError, or a header pydicom chokes on: the decoder says
+            return None
+        self._screened.set()
+        return self.check(header)
+
+    def notes_for_inputs(self) -> list[str]:
+        """``notes`` once a DICOM header was screened (they concern DICOM inputs only)."""
+        return list(self.notes) if self._screened.is_set() else []
+
+    def check(self, header: DicomHeader) -> Verdict | None:
+        """Skipped (no image), out of scope (the rules it breaks), or None."""
+        not_image = not_image_reason(header)
+        if not_image:
+            return Verdict(SKIPPED, not_image)
+        checks = {
+            "modality": _modality,
+            "body-part": _body_part,
+            "view": self._view,
+            "multiframe": _multiframe,
+            "age": self._age,
+        }
+        broken = []
+        for rule, check in checks.items():
+            why = None if rule in self.allow else check(header)
+            if why:
+                broken.append((rule, why))
+        if not broken:
+            return None
+        reason = "; ".join(
+            f"{why} [rule {rule}: --allow {rule} analyses it anyway]" for rule, why in broken
+        )
+        return Verdict(OUT_OF_SCOPE, f"not analysed: {reason}", tuple(r for r, _ in broken))
+
+    def _view(self, h: DicomHeader) -> str | None:
+        if not self.frontal_only:
+            return None
+        shown = lateral_view(h)
+        return f"lateral view ({shown}); the model learnt from frontal films" if shown else None
+
+    def _age(self, h: DicomHeader) -> str | None:
+        if self.ages is None or h.age_years is None:
+            return None
+        lo, hi = self.ages
+        years = math.floor(h.age_years)
+        if math.floor(lo) <= years <= math.floor(hi):
+            return None
+        return (
+            f"patient aged {_age_text(h.age_years)} (from {h.age_from}), outside the "
+            f"training population ({self.population})"
+        )
+
+
+def load_screened(
+    path: str | os.PathLike, cfg: PreprocessConfig, scope: IntendedUse | None
+) -> tuple[np.ndarray | None, str, str]:
+    """(image, "ok", "") or (None, status, reason): the intended-use rules first (a DICOM's
+    header), then the decoder; how `predict` and `explain` read a file, so one odd file
+    never stops a batch."""
+    verdict = scope.screen(path) if scope is not None else None
+    if verdict is not None:
+        return None, verdict.status, verdict.reason
+    img, err = try_load_image(path, cfg)
+    return img, ("ok" if img is not None else "error"), err
+
+
+def modality_of(h: DicomHeader) -> str:
+    """The header's Modality, else the one its SOP class implies ("" when neither says)."""
+    if h.modality:
+        return h.modality
+    name = h.sop_class_name
+    return next((m for key, m in _CLASS_MODALITIES if name.startswith(key)), "")
+
+
+def is_chest(body_part: str) -> bool:
+    text = body_part.upper()
+    return any(word in text for word in _CHEST_WORDS)
+
+
+def _modality(h: DicomHeader) -> str | None:
+    modality = modality_of(h)
+    if not modality or modality in RADIOGRAPHS:
+        return None
+    if modality in CAPTURES:
+        if is_chest(h.body_part) or h.conversion_type in RADIOGRAPH_CONVERSIONS:
+            return None
+        how = f"conversion type {h.conversion_type}" if h.conversion_type else "no conversion type"
+        return (
+            f"modality {modality}: a secondary capture that is not a chest film "
+            f"(no chest body part, {how})"
+        )
+    return f"modality {modality} is not a projection radiograph; the model reads CR and DX films"
+
+
+def _body_part(h: DicomHeader) -> str | None:
+    if not h.body_part or is_chest(h.body_part):
+        return None
+    return f"body part {h.body_part} is not the chest"
+
+
+def lateral_view(h: DicomHeader) -> str:
+    """What says the film is a lateral ("ViewPosition LL", ...), or "" when none does."""
+    if h.view_position in _LATERAL_VIEWS:
+        return f"ViewPosition {h.view_position}"
+    if h.view_position in _FRONTAL_VIEWS:
+        return ""
+    if "lateral" in h.view_code and "decubitus" not in h.view_code:
+        return f"view code {h.view_code!r}"
+    axes = {v[:1] for v in h.patient_orientation if v}
+    if len(h.patient_orientation) == 2 and axes & {"A", "P"} and not axes & {"L", "R"}:
+        return "PatientOrientation " + "\\".join(h.patient_orientation)
+    return ""
+
+
+def _multiframe(h: DicomHeader) -> str | None:
+    if h.frames <= 1:
+        return None
+    return f"a multi-frame object ({h.frames} frames); the model reads single radiographs"
+
+
+def _age_text(years: float) -> str:
+    if years < 2:
+        return f"{round(years * 12)} months"
+    return f"{math.floor(years)} years"
