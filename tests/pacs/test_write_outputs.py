@@ -110,3 +110,20 @@ def test_capture_uses_explain_gradcam_or_given_heat(loaded, inputs, tmp_path, on
     _, expected = dicom_results(source, film, given, info)
     supplied = write_dicom_outputs(loaded, [pred], tmp_path / "b", heats={paths[0]: given})
     assert np.array_equal(pydicom.dcmread(supplied.written[1]).pixel_array, expected.pixel_array)
+
+
+@pytest.mark.realdata
+def test_our_own_results_fed_back_are_skipped_not_analysed(loaded, inputs, tmp_path):
+    """A folder holding pneumoscope's SR and capture next to the film: predicting it again
+    analyses the film only; the capture (a chest picture) is recognised as our own output."""
+    paths, _ = inputs
+    preds = list(predict_rows(loaded, loaded, paths[:1], batch_size=8, workers=1))
+    out = write_dicom_outputs(loaded, preds, tmp_path / "out")
+    from pneumoscope.inference.intended_use import IntendedUse
+
+    scope = IntendedUse.from_card(loaded.card)
+    verdicts = {pydicom.dcmread(p).Modality: scope.screen(p) for p in out.written}
+    assert set(verdicts) == {"SR", "OT"}
+    assert all(v is not None and v.status == "skipped" for v in verdicts.values())
+    assert "pneumoscope's own AI result" in verdicts["OT"].reason
+    assert scope.screen(paths[0]) is None  # the film itself is analysed

@@ -29,16 +29,24 @@ def _report_scan(not_images: list[str], listed: Path | None, notes: list[str]) -
         typer.echo(f"note: {note}", err=True)
 
 
+DICOMWEB_HELP = "DICOMweb root of a PACS (e.g. http://pacs:8042/dicom-web): predict its studies."
+
+
 @app.command(
     epilog="Examples:\n\n"
     "  pneumoscope predict --run runs/r18 scans/ --out predictions.csv\n\n"
     "  pneumoscope predict --run runs/r18 'scans/**/*.dcm' list.csv --backend onnx --out p.csv"
     "\n\n  pneumoscope predict --run runs/r18 one.png --gradcam heatmaps/"
-    "\n\n  pneumoscope predict --run runs/r18 /media/cdrom/DICOMDIR --allow age --out p.csv",
+    "\n\n  pneumoscope predict --run runs/r18 /media/cdrom/DICOMDIR --allow age --out p.csv"
+    "\n\n  pneumoscope predict --run runs/r18 pacs_export/ --dicom-out results/"
+    "\n\n  pneumoscope predict --run runs/r18 --dicomweb http://pacs:8042/dicom-web "
+    "--study 1.2.3.4 --store"
+    "\n\n  pneumoscope predict --run runs/r18 --dicomweb http://pacs:8042/dicom-web "
+    "--date 20261201-20261203 --modality CR,DX --out p.csv",
 )
 def predict(
     inputs: list[str] = typer.Argument(
-        ...,
+        None,
         help="Image files (JPEG, PNG, DICOM), folders (searched recursively, files "
         "recognised by content, so a PACS export without extensions works), a DICOMDIR "
         "(its files), quoted glob patterns, or a .csv listing paths (column 'path').",
@@ -55,6 +63,24 @@ def predict(
     ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
     allow: list[str] = typer.Option(None, "--allow", metavar="RULE", help=ALLOW_HELP),
+    dicom_out: Path = typer.Option(
+        None,
+        help="For each DICOM film: a DICOM SR and a secondary capture (Grad-CAM, result burned "
+        "in) joining its study, written as DIR/<StudyUID>/<SOPUID>.dcm.",
+    ),
+    dicomweb: str = typer.Option(None, help=DICOMWEB_HELP),
+    study: list[str] = typer.Option(None, help="With --dicomweb: a Study Instance UID."),
+    date: str = typer.Option(
+        None, help="With --dicomweb: studies of a date or range (YYYYMMDD[-YYYYMMDD])."
+    ),
+    modality: str = typer.Option(
+        "CR,DX", help="With --dicomweb: modalities to fetch and to query (others: skipped rows)."
+    ),
+    store: bool = typer.Option(
+        False, help="With --dicomweb: send each film's SR and capture back (STOW-RS)."
+    ),
+    dicomweb_token_file: Path = typer.Option(None, help="File with a bearer token for the PACS."),
+    dicomweb_auth_file: Path = typer.Option(None, help="File with 'user:password' for the PACS."),
 ) -> None:
     """One CSV row per input: path, probability (calibrated), label, threshold, model_id,
     ood, ood_score, status, error.
@@ -64,12 +90,37 @@ def predict(
     skipped (a DICOM object that is no image: report, presentation state, DICOMDIR, ...)
     or out_of_scope (a DICOM the model was not made for: its modality, body part, view,
     frames or the patient's age; error says which rule and how to relax it). Files a
-    folder scan finds to be no image are listed in OUT.skipped.txt. The exit status is 1
+    folder scan finds to be no image are listed in OUT.skipped.txt. With --dicomweb, the
+    studies come from a PACS and rows are named StudyUID/SOPUID. The exit status is 1
     when any input failed."""
+    from pneumoscope.model.run import load_run
+
+    if dicomweb:
+        if inputs:
+            raise UserError("give either input files or --dicomweb, not both")
+        pacs = (dicomweb, study or [], date, modality, store, dicomweb_token_file,
+                dicomweb_auth_file)  # fmt: skip
+        counts = _predict_pacs(load_run(run), pacs, out, backend, allow, dicom_out)
+    elif not inputs:
+        raise UserError("no inputs: give image files, folders, globs or a CSV list, or --dicomweb")
+    elif study or date or store:
+        raise UserError("--study, --date and --store go with --dicomweb URL")
+    else:
+        counts = _predict_files(
+            load_run(run), inputs, out, (batch_size, workers, backend, gradcam, progress),
+            allow, dicom_out,
+        )  # fmt: skip
+    if counts.failed:
+        raise typer.Exit(1)
+
+
+def _predict_files(loaded, inputs, out, options, allow, dicom_out):
     from pneumoscope.inference.predict import predict_to_csv
 
+    batch_size, workers, backend, gradcam, progress = options
+    kept = []
     counts = predict_to_csv(
-        run,
+        loaded,
         inputs,
         out,
         batch_size=batch_size,
@@ -78,15 +129,53 @@ def predict(
         gradcam_dir=gradcam,
         progress=progress,
         allow=allow or (),
+        on_row=kept.append if dicom_out else None,
     )
+    _echo_counts(counts, out)
+    _report_scan(counts.not_images, counts.skipped_list, counts.notes)
+    if dicom_out:
+        from pneumoscope.pacs.results import write_dicom_outputs
+
+        _echo_results(write_dicom_outputs(loaded, kept, dicom_out), dicom_out)
+    return counts
+
+
+def _predict_pacs(loaded, pacs, out, backend, allow, dicom_out):
+    from pneumoscope.pacs import dicomweb as dw
+    from pneumoscope.pacs.studies import predict_studies, study_uids
+
+    url, studies, date, modality, store, token_file, auth_file = pacs
+    creds = dw.load_credentials(token_file=token_file, basic_auth_file=auth_file)
+    with dw.connect(url, credentials=creds) as server:
+        uids = study_uids(server, studies, date, modality)
+        done = predict_studies(
+            loaded, server, uids, out, backend=backend, allow=allow or (),
+            modalities=dw.parse_modalities(modality), store=store, dicom_out=dicom_out,
+        )  # fmt: skip
+    typer.echo(f"{done.studies} studies from {url}")
+    _echo_counts(done.counts, out)
+    _report_scan([], None, done.counts.notes)
+    if store or dicom_out:
+        _echo_results(done.results, dicom_out)
+    if store:
+        typer.echo(f"stored {done.stored} DICOM results in their studies on {url}")
+        for line in done.store_errors:
+            typer.echo(f"not stored: {line}", err=True)
+    return done.counts
+
+
+def _echo_counts(counts, out: Path) -> None:
     typer.echo(
         f"{counts.ok} predicted ({counts.flagged_ood} flagged out-of-distribution), "
         f"{counts.failed} failed, {counts.out_of_scope} out of scope, {counts.skipped} "
         f"skipped; written to {out}"
     )
-    _report_scan(counts.not_images, counts.skipped_list, counts.notes)
-    if counts.failed:
-        raise typer.Exit(1)
+
+
+def _echo_results(results, where: Path | None) -> None:
+    typer.echo(results.summary() + (f"; in {where}" if where else ""))
+    for path, why in results.errors:
+        typer.echo(f"no DICOM result for {path}: {why}", err=True)
 
 
 @app.command(

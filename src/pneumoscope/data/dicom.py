@@ -183,9 +183,10 @@ def parse_age(value: str | None) -> float | None:
 
 # Only these elements are read: never a patient's name or id. The birth date is read only
 # to compute an age, and kept nowhere.
+AI_MANUFACTURER = "pneumoscope"  # what pneumoscope's own DICOM results say they are from
 _HEADER_TAGS = [
     "SpecificCharacterSet", "SOPClassUID", "Modality", "BodyPartExamined", "ViewPosition",
-    "ViewCodeSequence", "PatientOrientation", "ConversionType",
+    "ViewCodeSequence", "PatientOrientation", "ConversionType", "Manufacturer",
     "NumberOfFrames", "Rows", "Columns", "PatientAge", "PatientBirthDate", "StudyDate",
     "SeriesDate", "AcquisitionDate", "ContentDate", *_PIXEL_TAGS,
 ]  # fmt: skip
@@ -202,6 +203,7 @@ class DicomHeader:
     view_code: str = ""  # ViewCodeSequence's code meaning, lower case
     patient_orientation: tuple[str, ...] = ()
     conversion_type: str = ""  # secondary captures: DF, DI, DV, WSD, SD, SI, DRW, SYN
+    manufacturer: str = ""
     frames: int = 1
     rows: int = 0
     columns: int = 0
@@ -242,6 +244,7 @@ def read_header(source: str | os.PathLike | bytes) -> DicomHeader:
         view_code=str(view_codes[0].get("CodeMeaning", "")).lower() if view_codes else "",
         patient_orientation=_values(ds, "PatientOrientation"),
         conversion_type=(_text(ds, "ConversionType") or "").upper(),
+        manufacturer=_text(ds, "Manufacturer") or "",
         frames=_int(ds, "NumberOfFrames") or 1,
         rows=_int(ds, "Rows"),
         columns=_int(ds, "Columns"),
@@ -320,6 +323,8 @@ def not_image_reason(header: DicomHeader) -> str | None:
     what = what or _NOT_IMAGE_MODALITIES.get(header.modality)
     if what is None and not header.has_pixels:
         what = "DICOM without pixel data"
+    if what is None and header.manufacturer == AI_MANUFACTURER:
+        what = "pneumoscope's own AI result (an overlay, not a film)"
     return f"{what} (SOP class {name}): not an image" if what else None
 
 

@@ -19,7 +19,7 @@ import csv
 import glob
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -338,10 +338,11 @@ def predict_to_csv(
     gradcam_dir: str | Path | None = None,
     progress: bool = False,
     allow: Iterable[str] = (),
+    on_row: Callable[[Prediction], None] | None = None,
 ) -> Counts:
     """Stream one CSV row per input to ``out_csv`` (flushed as batches finish); files a
     folder scan left out are listed in OUT.skipped.txt. ``allow`` relaxes intended-use
-    rules (modality, body-part, view, multiframe, age)."""
+    rules (modality, body-part, view, multiframe, age); ``on_row`` sees each row."""
     loaded = run if isinstance(run, LoadedRun) else load_run(run)
     scope = IntendedUse.from_card(loaded.card, allow)
     runner = make_runner(loaded, backend)
@@ -365,6 +366,8 @@ def predict_to_csv(
         for n, row in enumerate(rows, 1):
             writer.writerow(row.csv_cells(heat))
             counts.add(row)
+            if on_row:
+                on_row(row)
             if n % batch_size == 0 or n == len(paths):
                 fh.flush()
                 prog.update(task, completed=n)

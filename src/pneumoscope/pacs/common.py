@@ -17,9 +17,10 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, generate_uid
 
 from pneumoscope.core import __version__
+from pneumoscope.data.dicom import AI_MANUFACTURER
 from pneumoscope.inference.predict import Prediction
 
-MANUFACTURER = "pneumoscope"
+MANUFACTURER = AI_MANUFACTURER  # read back as "not a film" by the intended-use rules
 NOTICE = "AI RESULT - RESEARCH USE, NOT FOR DIAGNOSIS"
 SR_DESCRIPTION = "AI pneumonia report - research use, not for diagnosis"
 SC_DESCRIPTION = "AI pneumonia overlay - research use, not for diagnosis"
