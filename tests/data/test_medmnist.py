@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -103,3 +104,9 @@ def test_labels_that_are_not_0_or_1_stop_before_anything_is_kept(tmp_path, cache
     with pytest.raises(UserError, match="test_labels are not binary"):
         read_source("pm", npz)
     assert not (cache / "medmnist").exists() or not any((cache / "medmnist").iterdir())
+
+
+def test_a_device_or_other_non_folder_source_is_one_line():
+    """Not a folder, not a regular file (a character device): the same one-line refusal."""
+    with pytest.raises(UserError, match="is a file but not a .csv or .npz"):
+        detect_layout(Path("/dev/null"))

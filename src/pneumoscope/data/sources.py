@@ -80,10 +80,10 @@ def detect_layout(path: Path) -> str:
     if found:
         return found
     choices = "|".join(layout_names())
-    if path.is_file():
+    if not path.is_dir():
         raise UserError(
-            f"source {path} is a file but not a .csv: give a folder of images, a CSV of "
-            f"path,label, or an RSNA folder (choose with --layout {choices})"
+            f"source {path} is a file but not a .csv or .npz: give a folder of images, a CSV "
+            f"of path,label, a MedMNIST .npz or an RSNA folder (choose with --layout {choices})"
         )
     below = {child.name: k for child in subdirs(path) if (k := _detected(child))}
     if len(below) > 1:
