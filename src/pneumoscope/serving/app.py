@@ -11,15 +11,12 @@ capture joining the upload's study (``pneumoscope.pacs``), as a DICOMweb-style
 
 from __future__ import annotations
 
-import base64
 import math
 import uuid
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any, Literal
 
-import cv2
-import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -158,14 +155,6 @@ def require_token(
     service(request).check_token(request)
 
 
-def heat_from_picture(heatmap_png: str) -> np.ndarray:
-    """The Grad-CAM heat in [0, 1] back from the engine's heatmap picture, whose alpha channel
-    is the heat in 8 bits (``engine.heatmap_rgba``): as fine as the capture's 8-bit colour
-    map draws it. (An engine hook handing over the heat array would spare the round trip.)"""
-    buf = np.frombuffer(base64.b64decode(heatmap_png), np.uint8)
-    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)[:, :, 3].astype(np.float32) / 255.0
-
-
 class DicomWork:
     """format=dicom, on the worker thread: refuse an image that is not DICOM (422), predict
     with Grad-CAM, then build the SR and the capture from the upload and its result."""
@@ -180,7 +169,7 @@ class DicomWork:
             raise ApiError(422, NOT_DICOM)
         [outcome] = self.engine.predict(uploads, True, deadline)
         if outcome.http_status == 200:
-            heat = heat_from_picture(outcome.pictures["heatmap_png"])
+            heat = outcome.heat
             policy = self.engine.loaded.threshold_policy
             try:
                 self.parts = list(dicom_results_bytes(data, outcome.prediction, heat, policy))

@@ -50,6 +50,7 @@ class Outcome:
     size: int
     http_status: int = 200  # 400 unreadable, 415 not an image, 422 skipped or out of scope
     pictures: dict[str, str] = field(default_factory=dict)  # image_png, heatmap_png (base64)
+    heat: np.ndarray | None = None  # Grad-CAM in [0, 1] when asked (for DICOM results)
 
 
 def png_base64(image: np.ndarray) -> str:
@@ -151,9 +152,9 @@ class Engine:
         for i, (up, d) in enumerate(zip(uploads, decoded, strict=True)):
             digest = hashlib.sha256(up.data).hexdigest()
             if i in by_index:
-                pred, pictures = by_index[i]
+                pred, pictures, heat = by_index[i]
                 pred.path = up.filename
-                outcomes.append(Outcome(pred, digest, len(up.data), pictures=pictures))
+                outcomes.append(Outcome(pred, digest, len(up.data), 200, pictures, heat))
             else:
                 http, status, message = d
                 pred = self._prediction(up.filename, status=status, error=message)
@@ -184,7 +185,7 @@ class Engine:
 
     def _infer(
         self, pixels: np.ndarray, heatmap: bool, deadline: float | None
-    ) -> list[tuple[Prediction, dict]]:
+    ) -> list[tuple[Prediction, dict, np.ndarray | None]]:
         """`predict`'s scoring step (score_batch) on decoded uploads, plus the pictures:
         with a heatmap on its own (Grad-CAM needs the network to itself), else batched."""
         if heatmap:
@@ -195,9 +196,9 @@ class Engine:
                 {"image_png": png_base64(p), "heatmap_png": png_base64(heatmap_rgba(h))}
                 for p, h in zip(pixels, heats, strict=True)
             ]
-            return list(zip(preds, pictures, strict=True))
+            return list(zip(preds, pictures, heats, strict=True))
         preds = self._batched(pixels, deadline)
-        return [(pred, {}) for pred in preds]
+        return [(pred, {}, None) for pred in preds]
 
     def _batched(self, pixels: np.ndarray, deadline: float | None) -> list[Prediction]:
         job = self.batcher.submit(pixels)
