@@ -1,4 +1,5 @@
-"""Benchmark prediction backends on real cached test images: torch eager vs ONNX Runtime.
+"""Benchmark prediction backends on real cached test images: torch eager fp32 (the baseline),
+torch bf16 autocast, ONNX Runtime fp32 and static int8, OpenVINO int8.
 
     python bench/predict.py --run runs/reference --data work/pediatric128 \\
         --n 512 --threads 2 --out bench/results/predict.json
@@ -9,13 +10,18 @@ disk reads are not timed) with the same thread count for torch and ONNX Runtime:
     --repeats passes, taken round-robin over the backends; each backend's pass over the
     whole test split (which gives its AUROC) comes first and is its warm-up;
   * latency: one image per call (batch size 1), median and p95 over --latency-n images
-    after 10 warm-up calls.
+    after 10 warm-up calls, also round-robin over the backends, image by image.
+torch bf16 runs only on a CPU with native bf16 (AVX512-BF16, AMX) and OpenVINO only when
+installed (pip install 'pneumoscope[openvino]'); a backend left out is named in the report.
+Accuracy on the whole test split, against torch eager fp32: AUROC change, largest change
+of a calibrated probability, calls flipped at the run's threshold.
 Memory is measured in a fresh subprocess per backend (so one backend's allocations never
 count for another): after the imports and after loading the N images, the resident set
 (VmRSS) is read; the backend is then loaded and run over the N images once, and the
 process's peak resident set (VmHWM) is read. "peak +MB" is the difference: what the
 backend itself (weights, session, activations) added at its peak.
-The model is exported first (with int8) when RUN/model.onnx is missing or stale.
+The model is exported first (static int8, calibrated and checked on the validation split)
+when RUN/model.onnx or its int8 model is missing or stale.
 """
 
 from __future__ import annotations
@@ -36,12 +42,31 @@ from sklearn.metrics import roc_auc_score
 
 from pneumoscope.core.io import write_json_atomic
 from pneumoscope.data.cache import open_cache
-from pneumoscope.inference.export import INT8_OPS, OnnxRunner, export_onnx, export_problem
+from pneumoscope.inference.bf16 import TorchBf16Runner
+from pneumoscope.inference.export import MAX_FIDELITY, OnnxRunner, export_onnx, export_problem
+from pneumoscope.inference.hardware import cpu_features
+from pneumoscope.inference.ov_runner import OpenVinoRunner, openvino_available, openvino_problem
 from pneumoscope.model.contract import RunFiles
 from pneumoscope.model.run import check_compatible, load_run, sigmoid
 
-BACKENDS = ("torch eager", "onnxruntime fp32", "onnxruntime int8")
-BASELINE = BACKENDS[0]
+ALL_BACKENDS = (
+    "torch eager",
+    "torch bf16",
+    "onnxruntime fp32",
+    "onnxruntime int8",
+    "openvino int8",
+)
+BASELINE = ALL_BACKENDS[0]
+
+
+def available_backends() -> tuple[tuple[str, ...], dict]:
+    """(the backends this machine runs, {left out: why})."""
+    why = {}
+    if not cpu_features().bf16_fast:
+        why["torch bf16"] = "no native bf16 on this CPU (AVX512-BF16 or AMX)"
+    if not openvino_available():
+        why["openvino int8"] = "OpenVINO not installed"
+    return tuple(b for b in ALL_BACKENDS if b not in why), why
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,13 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--latency-n", type=int, default=50, help="images timed one by one")
-    p.add_argument(
-        "--int8-ops",
-        default=",".join(INT8_OPS),
-        help="ONNX ops quantised in model.int8.onnx (re-exported when they differ)",
-    )
     p.add_argument("--out", type=Path, default=Path("bench/results/predict.json"))
-    p.add_argument("--memory-worker", choices=BACKENDS, help=argparse.SUPPRESS)
+    p.add_argument("--memory-worker", choices=ALL_BACKENDS, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -67,6 +87,10 @@ def make_backend(name: str, args: argparse.Namespace):
     """Anything with ``logits_and_features(images, batch_size, rows)``."""
     if name == BASELINE:
         return load_run(args.run)
+    if name == "torch bf16":
+        return TorchBf16Runner(load_run(args.run))
+    if name == "openvino int8":
+        return OpenVinoRunner(args.run, threads=args.threads)
     return OnnxRunner(args.run, int8=name.endswith("int8"), threads=args.threads)
 
 
@@ -89,8 +113,8 @@ def time_backends(args, cache, test, images: np.ndarray) -> dict:
     The repeats go round-robin over the backends, so a change in the machine's load
     during the run hits them all alike.
     """
-    backends = {name: make_backend(name, args) for name in BACKENDS}
-    results: dict = {name: {"pass_seconds": []} for name in BACKENDS}
+    backends = {name: make_backend(name, args) for name in args.backends}
+    results: dict = {name: {"pass_seconds": []} for name in args.backends}
     for name, backend in backends.items():
         print(f"test split + warm-up: {name} ...", flush=True)
         t0 = time.perf_counter()
@@ -103,25 +127,30 @@ def time_backends(args, cache, test, images: np.ndarray) -> dict:
             t0 = time.perf_counter()
             backend.logits_and_features(images, args.batch_size)
             results[name]["pass_seconds"].append(time.perf_counter() - t0)
-    for name, backend in backends.items():
+    for name in backends:
         r = results[name]
         r["images_per_s"] = len(images) / float(np.median(r["pass_seconds"]))
-        print(f"latency: {name} ...", flush=True)
-        r.update(latency(backend, images, args.latency_n))
+    print("latency (round-robin) ...", flush=True)
+    for name, ms in latency(backends, images, args.latency_n).items():
+        results[name].update(latency_ms_median=float(np.median(ms)), latency_ms_p95=_p95(ms))
     return results
 
 
-def latency(backend, images: np.ndarray, n: int, warmup: int = 10) -> dict:
-    """Batch-1 latency. Torch's first ~7 single-image calls after batch work took ~1 s
-    each on the development machine (then ~40 ms), hence 10 warm-up calls."""
-    for i in range(warmup):
-        backend.logits_and_features(images[i : i + 1], 1)
-    ms = []
+def latency(backends: dict, images: np.ndarray, n: int, warmup: int = 10) -> dict:
+    """Batch-1 latencies (ms) of every backend, image by image round-robin. Torch's first
+    ~7 single-image calls after batch work took ~1 s each on the development machine (then
+    ~40 ms), hence 10 warm-up calls each."""
+    for backend in backends.values():
+        for i in range(warmup):
+            k = i % len(images)
+            backend.logits_and_features(images[k : k + 1], 1)
+    ms: dict = {name: [] for name in backends}
     for i in range(min(n, len(images))):
-        t0 = time.perf_counter()
-        backend.logits_and_features(images[i : i + 1], 1)
-        ms.append(1000 * (time.perf_counter() - t0))
-    return {"latency_ms_median": float(np.median(ms)), "latency_ms_p95": _p95(ms)}
+        for name, backend in backends.items():
+            t0 = time.perf_counter()
+            backend.logits_and_features(images[i : i + 1], 1)
+            ms[name].append(1000 * (time.perf_counter() - t0))
+    return ms
 
 
 def _p95(values: list[float]) -> float:
@@ -170,28 +199,37 @@ def measure_memory(name: str, args: argparse.Namespace) -> dict:
 # ---------------------------------------------------------------- report
 
 
-def ensure_export(args: argparse.Namespace, cache, test) -> dict:
-    """The run's export record, exporting first when it is missing, stale or other int8."""
-    ops = [op.strip() for op in args.int8_ops.split(",") if op.strip()]
+def ensure_export(args: argparse.Namespace, cache) -> dict:
+    """The run's export record, exporting first (static int8, checked on the validation
+    split) when it is missing or stale, or unchecked under an installed OpenVINO."""
+    files = RunFiles.of(args.run)
     problem = export_problem(args.run, int8=True)
+    if not problem and "openvino int8" in args.backends:
+        problem = openvino_problem(files)
     if not problem:
-        record = json.loads(RunFiles.of(args.run).export_record.read_text())
-        if record["int8"]["ops"] == ops:
-            return record
-        problem = f"{RunFiles.INT8} quantises {record['int8']['ops']}, not {ops}"
+        return json.loads(files.export_record.read_text())
     print(f"exporting first: {problem}", flush=True)
-    check = np.ascontiguousarray(cache.images[test["index"].to_numpy()[:32]])
-    return export_onnx(args.run, quantize=True, check_images=check, int8_ops=ops)
+    val = cache.split("val").iloc[:MAX_FIDELITY]
+    return export_onnx(
+        args.run,
+        quantize=True,
+        check_images=np.ascontiguousarray(cache.images[val["index"].to_numpy()]),
+        check_labels=val["label"].to_numpy(),
+    )
 
 
 def quality(logits: np.ndarray, base: np.ndarray, labels: np.ndarray, run) -> dict:
-    """AUROC on the test split, and how far from torch's logits and decisions it lands."""
-    decide = sigmoid(logits / run.temperature) >= run.threshold
-    base_decide = sigmoid(base / run.temperature) >= run.threshold
+    """AUROC on the test split, and how far from torch's logits, probabilities and
+    decisions it lands."""
+    p = sigmoid(logits.astype(np.float64) / run.temperature)
+    base_p = sigmoid(base.astype(np.float64) / run.temperature)
+    flips = int(np.sum((p >= run.threshold) != (base_p >= run.threshold)))
     return {
         "auroc": float(roc_auc_score(labels, logits)),
         "max_abs_logit_diff_vs_torch": float(np.max(np.abs(logits - base))),
-        "decisions_changed_vs_torch": int(np.sum(decide != base_decide)),
+        "max_prob_diff_vs_torch": float(np.max(np.abs(p - base_p))),
+        "decisions_changed_vs_torch": flips,
+        "flip_fraction": flips / len(p),
     }
 
 
@@ -208,12 +246,12 @@ def add_ratios(results: dict) -> None:
 def table(results: dict, args: argparse.Namespace) -> str:
     head = (
         f"{'backend':<18}{'img/s':>8}{'x':>7}{'lat ms':>9}{'p95':>8}{'x':>7}"
-        f"{'peak +MB':>10}{'x':>7}{'AUROC':>9}{'dAUROC':>10}{'max|dz|':>9}{'flips':>6}"
+        f"{'peak +MB':>10}{'x':>7}{'AUROC':>9}{'dAUROC':>10}{'max|dp|':>9}{'flips':>6}"
     )
     lines = [
-        f"{args.n} test images, batch {args.batch_size}, {args.threads} threads; "
-        f"int8 quantises {args.int8_ops}; x = ratio to torch eager (speed: >1 faster; "
-        "memory: <1 smaller)",
+        f"{args.n} test images, batch {args.batch_size}, {args.threads} threads; int8: "
+        "static QDQ; x = ratio to torch eager fp32 (speed: >1 faster; memory: <1 smaller); "
+        "accuracy on the whole test split",
         head,
         "-" * len(head),
     ]
@@ -222,7 +260,7 @@ def table(results: dict, args: argparse.Namespace) -> str:
             f"{name:<18}{r['images_per_s']:>8.1f}{r['throughput_x']:>7.2f}"
             f"{r['latency_ms_median']:>9.2f}{r['latency_ms_p95']:>8.2f}{r['latency_x']:>7.2f}"
             f"{r['peak_increase_mb']:>10.0f}{r['memory_x']:>7.2f}{r['auroc']:>9.4f}"
-            f"{r['auroc_change']:>+10.5f}{r['max_abs_logit_diff_vs_torch']:>9.4f}"
+            f"{r['auroc_change']:>+10.5f}{r['max_prob_diff_vs_torch']:>9.4f}"
             f"{r['decisions_changed_vs_torch']:>6d}"
         )
     return "\n".join(lines)
@@ -234,8 +272,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.memory_worker:
         memory_worker(args)
         return
+    args.backends, left_out = available_backends()
+    for name, why in left_out.items():
+        print(f"left out: {name}: {why}", flush=True)
     cache, test, images = bench_images(args)
-    record = ensure_export(args, cache, test)
+    record = ensure_export(args, cache)
     run = load_run(args.run)
     labels = test["label"].to_numpy()
     load_before = os.getloadavg()
@@ -247,7 +288,10 @@ def main(argv: list[str] | None = None) -> None:
         r.update(measure_memory(name, args))
     add_ratios(results)
     print(table(results, args))
-    write_json_atomic(args.out, report(args, record, results, load_before, len(images)))
+    out = report(args, record, results, load_before, len(images))
+    out["left_out"] = left_out
+    out["config"]["n_test"] = len(labels)  # the accuracy columns' images: the whole test split
+    write_json_atomic(args.out, out)
     print(f"wrote {args.out}")
 
 
@@ -265,6 +309,7 @@ def report(args, record: dict, results: dict, load_before, n_images: int) -> dic
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
+            "cpu_features": cpu_features().to_dict(),
             "loadavg_before": load_before,
             "loadavg_after": os.getloadavg(),
         },

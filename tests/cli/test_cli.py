@@ -138,7 +138,11 @@ def test_cli_export_onnx_backend_gradcam_and_explain(run_dir, data_dir, syntheti
         str(tmp_path / "x.csv"),
     )
     _one_line_error(r, "pneumoscope export")  # no export yet: one line saying what to do
-    r = run_cli("export", "--run", str(run), "--data", str(data_dir), "--int8")
+    # 24 validation images: one swapped pair moves AUROC by 1/144, so loosen the tolerance
+    r = run_cli(
+        "export", "--run", str(run), "--data", str(data_dir), "--int8",
+        "--max-auroc-change", "0.05", "--max-flip-fraction", "0.2",
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "max |logit difference|" in r.stdout and (run / "model.onnx").is_file()
     csvs = {}

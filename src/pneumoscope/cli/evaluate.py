@@ -96,6 +96,9 @@ def evaluate(
     ),
     bootstrap: int = typer.Option(1000, help="Bootstrap replicates for 95% intervals (0 = none)."),
     seed: int = typer.Option(0, help="Seed of the bootstrap."),
+    backend: str = typer.Option(
+        "torch", help="The model to evaluate: torch | torch-bf16 | onnx | onnx-int8 | openvino."
+    ),
 ) -> None:
     """Metrics with 95% bootstrap intervals (resampling patients), per source and age group
     where known, operating points of every threshold policy, every image's probability and
@@ -104,7 +107,13 @@ def evaluate(
     from pneumoscope.evaluation.metrics import METRIC_LABELS
     from pneumoscope.model.contract import RunFiles
 
-    m = run_eval(run, data, split, out, n_boot=bootstrap, seed=seed)
+    runner = None
+    if backend != "torch":
+        from pneumoscope.inference.predict import make_runner
+        from pneumoscope.model.run import load_run
+
+        runner = make_runner(load_run(run), backend)
+    m = run_eval(run, data, split, out, n_boot=bootstrap, seed=seed, runner=runner)
     ci = m.get("ci", {})
     rows = [
         [label, f"{m[k]:.4f}", "" if k not in ci else f"{ci[k][0]:.4f} - {ci[k][1]:.4f}"]

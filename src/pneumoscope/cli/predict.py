@@ -56,7 +56,9 @@ def predict(
     batch_size: int = typer.Option(32, help="Images per inference batch."),
     workers: int = typer.Option(0, help="Decoding threads (0 = all cores)."),
     backend: str = typer.Option(
-        "torch", help="torch | onnx | onnx-int8 (after 'pneumoscope export')."
+        "torch",
+        help="torch | torch-bf16 | onnx | onnx-int8 | openvino | auto (onnx*, openvino: "
+        "after 'pneumoscope export'; auto: the fastest this CPU and run allow).",
     ),
     gradcam: Path = typer.Option(
         None, help="Also write a Grad-CAM heatmap PNG per input into this folder."
@@ -223,31 +225,66 @@ def export(
     run: Path = typer.Option(..., help="Run folder made by 'pneumoscope train'."),
     data: Path = typer.Option(
         None,
-        help="Prepared data whose validation images check the "
+        help="Prepared data whose validation images check (and calibrate) the "
         "export (default: the run's training data).",
     ),
     format: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
-    int8: bool = typer.Option(False, help="Also write a dynamically quantised int8 model."),
+    int8: bool = typer.Option(
+        False,
+        help="Also write a static int8 model (model.int8.onnx: QDQ, convolutions included, "
+        "per-channel weights, calibrated on validation images) for --backend onnx-int8 "
+        "and openvino; refused if it differs from float32 beyond tolerance.",
+    ),
+    calib_images: int = typer.Option(
+        256, help="Validation images (a seeded sample) that calibrate the int8 model."
+    ),
+    max_auroc_change: float = typer.Option(0.002, help="int8 tolerance: validation AUROC."),
+    max_prob_change: float = typer.Option(0.05, help="int8 tolerance: any probability."),
+    max_flip_fraction: float = typer.Option(
+        0.01, help="int8 tolerance: fraction of calls flipped at the run's threshold."
+    ),
 ) -> None:
     """ONNX export with a dynamic batch size, checked against PyTorch (max |logit
-    difference| <= 1e-4) on real images; 'predict --backend onnx' uses it."""
+    difference| <= 1e-4) on real images; 'predict --backend onnx' uses it. Each model is
+    compared with float32 torch on the validation split (AUROC change, largest probability
+    change, calls flipped at the run's threshold); an int8 model beyond AUROC +-0.002,
+    probability +-0.05 or 1% of calls flipped is refused. The figures go to export.json."""
     from pneumoscope.data.cache import open_cache
-    from pneumoscope.inference.export import export_onnx
+    from pneumoscope.inference.export import MAX_FIDELITY, export_onnx
+    from pneumoscope.inference.fidelity import Tolerance
     from pneumoscope.model.contract import read_card
 
     if format != "onnx":
         raise UserError(f"--format must be onnx, got '{format}'")
+    if calib_images < 1:
+        raise UserError("--calib-images must be at least 1")
     data = data or Path(read_card(run).training_data.cache)
     cache = open_cache(data)
-    rows = cache.split("val")["index"].to_numpy()[:64]
-    info = export_onnx(run, quantize=int8, check_images=np.asarray(cache.images[rows]))
+    val = cache.split("val").iloc[:MAX_FIDELITY]
+    info = export_onnx(
+        run,
+        quantize=int8,
+        check_images=np.asarray(cache.images[val["index"].to_numpy()]),
+        check_labels=val["label"].to_numpy(),
+        calib_n=calib_images,
+        tolerance=Tolerance(max_auroc_change, max_prob_change, max_flip_fraction),
+    )
     typer.echo(
         f"exported {info['paths']['onnx']}: max |logit difference| vs PyTorch "
         f"{info['max_abs_diff_logit']:.1e} on {info['n_checked']} validation images"
     )
     if int8:
-        q = info["int8"]
-        typer.echo(
-            f"int8 ({', '.join(q['ops'])} quantised): {info['paths']['int8']}, max "
-            f"|logit difference| {q['max_abs_diff_logit']:.3f}"
-        )
+        typer.echo(f"int8 (static QDQ): {info['paths']['int8']}, {_figures(info['int8'])}")
+        ov = info["int8"].get("openvino")
+        if ov:
+            typer.echo(f"  under OpenVINO: {ov.get('refused') or _figures(ov)}")
+
+
+def _figures(q: dict) -> str:
+    """One line of the int8 model's fidelity figures."""
+    f = q.get("fidelity", q)
+    auc = "n/a" if f["auroc_change"] is None else f"{f['auroc_change']:+.4f}"
+    return (
+        f"AUROC change {auc}, max |probability difference| {f['max_prob_diff']:.4f}, "
+        f"{f['flips']} of {f['n_images']} calls flipped vs float32"
+    )

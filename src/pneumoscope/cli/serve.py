@@ -25,7 +25,9 @@ def serve(
     ),
     port: int = typer.Option(8000, help="TCP port."),
     backend: str = typer.Option(
-        "torch", help="torch | onnx | onnx-int8 (after 'pneumoscope export')."
+        "torch",
+        help="torch | torch-bf16 | onnx | onnx-int8 | openvino | auto (onnx*, openvino: "
+        "after 'pneumoscope export'; auto: the fastest this CPU and run allow).",
     ),
     max_upload_mb: float = typer.Option(50.0, help="Largest request body, in MB (413 above)."),
     token_file: Path = typer.Option(

@@ -87,7 +87,11 @@ def evaluate(
     out: str | Path | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    runner=None,
 ) -> dict:
+    """Metrics of ``run`` on a split. ``runner`` computes the logits (anything with
+    ``logits_and_features(images, rows=...)``, e.g. ``inference.predict.make_runner``'s
+    bf16 or int8 backends); default the run's float32 torch model."""
     loaded = load_run(run)
     cache = open_cache(data)
     check_compatible(cache, loaded, data)
@@ -97,7 +101,9 @@ def evaluate(
         raise UserError(f"split '{split}' of {data} holds one class only: AUROC is undefined")
     if n_boot < 0:
         raise UserError("--bootstrap must be 0 (no intervals) or more")
-    logits = loaded.predict_logits(cache.images, rows=rows["index"].to_numpy()).astype(float)
+    model = runner or loaded
+    logits, _ = model.logits_and_features(cache.images, rows=rows["index"].to_numpy())
+    logits = logits.astype(float)
     p_raw = sigmoid(logits)
     p = loaded.proba_from_logits(logits)
     thr = loaded.threshold

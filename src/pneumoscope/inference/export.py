@@ -1,4 +1,4 @@
-"""ONNX export of a run, an ONNX Runtime backend for it, and optional int8 weights.
+"""ONNX export of a run, an ONNX Runtime backend for it, and a static int8 model.
 
 ``export_onnx`` writes ``RUN/model.onnx`` (uint8 images in, logits and features out, the
 normalisation inside, any batch size), checks it against PyTorch on real images before it
@@ -9,22 +9,22 @@ Exporter: ``torch.onnx.export(dynamo=True)`` with a dynamic batch dimension. It 
 default, maintained exporter of PyTorch 2.9+, while the TorchScript one (``dynamo=False``)
 is deprecated; both gave the same numbers for seed_cnn, resnet10t/18 and efficientnet_b0.
 
-int8: ``quantize_dynamic`` on the Gemm/MatMul layers only (``INT8_OPS``). Measured on this
-project's conv nets (ONNX Runtime 1.31, 2 CPU threads, 128 px): dynamic quantisation of
-the convolutions too (ConvInteger, whose inputs are re-quantised at every call) ran
-2-8x *slower* than fp32, and Gemm/MatMul-only ran as fast as fp32 with logits within
-0.01. Dynamic int8 therefore brings no speed-up to conv nets; pass ``int8_ops=("Conv",
-"MatMul", "Gemm")`` for a 4x smaller (but slower) file. What did speed conv nets up in
-the same test was static QDQ quantisation (calibrated activations, QLinearConv): 1.3-2.6x
-faster than fp32, at a larger logit change; it is not implemented here.
+int8 (``--int8``): a static QDQ model, convolutions included, per-channel weights,
+calibrated on validation images (:mod:`pneumoscope.inference.quantize`). The previous
+dynamic int8 (last layer only) ran no faster than float32, and dynamic quantisation of the
+convolutions ran 2-8x slower; static QDQ runs the convolutions on the int8 units. Each
+model is compared with the float32 torch model on the validation images given
+(:mod:`pneumoscope.inference.fidelity`: AUROC change, largest probability change, calls
+flipped at the run's threshold); an int8 model beyond tolerance is refused (UserError) and
+no int8 file is left, the float32 export staying usable. When OpenVINO is installed, its
+run of the int8 file is checked the same way (``--backend openvino``).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +33,28 @@ import torch
 from pneumoscope.core import __version__
 from pneumoscope.core.errors import UserError
 from pneumoscope.core.io import atomic_write, write_json_atomic
+from pneumoscope.inference.export_record import INT8_FORMAT, check_export, export_problem
+from pneumoscope.inference.fidelity import TOLERANCE, Tolerance, compare, judge
+from pneumoscope.inference.hardware import cpu_features
+from pneumoscope.inference.quantize import CALIB_N, calibration_sample, quantize_qdq
 from pneumoscope.model.contract import RunFiles, read_card
 from pneumoscope.model.run import InferenceNet, LoadedRun, load_run, row_batches
+
+__all__ = [
+    "INT8_FORMAT",
+    "OnnxRunner",
+    "check_export",
+    "export_onnx",
+    "export_problem",
+    "fidelity_of",
+]
 
 INPUT = "image"
 OUTPUTS = ("logit", "features")
 DEFAULT_OPSET = 20  # torch 2.15's default; ONNX Runtime >= 1.18 runs it
 LOGIT_TOLERANCE = 1e-4
-MAX_CHECK = 32
-INT8_OPS = ("MatMul", "Gemm")
+MAX_CHECK = 32  # images of the exact (1e-4) arithmetic check
+MAX_FIDELITY = 2048  # validation images of the fidelity check
 
 
 # ---------------------------------------------------------------- export
@@ -53,41 +66,143 @@ def export_onnx(
     quantize: bool = False,
     check_images: np.ndarray | None = None,
     opset: int = DEFAULT_OPSET,
-    int8_ops: Sequence[str] = INT8_OPS,
+    check_labels: np.ndarray | None = None,
+    tolerance: Tolerance = TOLERANCE,
+    calib_n: int = CALIB_N,
+    seed: int = 0,
 ) -> dict:
     """Export ``run`` to ONNX, verify it against PyTorch, optionally write int8; return the record.
 
-    ``check_images`` are preprocessed uint8 images (N, S, S) (the first ``MAX_CHECK`` are
-    used); without them, random pixels are used, which check the arithmetic but not the
-    range of real inputs. The record (also written as export.json) holds the paths, the
-    differences to PyTorch and the weights' SHA-256.
+    ``check_images`` are preprocessed uint8 validation images (N, S, S): the first
+    ``MAX_CHECK`` check the arithmetic (max |logit difference| <= 1e-4), up to
+    ``MAX_FIDELITY`` (with ``check_labels`` for the AUROC) compare each model with float32
+    torch, and a seeded sample of ``calib_n`` calibrates the int8 model. Without them,
+    random pixels check the arithmetic only, and int8 is refused. The record (also written
+    as export.json) holds the paths, the figures and the weights' SHA-256.
     """
     files = RunFiles.of(run)
     read_card(files)  # a missing or unfinished run gets its own message
     digest = files.weights_sha256()  # taken before loading: the weights the export is made from
-    loaded = load_run(files.root, use_calibration=False)  # calibration does not touch the graph
-    images = _check_set(check_images, loaded.preprocess.img_size)
+    loaded = _load(files)
+    size = loaded.preprocess.img_size
+    images = _check_set(check_images, size)
+    if quantize and check_images is None:
+        raise UserError("int8 needs validation images to calibrate and check it on")
+    val = _fidelity_set(check_images, check_labels, size)
     out = Path(out).expanduser() if out else files.onnx
     record_path = RunFiles.record_beside(out)
     record_path.unlink(missing_ok=True)  # a half-finished export must never look current
+    int8_path = RunFiles.int8_beside(out)
+    int8_path.unlink(missing_ok=True)  # so is an int8 model of other weights
     net = loaded.inference_net()
-    ref = _torch_outputs(net, images)
     diffs: dict = {}
 
     def write(tmp: str) -> None:
         _export(net, images, tmp, opset)
-        diffs.update(_verify(tmp, images, ref))
+        diffs.update(_verify(tmp, images, _torch_outputs(net, images)))
 
     atomic_write(out, write)
     record = _record(loaded, out, record_path, digest, diffs, len(images), check_images)
+    record["tolerance"] = tolerance.to_dict()
+    if val is not None:
+        ref = _fidelity_ref(loaded, val[0])
+        record["fidelity"] = _figures(loaded, OnnxRunner.at(out), val, ref)
     if quantize:
-        int8_path = RunFiles.int8_beside(out)
-        record["int8"] = _write_int8(out, int8_path, images, ref, int8_ops)
-        record["paths"]["int8"] = str(int8_path.resolve())
+        _add_int8(record, loaded, out, int8_path, val, ref, (tolerance, calib_n, seed))
     if files.weights_sha256() != digest:
         raise UserError(f"{files.weights} changed during the export; run the export again")
     write_json_atomic(record_path, record)
     return record
+
+
+def _load(files: RunFiles) -> LoadedRun:
+    """The run, with its calibration (temperature, threshold) when current: the check
+    compares calibrated probabilities; a stale calibration leaves the card's threshold."""
+    from pneumoscope.model.calibration import TemperatureScaler
+
+    loaded = load_run(files.root, use_calibration=False)  # calibration never touches the graph
+    with contextlib.suppress(UserError):  # stale: 'calibrate' says so where it matters
+        loaded.calibration = TemperatureScaler.load(files)
+    return loaded
+
+
+def _add_int8(record: dict, loaded: LoadedRun, src: Path, dst: Path, val, ref, how) -> None:
+    """Quantise, check and (when within tolerance) install the int8 model; record it.
+
+    A refused model is deleted before the UserError, and the record (without int8, with
+    ``int8_refused``) is still written, so ``--backend onnx`` keeps working.
+    """
+    tolerance, calib_n, seed = how
+    calib = val[0][calibration_sample(len(val[0]), calib_n, seed)]
+    with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".int8-") as tmp:
+        candidate = Path(tmp) / dst.name
+        info = quantize_qdq(src, candidate, calib)
+        info["calibration"]["seed"] = seed
+        info["calibration"]["images"] = "validation split (seeded sample)"
+        figures = _figures(loaded, OnnxRunner.at(candidate), val, ref)
+        try:
+            info["fidelity"] = judge("the int8 model", figures, tolerance)
+        except UserError:
+            record["int8_refused"] = {**info, "fidelity": figures}
+            write_json_atomic(record["paths"]["record"], record)
+            raise
+        info["openvino"] = _openvino_figures(loaded, candidate, val, ref, tolerance)
+        os.replace(candidate, dst)
+    ours = record["int8"] = info
+    ours["max_abs_diff_logit"] = figures.pop("max_abs_diff_logit")
+    ours["logit_pearson"] = figures.pop("logit_pearson")
+    record["paths"]["int8"] = str(dst.resolve())
+
+
+def _openvino_figures(loaded: LoadedRun, path: Path, val, ref, tolerance) -> dict | None:
+    """OpenVINO's run of the int8 file against float32 (None when OpenVINO is not installed)."""
+    from pneumoscope.inference.ov_runner import OpenVinoRunner, openvino_available
+
+    if not openvino_available():
+        return None
+    figures = _figures(loaded, OpenVinoRunner.at(path), val, ref)
+    try:
+        judge("OpenVINO's run of the int8 model", figures, tolerance)
+    except UserError as exc:
+        figures["refused"] = str(exc)
+    return figures
+
+
+def _fidelity_set(images, labels, size: int):
+    """(images, labels or None) of the fidelity check: up to MAX_FIDELITY, or None."""
+    if images is None:
+        return None
+    images = np.asarray(images[:MAX_FIDELITY])
+    _check_set(images, size)
+    if labels is not None:
+        labels = np.asarray(labels[:MAX_FIDELITY])
+        if len(labels) != len(images):
+            raise UserError(f"{len(labels)} check labels for {len(images)} check images")
+    return images, labels
+
+
+def fidelity_of(
+    loaded: LoadedRun, runner, images: np.ndarray, labels: np.ndarray | None = None
+) -> dict:
+    """Figures (:func:`pneumoscope.inference.fidelity.compare`) of ``runner`` against the
+    float32 torch model of ``loaded`` on preprocessed uint8 ``images``."""
+    val = (np.asarray(images), None if labels is None else np.asarray(labels))
+    return _figures(loaded, runner, val, _fidelity_ref(loaded, val[0]))
+
+
+def _fidelity_ref(loaded: LoadedRun, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Float32 torch logits and probabilities: what every model is compared with."""
+    logits = loaded.predict_logits(images, batch_size=32)
+    return logits, loaded.proba_from_logits(logits)
+
+
+def _figures(loaded: LoadedRun, runner, val, ref) -> dict:
+    """compare() of ``runner`` on the fidelity set, with the logit differences."""
+    logits, _ = runner.logits_and_features(val[0], batch_size=32)
+    figures = compare(ref[1], loaded.proba_from_logits(logits), loaded.threshold, val[1])
+    figures["max_abs_diff_logit"] = _maxdiff(logits, ref[0])
+    figures["logit_pearson"] = _pearson(logits, ref[0])
+    return figures
 
 
 def _record(
@@ -105,6 +220,8 @@ def _record(
         "architecture": loaded.card.architecture,
         "exporter": "torch.onnx.export(dynamo=True), dynamic batch axis",
         "versions": _versions(),
+        "cpu": cpu_features().to_dict(),
+        "fidelity": None,
         "int8": None,
     }
 
@@ -181,35 +298,6 @@ def _opset_of(path: Path) -> int:
     return next(int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def _write_int8(
-    src: Path, dst: Path, images: np.ndarray, ref: tuple[np.ndarray, np.ndarray], ops
-) -> dict:
-    """Dynamic int8 (QInt8 weights) of ``ops``; returns its differences to PyTorch.
-
-    quant_pre_process first: it folds batch norms and re-infers shapes; without it the
-    quantiser rejects the dynamo exporter's shape annotations of transposed Gemm weights.
-    """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    with tempfile.TemporaryDirectory(prefix="pneumoscope-int8-") as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(src), str(pre))
-        atomic_write(
-            dst,
-            lambda out: quantize_dynamic(
-                pre, out, op_types_to_quantize=list(ops), weight_type=QuantType.QInt8
-            ),
-        )
-    z, _ = _run(_session(dst, None), images)
-    return {
-        "ops": list(ops),
-        "weight_type": "QInt8",
-        "max_abs_diff_logit": _maxdiff(z, ref[0]),
-        "logit_pearson": _pearson(z, ref[0]),
-    }
-
-
 def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
     if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
         return None
@@ -229,35 +317,6 @@ def _versions() -> dict:
 
 
 # ---------------------------------------------------------------- runtime
-
-
-def export_problem(run: str | Path, int8: bool = False) -> str | None:
-    """Why RUN's ONNX export cannot be used (missing, unfinished, stale), or None if it can."""
-    files = RunFiles.of(run)
-    path = files.int8 if int8 else files.onnx
-    again = f"run 'pneumoscope export --run {files.root}{' --int8' if int8 else ''}'"
-    if not path.is_file():
-        return f"{path} not found; {again} first"
-    record_path = files.export_record
-    if not record_path.is_file():
-        return f"{record_path} is missing (the export did not finish); {again} again"
-    try:
-        record = json.loads(record_path.read_text())
-    except json.JSONDecodeError as exc:
-        return f"{record_path} is not valid JSON ({exc}); {again} again"
-    if record.get("weights_sha256") != files.weights_sha256():
-        return f"{path} was exported from other weights than {files.weights}; {again} again"
-    if int8 and not record.get("int8"):
-        return f"{path} is not from the latest export (it had no int8); {again} again"
-    return None
-
-
-def check_export(run: str | Path, int8: bool = False) -> None:
-    """Raise UserError with the way out when RUN's ONNX export is missing or stale."""
-    read_card(run)  # a missing or unfinished run folder gets its own message
-    problem = export_problem(run, int8)
-    if problem:
-        raise UserError(problem)
 
 
 def _session(path: str | Path, threads: int | None):
@@ -283,10 +342,21 @@ class OnnxRunner:
 
     def __init__(self, run: str | Path, int8: bool = False, threads: int | None = None):
         files = RunFiles.of(run)
+        check_export(files.root, int8)
+        self._open(files.int8 if int8 else files.onnx, threads)
         self.root = files.root
-        check_export(self.root, int8)
-        self.path = files.int8 if int8 else files.onnx
         self.int8 = int8
+
+    @classmethod
+    def at(cls, path: str | Path, threads: int | None = None) -> OnnxRunner:
+        """A runner of the ONNX file ``path`` as it is (no staleness check): for the export."""
+        runner = cls.__new__(cls)
+        runner._open(Path(path), threads)
+        runner.root, runner.int8 = None, None
+        return runner
+
+    def _open(self, path: Path, threads: int | None) -> None:
+        self.path = path
         self.session = _session(self.path, threads)
         shape = self.session.get_inputs()[0].shape
         self.img_size = int(shape[-1])

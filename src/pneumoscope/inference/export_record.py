@@ -1,0 +1,44 @@
+"""Whether a run's ONNX export (and its int8 model) can be used: present, finished, made
+from the current weights, and of the current int8 format. Shared by the ONNX Runtime and
+OpenVINO runners and the export itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pneumoscope.core.errors import UserError
+from pneumoscope.model.contract import RunFiles, read_card
+
+INT8_FORMAT = "QDQ (static)"
+
+
+def export_problem(run: str | Path, int8: bool = False) -> str | None:
+    """Why RUN's ONNX export cannot be used (missing, unfinished, stale), or None if it can."""
+    files = RunFiles.of(run)
+    path = files.int8 if int8 else files.onnx
+    again = f"run 'pneumoscope export --run {files.root}{' --int8' if int8 else ''}'"
+    if not path.is_file():
+        return f"{path} not found; {again} first"
+    record_path = files.export_record
+    if not record_path.is_file():
+        return f"{record_path} is missing (the export did not finish); {again} again"
+    try:
+        record = json.loads(record_path.read_text())
+    except json.JSONDecodeError as exc:
+        return f"{record_path} is not valid JSON ({exc}); {again} again"
+    if record.get("weights_sha256") != files.weights_sha256():
+        return f"{path} was exported from other weights than {files.weights}; {again} again"
+    if int8 and not record.get("int8"):
+        return f"{path} is not from the latest export (it had no int8); {again} again"
+    if int8 and record["int8"].get("format") != INT8_FORMAT:
+        return f"{path} is an older dynamic int8 model (last layer only); {again} again"
+    return None
+
+
+def check_export(run: str | Path, int8: bool = False) -> None:
+    """Raise UserError with the way out when RUN's ONNX export is missing or stale."""
+    read_card(run)  # a missing or unfinished run folder gets its own message
+    problem = export_problem(run, int8)
+    if problem:
+        raise UserError(problem)
