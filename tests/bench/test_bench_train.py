@@ -1,4 +1,5 @@
-"""bench/train.py runs end to end on the small synthetic cache and writes well-formed JSON.
+"""bench/train.py runs end to end on the small synthetic cache and writes well-formed JSON:
+the input pipelines and the fp32 vs bf16 training steps at two sizes.
 
 No timing is asserted: only that every pipeline ran the steps asked for and that the
 figures are consistent with one another.
@@ -30,11 +31,13 @@ def test_bench_train_writes_a_well_formed_report(data_dir, tmp_path):
         "--warmup", "1",
         "--repeats", "1",
         "--naive-workers", "0,1",
+        "--sizes", "32,40",
         "--out", str(out),
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "pneumoscope cache" in done.stdout and "naive JPEG, 0 workers" in done.stdout
+    assert "bf16, 40 px" in done.stdout
 
     report = json.loads(out.read_text())
     cfg, env = report["config"], report["environment"]
@@ -58,3 +61,20 @@ def test_bench_train_writes_a_well_formed_report(data_dir, tmp_path):
         assert r["images_per_s"] > 0 and r["epoch_s_estimate"] > 0
         assert 0 <= r["input_share_pct"] <= 100
         assert r["input_ms_mean"] <= r["step_ms_mean"]
+        assert r["peak_rss_mb"] > 0 and r["peak_rss_rise_mb"] <= r["peak_rss_mb"]
+
+    # the precision section: fp32 and bf16 at each size, ratios to fp32 at the same size
+    assert cfg["precisions"] == ["fp32", "bf16"] and cfg["sizes"] == [32, 40]
+    assert cfg["precision"] in ("32-true", "bf16-mixed") and cfg["precision_reason"]
+    assert env["cpu_bf16_signals"].keys() == {"amx_bf16", "avx512_bf16", "onednn"}
+    prec = report["precisions"]
+    assert list(prec) == ["fp32, 32 px", "bf16, 32 px", "fp32, 40 px", "bf16, 40 px"]
+    for name, r in prec.items():
+        p, size = name.split(", ")
+        assert (r["precision"], r["img_size"]) == (p, int(size.split()[0]))
+        assert r["lightning_precision"] == {"fp32": "32-true", "bf16": "bf16-mixed"}[p]
+        assert r["timed_steps"] == 2 and r["images_per_s"] > 0 and r["peak_rss_mb"] > 0
+        fp32 = prec[f"fp32, {size}"]["images_per_s"]
+        assert r["x_fp32"] == (1.0 if p == "fp32" else r["images_per_s"] / fp32)
+        med = prec[f"fp32, {size}"]["step_ms_median"] / r["step_ms_median"]
+        assert r["x_fp32_median"] == (1.0 if p == "fp32" else med)

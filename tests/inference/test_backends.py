@@ -11,7 +11,7 @@ from pneumoscope.data.cache import open_cache
 from pneumoscope.inference import bf16, ov_runner, predict
 from pneumoscope.inference.bf16 import TorchBf16Runner
 from pneumoscope.inference.fidelity import TOLERANCE, Tolerance, compare, problems
-from pneumoscope.inference.hardware import CpuFeatures, cpu_features
+from pneumoscope.model.hardware import CpuFeatures, cpu_features
 from pneumoscope.model.run import load_run
 
 NO_BF16 = CpuFeatures(avx512_bf16=False, amx=False, vnni=False, capability="AVX2", machine="x")
@@ -45,7 +45,7 @@ def test_auto_picks_bf16_or_torch_without_an_export(run_dir, monkeypatch):
     loaded = load_run(run_dir)  # the session run has no export
     want = "torch-bf16" if cpu_features().bf16_fast else "torch"
     assert predict.resolve_backend(loaded, "auto") == want
-    monkeypatch.setattr("pneumoscope.inference.hardware.cpu_features", lambda: NO_BF16)
+    monkeypatch.setattr("pneumoscope.model.hardware.cpu_features", lambda: NO_BF16)
     assert predict.resolve_backend(loaded, "auto") == "torch"
     assert predict.make_runner(loaded, "auto") is loaded
 

@@ -214,7 +214,7 @@ def test_a_cache_of_another_size_or_clahe_is_refused_with_the_prepare_command(da
     with pytest.raises(UserError) as e:
         train(tiny(saved, tmp_path / "r", img_size=150), progress=False)
     assert f"data prepare --config {saved / 'prepare_config.yaml'} " in str(e.value)
-    with pytest.raises(UserError, match="needs a CUDA GPU.*bf16-mixed"):
+    with pytest.raises(UserError, match="needs a CUDA GPU; on CPU use --precision bf16"):
         train(tiny(data_dir, tmp_path / "r", precision="16-mixed"), progress=False)
 
 
@@ -414,17 +414,6 @@ def test_flip_with_rotation_is_a_rigid_motion():
     y = augment_batch(x.clone(), cfg, _gen())
     area = y.sum(dim=(1, 2, 3)) / disc.sum()
     assert (area - 1).abs().max() < 0.02
-
-
-def test_bf16_mixed_precision_trains_on_cpu(data_dir, tmp_path):
-    card = train(
-        tiny(data_dir, tmp_path / "bf16", epochs=1, precision="bf16-mixed"), progress=False
-    )
-    assert card.training.precision == "bf16-mixed"
-    assert np.isfinite(card.val_metrics["val_auroc"])
-    assert load_run(tmp_path / "bf16").predict_logits(np.zeros((2, 32, 32), np.uint8)).dtype == (
-        np.float32
-    )
 
 
 # --------------------------------------------------------------------------- weight EMA

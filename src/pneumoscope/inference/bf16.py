@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pneumoscope.core.errors import UserError
-from pneumoscope.inference.hardware import cpu_features
+from pneumoscope.model.hardware import cpu_features
 from pneumoscope.model.run import LoadedRun, row_batches
 
 

@@ -35,9 +35,9 @@ from pneumoscope.core.errors import UserError
 from pneumoscope.core.io import atomic_write, write_json_atomic
 from pneumoscope.inference.export_record import INT8_FORMAT, check_export, export_problem
 from pneumoscope.inference.fidelity import TOLERANCE, Tolerance, compare, judge
-from pneumoscope.inference.hardware import cpu_features
 from pneumoscope.inference.quantize import CALIB_N, calibration_sample, quantize_qdq
 from pneumoscope.model.contract import RunFiles, read_card
+from pneumoscope.model.hardware import cpu_features
 from pneumoscope.model.run import InferenceNet, LoadedRun, load_run, row_batches
 
 __all__ = [

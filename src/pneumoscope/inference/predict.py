@@ -239,7 +239,7 @@ def resolve_backend(loaded: LoadedRun, backend: str) -> str:
     if backend != "auto":
         return backend
     from pneumoscope.inference.export import export_problem
-    from pneumoscope.inference.hardware import cpu_features
+    from pneumoscope.model.hardware import cpu_features
 
     int8 = export_problem(loaded.root, int8=True) is None
     if int8 and _openvino_checked(loaded):

@@ -318,13 +318,17 @@ class TrainingInfo:
     ema_decay: float = 0.0
     batch_size_per_process: int | None = None
     processes: int = 1
-    precision: str | None = None
+    precision: str | None = None  # Lightning's name of what trained: 32-true, bf16-mixed, ...
+    precision_reason: str = ""  # why, e.g. "CPU has AMX-BF16 (auto)"; older cards: none
     initial_weights: dict[str, Any] | None = None
     epochs_run: int | None = None
     train_seconds: float | None = None
     stopped_by: str | None = None
     seed: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    # written only when set, so that older cards round-trip key for key
+    _OMIT_EMPTY: ClassVar[frozenset[str]] = frozenset({"precision_reason"})
 
 
 @dataclass
@@ -460,7 +464,12 @@ def _build(cls, d: Mapping[str, Any]):
 
 def _plain(obj) -> dict[str, Any]:
     """A card section as written: its fields in order, then the keys it did not know."""
-    out = {f.name: getattr(obj, f.name) for f in fields(obj) if f.name != "extra"}
+    omit = getattr(obj, "_OMIT_EMPTY", frozenset())
+    out = {
+        f.name: getattr(obj, f.name)
+        for f in fields(obj)
+        if f.name != "extra" and not (f.name in omit and not getattr(obj, f.name))
+    }
     return {**out, **obj.extra}
 
 

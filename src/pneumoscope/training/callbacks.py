@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import Callback, Checkpoint, WeightAveraging
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
+from pneumoscope.core.errors import UserError
 from pneumoscope.core.io import atomic_write, write_json_atomic
 from pneumoscope.model.architectures import head_module
 from pneumoscope.model.contract import RunFiles
@@ -98,9 +99,10 @@ class RunRecorder(Callback):
     Its state (history rows, best epoch, best validation predictions) is part of the
     checkpoint, so a resumed run's history continues where it stopped."""
 
-    def __init__(self, out: Path, init: dict | None = None):
+    def __init__(self, out: Path, init: dict | None = None, precision: str | None = None):
         self.files = RunFiles(Path(out))
         self.init = init
+        self.precision = precision  # Lightning's name; a resume must continue in the same
         self.rows: list[dict] = []
         self.best_auroc = -np.inf
         self.best: dict = {}
@@ -177,9 +179,11 @@ class RunRecorder(Callback):
             else torch.from_numpy(np.asarray(self.best_labels)),
             "elapsed_s": self._elapsed(),
             "init": self.init,
+            "precision": self.precision,
         }
 
     def load_state_dict(self, state: dict) -> None:
+        _same_precision(state.get("precision"), self.precision, self.files.root)
         self.rows = list(state["rows"])
         self.best_auroc = float(state["best_auroc"])
         self.best = dict(state["best"])
@@ -189,6 +193,18 @@ class RunRecorder(Callback):
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
         self.t0 = time.perf_counter()
         self.init = state.get("init", self.init)
+
+
+def _same_precision(saved: str | None, now: str | None, run: Path) -> None:
+    """A resumed run continues in the precision it started in (``--precision auto`` can
+    resolve otherwise on another machine). Checkpoints older than the field: no check."""
+    if saved is None or now is None or saved == now:
+        return
+    raise UserError(
+        f"{run} was trained in {saved} precision, but here its config resolves to {now} "
+        "(--precision auto picks by machine); resume it on a machine like the one it "
+        f"started on, or start a new run with --weights {run}"
+    )
 
 
 def _plain(v):

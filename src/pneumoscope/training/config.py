@@ -36,6 +36,11 @@ if TYPE_CHECKING:
 
 Imbalance = Literal["none", "pos-weight", "sampler"]
 IMBALANCE_CHOICES = get_args(Imbalance)
+# auto | bf16 | fp32 (pneumoscope.training.precision); the rest are Lightning's own names,
+# kept so that older run configs repeat unchanged
+Precision = Literal[
+    "auto", "bf16", "fp32", "32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64", "64-true"
+]
 # With --resume, only these may differ from the run's saved config: they change neither
 # the numbers nor the order in which anything happens.
 RESUME_OVERRIDABLE = ("max_minutes", "threads")
@@ -152,11 +157,11 @@ class TrainConfig(Settings):
     strategy: Literal["auto", "ddp", "ddp_spawn"] = Field(
         "auto", description="auto | ddp | ddp_spawn (with --devices or --num-nodes > 1)."
     )
-    precision: Literal["32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64", "64-true"] = (
-        Field(
-            "32",
-            description="32 | bf16-mixed | 16-mixed (CUDA GPU only) | bf16-true.",
-        )
+    precision: Precision = Field(
+        "auto",
+        description="auto (bf16 mixed precision on a CPU with AMX-BF16 or AVX512-BF16 or a "
+        "GPU with native bf16, float32 elsewhere; the card says which and why) | bf16 | "
+        "fp32. Lightning's names (32, bf16-mixed, 16-mixed on CUDA, bf16-true) work too.",
     )
     # the threshold is chosen on validation plus this many augmented copies of each image
     threshold_views: Whole = Field(
@@ -340,7 +345,7 @@ TRAIN_EPILOG = (
     "runs/adults --lr 3e-4   (fine-tune a previous run)\n\n"
     "  pneumoscope train --resume runs/r18 --max-minutes 90   (continue a killed run)\n\n"
     "  pneumoscope train --data work/data224 --out runs/b0 --model efficientnet_b0 "
-    "--pretrained --precision bf16-mixed --devices 4 --strategy ddp\n\n"
+    "--pretrained --precision bf16 --devices 4 --strategy ddp\n\n"
     "  pneumoscope train --data work/data128 --out runs/aug --augment rotation=15 "
     "--augment hflip=0.5 --augment gamma=0.2\n\n"
     "Presets (shipped in the package, pneumoscope/presets/train): seed1-cnn (the Keras "

@@ -131,8 +131,12 @@ class Classifier(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx):
+        # float32 whatever the training precision: the validation AUROC (which picks the
+        # best epoch) and the validation probabilities (which pick the threshold) are
+        # those of the float32 model that is saved and served.
         x, y = batch
-        logits = self(x)
+        with torch.autocast(x.device.type, enabled=False):
+            logits = self(x)
         self._val_out.append((logits.detach().float(), y.detach()))
 
     def on_validation_epoch_end(self) -> None:

@@ -62,6 +62,7 @@ from pneumoscope.training.callbacks import (
 from pneumoscope.training.config import IMBALANCE_CHOICES, TrainConfig  # noqa: F401  (re-exported)
 from pneumoscope.training.module import Classifier, quiet_warnings
 from pneumoscope.training.population import training_population
+from pneumoscope.training.precision import PrecisionChoice, machine_precision
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -131,16 +132,26 @@ def _uses_gpu(cfg: TrainConfig) -> bool:
     return cfg.accelerator == "auto" and torch.cuda.is_available()
 
 
-def check_hardware(cfg: TrainConfig) -> None:
+def _device(cfg: TrainConfig) -> str:
+    """'cuda', 'mps' or 'cpu': the device Lightning's accelerator setting ends up on."""
+    if _uses_gpu(cfg):
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if cfg.accelerator == "mps" or (
+        cfg.accelerator == "auto" and mps is not None and mps.is_available()
+    ):
+        return "mps"
+    return "cpu"
+
+
+def check_hardware(cfg: TrainConfig) -> PrecisionChoice:
+    """Refuses hardware settings the machine cannot run; returns the precision chosen for
+    it (``--precision auto``: bf16 mixed precision where the hardware runs it fast)."""
     if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError(
             "--accelerator gpu but no CUDA GPU is visible; use --accelerator cpu or auto"
         )
-    prec = str(cfg.precision)
-    if prec.startswith("16") and not _uses_gpu(cfg) and cfg.accelerator != "mps":
-        raise UserError(
-            f"--precision {prec} needs a CUDA GPU; on CPU use --precision bf16-mixed or 32"
-        )
+    return machine_precision(str(cfg.precision), _device(cfg))
 
 
 def _strategy(cfg: TrainConfig) -> str:
@@ -259,10 +270,11 @@ def _trainer(
     init: dict | None,
     progress: bool,
     callbacks: Sequence[Callback],
+    precision: str,
 ) -> L.Trainer:
     """The Lightning Trainer with the run's callbacks (recorder, early stopping, last
     checkpoint, freezing, EMA, progress bar) and then ``callbacks``."""
-    recorder = RunRecorder(files.root, init)
+    recorder = RunRecorder(files.root, init, precision)
     early = EarlyStopping(monitor="val_auroc", mode="max", patience=cfg.patience, verbose=False)
     cbs: list[Callback] = [recorder, early, LastCheckpoint(files.last_ckpt)]
     if cfg.freeze_epochs:
@@ -279,7 +291,7 @@ def _trainer(
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
         strategy=_strategy(cfg),
-        precision=cfg.precision,
+        precision=precision,
         max_epochs=cfg.epochs,
         callbacks=cbs,
         plugins=[AtomicCheckpointIO()],
@@ -311,7 +323,7 @@ def train(
     """
     cfg.validate()
     check_model_name(cfg.model)
-    check_hardware(cfg)
+    choice = check_hardware(cfg)
     cache = open_cache(cfg.data)
     check_input(cfg, cache)
     out = Path(cfg.out).expanduser()
@@ -344,6 +356,9 @@ def train(
         say(f"initial weights: {describe(init)}")
     else:
         say(f"resuming {out} from {ckpt}")
+    say(f"precision: {choice.lightning} ({choice.reason})")  # after what can still refuse
+    if choice.warning:
+        say(f"warning: {choice.warning}")
     train_loader = make_train_loader(cache, cfg)
     val_loader = make_loader(cache, "val", max(64, cfg.batch_size))
 
@@ -351,7 +366,7 @@ def train(
     if rank0:  # only now, when everything was checked and read (--weights may lie in out)
         _prepare_out(files, resume)
         write_text_atomic(files.config, cfg.to_yaml())
-    trainer = _trainer(cfg, files, init, progress, callbacks)
+    trainer = _trainer(cfg, files, init, progress, callbacks, choice.lightning)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         quiet_warnings()
@@ -364,7 +379,8 @@ def train(
         )
     if not trainer.is_global_zero:
         return None
-    return _finish(cfg, cache, out, time.perf_counter() - t0, mean, std, pos_weight)
+    fit_s = time.perf_counter() - t0
+    return _finish(cfg, cache, out, fit_s, (mean, std), pos_weight, choice)
 
 
 def _finish(
@@ -372,14 +388,15 @@ def _finish(
     cache: Cache,
     out: Path,
     fit_seconds: float,
-    mean: list[float],
-    std: list[float],
+    mean_std: tuple[list[float], list[float]],
     pos_weight: float | None,
+    choice: PrecisionChoice,
 ) -> ModelCard:
     """Card, curves, calibration and OOD guard from what the global-zero process wrote to
     disk (the same whether training ran in this process or in spawned ones)."""
     import json
 
+    mean, std = mean_std
     files = RunFiles(out)
     if not files.best_val.is_file() or not files.history.is_file():
         raise UserError("training stopped before the first validation; increase --max-minutes")
@@ -393,7 +410,7 @@ def _finish(
     threshold = youden_threshold(best_labels, best_probs)
     val_at_thr = binary_metrics(best_labels, best_probs, threshold)
     training_curves(history, files.curves, best_epoch=best_epoch)
-    info = _training_info(cfg, pos_weight, summary, len(history), fit_seconds)
+    info = _training_info(cfg, pos_weight, summary, len(history), fit_seconds, choice)
     population = training_population(cache)
     card = ModelCard(
         pneumoscope_version=__version__,
@@ -440,7 +457,12 @@ def _training_data(cfg: TrainConfig, cache: Cache) -> TrainingData:
 
 
 def _training_info(
-    cfg: TrainConfig, pos_weight: float | None, summary: dict, epochs_run: int, seconds: float
+    cfg: TrainConfig,
+    pos_weight: float | None,
+    summary: dict,
+    epochs_run: int,
+    seconds: float,
+    choice: PrecisionChoice,
 ) -> TrainingInfo:
     """How the run was trained; ``summary`` is what the recorder wrote when the fit ended."""
     return TrainingInfo(
@@ -461,7 +483,8 @@ def _training_info(
         ema_decay=cfg.ema_decay,
         batch_size_per_process=cfg.batch_size,
         processes=cfg.devices * cfg.num_nodes,
-        precision=str(cfg.precision),
+        precision=choice.lightning,
+        precision_reason=choice.reason,
         initial_weights=summary.get("init"),
         epochs_run=int(epochs_run),
         train_seconds=round(float(summary.get("train_seconds", seconds)), 1),
