@@ -77,9 +77,10 @@ from pneumoscope.core.io import write_json_atomic
 from pneumoscope.data.augment import AugmentConfig
 from pneumoscope.data.cache import Cache, open_cache
 from pneumoscope.data.preprocess import PreprocessConfig, preprocess_gray
+from pneumoscope.model.hardware import cpu_signals
 from pneumoscope.training.config import TrainConfig, resolve_config
 from pneumoscope.training.module import Classifier, quiet_warnings
-from pneumoscope.training.precision import cpu_bf16_unit, cpu_signals, machine_precision
+from pneumoscope.training.precision import cpu_bf16_unit, machine_precision
 from pneumoscope.training.train import (
     _quiet_lightning,
     check_input,

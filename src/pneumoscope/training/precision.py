@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pneumoscope.model.hardware import cpu_signals  # noqa: F401  (re-exported)
+from pneumoscope.model.hardware import cpu_signals
 
 BF16 = "bf16-mixed"
 FP32 = "32-true"
