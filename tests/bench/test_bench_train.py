@@ -66,7 +66,7 @@ def test_bench_train_writes_a_well_formed_report(data_dir, tmp_path):
     # the precision section: fp32 and bf16 at each size, ratios to fp32 at the same size
     assert cfg["precisions"] == ["fp32", "bf16"] and cfg["sizes"] == [32, 40]
     assert cfg["precision"] in ("32-true", "bf16-mixed") and cfg["precision_reason"]
-    assert env["cpu_bf16_signals"].keys() == {"amx_bf16", "avx512_bf16", "onednn"}
+    assert env["cpu_bf16_signals"].keys() == {"amx_bf16", "avx512_bf16", "vnni", "onednn"}
     prec = report["precisions"]
     assert list(prec) == ["fp32, 32 px", "bf16, 32 px", "fp32, 40 px", "bf16, 40 px"]
     for name, r in prec.items():
