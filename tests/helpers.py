@@ -13,6 +13,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -486,3 +487,16 @@ def _handler_for(server: FileServer):
             self.close_connection = True
 
     return Handler
+
+
+def sr_probability(sr) -> float:
+    """The calibrated probability (DCM 122157) a pneumoscope SR holds; ``sr`` is a dataset
+    or a path to one."""
+    ds = sr if isinstance(sr, Dataset) else pydicom.dcmread(sr)
+    stack = list(ds.ContentSequence)
+    while stack:
+        item = stack.pop()
+        stack += list(item.get("ContentSequence", []))
+        if item.ConceptNameCodeSequence[0].CodeValue == "122157":
+            return float(item.MeasuredValueSequence[0].FloatingPointValue)
+    raise AssertionError("no probability in the SR")

@@ -15,7 +15,15 @@ import pytest
 import requests
 from pydicom.uid import generate_uid
 
-from tests.helpers import CT_IMAGE, REPO, chest_xray_dataset, dciodvfy, dicom_dataset, run_cli
+from tests.helpers import (
+    CT_IMAGE,
+    REPO,
+    chest_xray_dataset,
+    dciodvfy,
+    dicom_dataset,
+    run_cli,
+    sr_probability,
+)
 
 pytestmark = pytest.mark.realdata
 RUN_V1 = REPO / "tests" / "fixtures" / "run_v1"
@@ -79,16 +87,6 @@ def _modality(item: dict) -> str:
     return item["00080060"]["Value"][0]
 
 
-def _sr_probability(ds: pydicom.Dataset) -> float:
-    stack = list(ds.ContentSequence)
-    while stack:
-        item = stack.pop()
-        stack += list(item.get("ContentSequence", []))
-        if item.ConceptNameCodeSequence[0].CodeValue == "122157":
-            return float(item.MeasuredValueSequence[0].FloatingPointValue)
-    raise AssertionError("no probability in the SR")
-
-
 def test_predict_a_study_and_store_the_results_in_it(orthanc, study, auth_file, tmp_path):
     uid, (film1, film2, ct) = study
     out = tmp_path / "pacs.csv"
@@ -111,7 +109,7 @@ def test_predict_a_study_and_store_the_results_in_it(orthanc, study, auth_file, 
     for sr in srs:
         source = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
         sop = source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
-        assert _sr_probability(sr) == pytest.approx(
+        assert sr_probability(sr) == pytest.approx(
             float(rows[f"{uid}/{sop}"]["probability"]), abs=1e-6
         )
     for path in kept:

@@ -14,7 +14,7 @@ from pneumoscope.inference.explain import gradcam
 from pneumoscope.inference.predict import predict_rows
 from pneumoscope.model.run import load_run
 from pneumoscope.pacs.results import ResultInfo, dicom_results, write_dicom_outputs
-from tests.helpers import REPO, dciodvfy, write_dicom, xray_dicom
+from tests.helpers import REPO, dciodvfy, sr_probability, write_dicom, xray_dicom
 
 RUN_V1 = REPO / "tests" / "fixtures" / "run_v1"
 
@@ -51,17 +51,6 @@ def inputs(jpegs, tmp_path):
     del ds.StudyInstanceUID
     write_dicom(ds, lost)
     return [str(p) for p in (a, jpegs[1], broken, b, lost)], study
-
-
-def sr_probability(path) -> float:
-    ds = pydicom.dcmread(path)
-    stack = list(ds.ContentSequence)
-    while stack:
-        item = stack.pop()
-        stack += list(item.get("ContentSequence", []))
-        if item.ConceptNameCodeSequence[0].CodeValue == "122157":
-            return float(item.MeasuredValueSequence[0].FloatingPointValue)
-    raise AssertionError("no probability in the SR")
 
 
 @pytest.mark.realdata

@@ -14,7 +14,7 @@ from pneumoscope.data.dicom import decode_dicom_bytes
 from pneumoscope.data.preprocess import load_image_bytes
 from pneumoscope.inference.explain import gradcam
 from pneumoscope.pacs.results import ResultInfo, dicom_results
-from tests.helpers import PATIENT, dciodvfy, write_dicom, xray_dicom
+from tests.helpers import PATIENT, dciodvfy, sr_probability, write_dicom, xray_dicom
 
 MULTIPART = 'multipart/related; type="application/dicom"'
 
@@ -40,16 +40,6 @@ def parts(response) -> list[bytes]:
     return out
 
 
-def probability(sr) -> float:
-    stack = list(sr.ContentSequence)
-    while stack:
-        item = stack.pop()
-        stack += list(item.get("ContentSequence", []))
-        if item.ConceptNameCodeSequence[0].CodeValue == "122157":
-            return float(item.MeasuredValueSequence[0].FloatingPointValue)
-    raise AssertionError("no probability in the SR")
-
-
 @pytest.mark.realdata
 def test_dicom_upload_gets_sr_and_capture(client, engine, films, tmp_path):
     data = film_bytes(films[2], tmp_path)
@@ -60,7 +50,7 @@ def test_dicom_upload_gets_sr_and_capture(client, engine, films, tmp_path):
     sr_bytes, sc_bytes = parts(r)
     sr, sc = pydicom.dcmread(BytesIO(sr_bytes)), pydicom.dcmread(BytesIO(sc_bytes))
     assert (sr.Modality, sc.Modality, sc.BurnedInAnnotation) == ("SR", "OT", "YES")
-    assert probability(sr) == as_json["probability"]
+    assert sr_probability(sr) == as_json["probability"]
     for obj, name in ((sr, "sr.dcm"), (sc, "sc.dcm")):
         assert obj.StudyInstanceUID == source.StudyInstanceUID
         assert obj.SOPInstanceUID != source.SOPInstanceUID
