@@ -157,7 +157,7 @@ def test_presets_ship_inside_the_package():
         preset_names("data")
     )
     assert not (REPO / "configs").exists()  # one copy, the package's
-    assert read_preset("train", "fast-cpu")["img_size"] == 160  # what quickstart.sh reads
+    assert read_preset("train", "fast-cpu")["img_size"] == 192  # what quickstart.sh reads
     assert preset_file("train", "nope") is None and preset_file("train", "../train/x") is None
     assert preset_names("nothing") == []
     assert "did you mean fast-cpu" in _error(lambda: read_preset("train", "fast-cpus"))

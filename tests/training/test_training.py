@@ -87,9 +87,9 @@ def test_presets_are_plain_yaml_and_say_what_the_designs_did(tmp_path):
     fc = resolve_config("fast-cpu", over)  # the reference recipe of the README
     assert (fc.model, fc.img_size, fc.clahe, fc.epochs, fc.scheduler) == (
         "resnet18",
-        160,
+        192,
         True,
-        12,
+        14,
         "cosine",
     )
     assert (fc.pretrained, fc.imbalance, fc.threshold_views, fc.max_minutes) == (
