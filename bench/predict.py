@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from record import machine, method
 from sklearn.metrics import roc_auc_score
 
 from pneumoscope.core.io import write_json_atomic
@@ -306,14 +306,8 @@ def report(args, record: dict, results: dict, load_before, n_images: int) -> dic
             "repeats": args.repeats,
             "latency_n": args.latency_n,
         },
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "cpu_features": cpu_features().to_dict(),
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-        },
-        "method": __doc__.split("\n\n", 2)[2].strip(),
+        "machine": machine(load_before, cpu_features=cpu_features().to_dict()),
+        "method": method(__doc__),
         "export": record,
         "backends": results,
     }

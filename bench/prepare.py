@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +32,7 @@ import cv2
 import imagehash
 import numpy as np
 from PIL import Image
+from record import machine, method
 
 from pneumoscope.core.io import write_json_atomic
 from pneumoscope.data.cache import decode_rows
@@ -157,15 +156,8 @@ def main(argv: list[str] | None = None) -> None:
             "workers": args.workers,
             "repeats": args.repeats,
         },
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "python": sys.version.split()[0],
-            "opencv": cv2.__version__,
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-        },
-        "method": __doc__.split("\n\n", 2)[2].strip(),
+        "machine": machine(load_before, opencv=cv2.__version__),
+        "method": method(__doc__),
         "results": res["results"],
     }
     write_json_atomic(args.out, record)

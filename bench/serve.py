@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import random
 import socket
 import subprocess
@@ -46,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from record import machine, method
 
 LEVELS = (1, 4, 16)
 SOAK_CONCURRENCY = 4
@@ -423,13 +423,8 @@ def report(args, files, bare: dict, served: dict, rat: dict, load_before) -> dic
             "server_max_queue": args.max_queue,
             "quick": args.quick,
         },
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg(),
-        },
-        "method": __doc__.split("\n\n", 2)[2].strip(),
+        "machine": machine(load_before),
+        "method": method(__doc__),
         "bare": bare,
         "server": served,
         "ratios": rat,
