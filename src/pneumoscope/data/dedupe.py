@@ -16,6 +16,10 @@ contrast changes and blur stay <= 24, and the closest pair of images of two diff
 patients lies at 40 (one pair below that, at 0, is a real pixel-identical duplicate
 filed under two patient ids). Copies with a crop, shift or rotation of more than about
 1 degree are *not* found: a perceptual hash of the whole image does not survive them.
+
+Near pairs are searched exhaustively for small N (``near_pairs``, the reference) and with
+an exact multi-index hash (``near_index``, FAISS) for large N: ``search_near_pairs``
+chooses by estimated time, and both give the same pairs.
 """
 
 from __future__ import annotations
@@ -27,10 +31,16 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from pneumoscope.data.near_index import exact_multihash, exhaustive_seconds, index_near_pairs
+
 PHASH_SIZE = 16  # imagehash hash_size: 16 x 16 = 256 bits
 PHASH_BITS = PHASH_SIZE * PHASH_SIZE
 THUMB_SIZE = 64  # the normalised square that is hashed (imagehash uses 4 x hash_size)
 NEAR_THRESHOLD = 24  # default Hamming distance (of 256 bits) for a near duplicate
+NEAR_METHODS = ("auto", "exhaustive", "index")
+# Real phashes meet more candidates than uniform codes (skewed buckets; 4x on the two
+# real folders): the index's estimate counts this many times the uniform candidates.
+INDEX_SKEW = 4.0
 
 
 def exact_hash(gray: np.ndarray) -> str:
@@ -87,8 +97,9 @@ def near_pairs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs (i < j) with Hamming distance <= threshold: exhaustive, in row blocks.
 
-    Exhaustive on purpose (no approximate index can miss a pair): about 0.5 s for 12,000
-    hashes on one core, growing with N^2 (about 35 s for 100,000).
+    The reference search (nothing can be missed) and the faster one for small N: about
+    0.4 s for 12,000 hashes on one core, growing with N^2 (about 35 s for 100,000);
+    ``search_near_pairs`` switches to the exact index above the crossover.
     """
     n = len(words)
     out_i, out_j, out_d = [], [], []
@@ -115,6 +126,35 @@ def near_pairs(
     )
 
 
+def choose_near_method(n: int, threshold: int, bits: int = PHASH_BITS) -> str:
+    """ "index" when an exact multi-hash setting exists and is estimated faster for n codes
+    (``INDEX_SKEW`` times the candidates of uniform codes), else "exhaustive"."""
+    if threshold < 0 or n < 2:
+        return "exhaustive"
+    setting = exact_multihash(threshold, n, bits)
+    if setting is None or setting.seconds(n, INDEX_SKEW) >= exhaustive_seconds(n):
+        return "exhaustive"
+    return "index"
+
+
+def search_near_pairs(
+    words: np.ndarray, threshold: int, method: str = "auto", threads: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs (i < j, sorted by i then j) within ``threshold`` bits, and their distances.
+
+    ``method``: "exhaustive" (``near_pairs``), "index" (``near_index.index_near_pairs``:
+    ValueError when no exact setting exists for the threshold) or "auto" (the faster by
+    ``choose_near_method``). ``threads``: the index's query threads (default: the cores).
+    """
+    if method not in NEAR_METHODS:
+        raise ValueError(f"method must be one of {', '.join(NEAR_METHODS)}, got {method!r}")
+    if method == "auto":
+        method = choose_near_method(len(words), threshold, 64 * words.shape[1])
+    if method == "index":
+        return index_near_pairs(words, threshold, threads=threads)
+    return near_pairs(words, threshold)
+
+
 @dataclass
 class Duplicates:
     """Duplicate links between rows (indices into the hashed rows), and their clusters.
@@ -131,8 +171,11 @@ class Duplicates:
     threshold: int
 
 
-def find_duplicates(sha1: list[str], phash: list[str], threshold: int) -> Duplicates:
-    """Exact and near duplicates among rows with hashes ``sha1[i]``, ``phash[i]``."""
+def find_duplicates(
+    sha1: list[str], phash: list[str], threshold: int, method: str = "auto"
+) -> Duplicates:
+    """Exact and near duplicates among rows with hashes ``sha1[i]``, ``phash[i]``;
+    ``method``: the near-pair search (``search_near_pairs``)."""
     from pneumoscope.data.groups import UnionFind
 
     n = len(sha1)
@@ -145,7 +188,7 @@ def find_duplicates(sha1: list[str], phash: list[str], threshold: int) -> Duplic
     exact_a = rep_of[exact_b]
     exact_d = hamming(words[exact_a], words[exact_b]) if len(exact_b) else np.zeros(0, np.int32)
     reps = np.flatnonzero(rep_of == np.arange(n))
-    ri, rj, rd = near_pairs(words[reps], threshold)
+    ri, rj, rd = search_near_pairs(words[reps], threshold, method)
     pairs = pd.DataFrame(
         {
             "a": np.concatenate([exact_a, reps[ri]]).astype(np.int64),
