@@ -74,6 +74,23 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A small local Ray cluster for one test module (two CPUs, 300 MB object store). Ray is
+    the ray extra, which CI installs: without it this fails, it does not skip."""
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=300 * 2**20,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture
 def one_torch_thread():
     """Tests share two cores with other jobs: a single intra-op thread avoids OpenMP

@@ -70,15 +70,34 @@ def write_kaggle_layout(
     return root
 
 
-def run_cli(*args: str, cwd: Path | None = None):
-    """Run the real console entry point in a subprocess, as a user would."""
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None):
+    """Run the real console entry point in a subprocess, as a user would (``env``: variables
+    set on top of this process's)."""
     return subprocess.run(
         [sys.executable, "-m", "pneumoscope", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
         timeout=600,
+        env={**os.environ, **env} if env else None,
     )
+
+
+def linked_kaggle_slice(src: Path, root: Path, per_class: dict[str, int], step: int) -> Path:
+    """``root``/{split}/{NORMAL,PNEUMONIA}: links to every ``step``-th real film of ``src``
+    (a Kaggle-layout folder), ``per_class[split]`` per class, plus two files that cannot be
+    read among the train PNEUMONIA films: a truncated JPEG and a text file named .png."""
+    for split, n in per_class.items():
+        for label in ("NORMAL", "PNEUMONIA"):
+            d = root / split / label
+            d.mkdir(parents=True)
+            for f in sorted((src / split / label).iterdir())[::step][:n]:
+                (d / f.name).symlink_to(f)
+    bad = root / "train" / "PNEUMONIA"
+    film = next((src / "train" / "PNEUMONIA").iterdir()).read_bytes()
+    (bad / "person9001_bacteria_1.jpeg").write_bytes(film[: len(film) // 3])
+    (bad / "person9002_bacteria_1.png").write_text("a note, not an image\n")
+    return root
 
 
 # --- DICOM objects ---------------------------------------------------------------------

@@ -23,6 +23,8 @@ HELP = {name: DataConfig.flag_help(name) for name in DataConfig.model_fields}
     "--img-size 128\n\n"
     "  pneumoscope data prepare --source ped=~/chest_xray --source cov=~/covid19_pneumonia "
     "--dedupe drop --split regroup --fractions 0.8,0.1,0.1 --out work/mix\n\n"
+    "  pneumoscope data prepare --source /shared/chest_xray --out /shared/work/data224 "
+    "--engine ray --ray-address auto\n\n"
     "Presets (shipped in the package, pneumoscope/presets/data): pediatric; "
     "keras-combined-naive (the Keras design's combination as published: leaks copies of "
     "test images into train, for comparison only); keras-combined-dedup (the same sources, "
@@ -55,16 +57,29 @@ def data_prepare(
     img_size: int = typer.Option(None, help=HELP["img_size"]),
     clahe: bool = typer.Option(None, "--clahe/--no-clahe", help=HELP["clahe"]),
     seed: int = typer.Option(None, help=HELP["seed"]),
-    workers: int = typer.Option(0, help="Decoding processes (0 = all cores)."),
+    workers: int = typer.Option(0, help="Decoding processes (0 = all cores; --engine local)."),
+    engine: str = typer.Option(
+        "local",
+        help="local (this machine's processes) | ray (decoding and hashing as a Ray Data job "
+        "on a cluster, the same cache; pip install 'pneumoscope[ray]').",
+    ),
+    ray_address: str = typer.Option(
+        None,
+        help="With --engine ray: the cluster (HOST:PORT of the head, ray://HOST:10001, or "
+        "auto); default: RAY_ADDRESS, else a local cluster started for the job. The sources "
+        "must be at the same paths on every node.",
+    ),
 ) -> None:
     """Combine sources, find duplicates, split without leakage, and decode every image once
     into a memory-mapped cache, with a data report (data_report.md).
 
     Unreadable files are listed in rejected.csv with their reason; they never stop the run.
     """
+    from pneumoscope.core.ray_session import check_engine
     from pneumoscope.data.prepare import prepare_data
     from pneumoscope.data.report import terminal_tables
 
+    check_engine(engine, ray_address)
     dc = resolve_config(
         preset=preset,
         config=config,
@@ -84,7 +99,7 @@ def data_prepare(
         clahe=clahe,
         seed=seed,
     )
-    res = prepare_data(dc, out, workers=workers or None)
+    res = prepare_data(dc, out, workers=workers or None, engine=engine, ray_address=ray_address)
     for title, header, rows in terminal_tables(res.report):
         echo_table(title, header, rows)
     typer.echo(f"splits: {res.split_note}")

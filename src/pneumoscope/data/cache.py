@@ -84,6 +84,30 @@ class Decoded:
     width: np.ndarray
     img_size: int
 
+    @classmethod
+    def start(cls, out: Path, n: int, img_size: int) -> tuple[Decoded, np.ndarray]:
+        """Nothing decoded yet for ``n`` rows, and the partial memmap
+        ``out/.images.partial.npy`` that the images go into (every engine uses it)."""
+        out.mkdir(parents=True, exist_ok=True)
+        tmp_path = out / ".images.partial.npy"
+        shape = (n, img_size, img_size)
+        arr = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.uint8, shape=shape)
+        dec = cls(
+            tmp_path, np.zeros(n, bool), {}, [""] * n, [""] * n, np.zeros(n, int),
+            np.zeros(n, int), img_size,
+        )  # fmt: skip
+        return dec, arr
+
+    def record(self, arr: np.ndarray, i: int, result: tuple) -> None:
+        """Row ``i``'s :func:`decode_and_hash` result: the image into ``arr``, or the reason."""
+        img, err, sha1, phash, h, w = result
+        if img is None:
+            self.reasons[i] = err
+            return
+        arr[i] = img
+        self.ok[i] = True
+        self.sha1[i], self.phash[i], self.height[i], self.width[i] = sha1, phash, h, w
+
 
 def decode_and_hash(path: str, cfg: PreprocessConfig) -> tuple:
     """(image, "", sha1, phash, height, width) or (None, reason, "", "", 0, 0) for one file.
@@ -116,14 +140,9 @@ def decode_rows(
 ) -> Decoded:
     """Decode, hash and preprocess every path (``workers`` processes) into a partial memmap
     ``out/.images.partial.npy``; ``write_cache`` turns it into the cache."""
-    out.mkdir(parents=True, exist_ok=True)
     workers = workers or (os.cpu_count() or 1)
-    n, s = len(paths), cfg.img_size
-    tmp_path = out / ".images.partial.npy"
-    arr = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.uint8, shape=(n, s, s))
-    dec = Decoded(
-        tmp_path, np.zeros(n, bool), {}, [""] * n, [""] * n, np.zeros(n, int), np.zeros(n, int), s
-    )
+    n = len(paths)
+    dec, arr = Decoded.start(out, n, cfg.img_size)
     # Modules the workers need, imported before the pool forks: each worker would
     # otherwise pay ~0.5 s importing imagehash/scipy and pydicom on its first image.
     import imagehash  # noqa: F401
@@ -138,13 +157,8 @@ def decode_rows(
         pool = ProcessPoolExecutor(max_workers=workers)
         results = pool.map(_work_hashed, jobs, chunksize=chunksize)
     try:
-        for i, img, err, sha1, phash, h, w in _with_progress(results, n, progress, "decoding"):
-            if img is None:
-                dec.reasons[i] = err
-                continue
-            arr[i] = img
-            dec.ok[i] = True
-            dec.sha1[i], dec.phash[i], dec.height[i], dec.width[i] = sha1, phash, h, w
+        for i, *result in with_progress(results, n, progress, "decoding"):
+            dec.record(arr, i, tuple(result))
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -264,7 +278,7 @@ def write_csv(path: Path, df: pd.DataFrame) -> None:
     atomic_write(path, lambda tmp: df.to_csv(tmp, index=False, quoting=csv.QUOTE_MINIMAL))
 
 
-def _with_progress(it: Iterable, total: int, enabled: bool, label: str) -> Iterator:
+def with_progress(it: Iterable, total: int, enabled: bool, label: str) -> Iterator:
     if not enabled:
         yield from it
         return

@@ -1,9 +1,10 @@
 """`pneumoscope data prepare`: combine sources, remove duplicates, split without leakage.
 
 Flow: read sources (sources.read_source) -> decode + hash + preprocess each image once
-(cache.decode_rows, all cores) -> exact and near duplicates (dedupe) -> groups of
-patients and copies (groups) -> splits that never cut a group (splits) -> cache,
-manifest and data report (data_report).
+(cache.decode_rows on all cores, or ray_prepare.decode_rows_ray on a Ray cluster: the
+same results) -> exact and near duplicates (dedupe) -> groups of patients and copies
+(groups) -> splits that never cut a group (splits) -> cache, manifest and data report
+(data_report).
 
 Duplicate policy (``dedupe``):
   * ``group`` (default): copies join one group, so they always share a split; every
@@ -36,7 +37,9 @@ import pandas as pd
 
 from pneumoscope.core.errors import UserError
 from pneumoscope.core.io import write_text_atomic
+from pneumoscope.core.ray_session import check_engine
 from pneumoscope.data.cache import (
+    Decoded,
     PrepareResult,
     decode_rows,
     fail_unreadable,
@@ -124,10 +127,15 @@ def prepare_data(
     workers: int | None = None,
     progress: bool = True,
     preprocess: PreprocessConfig | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> PrepareResult:
-    """The whole `data prepare` pipeline; see the module docstring."""
+    """The whole `data prepare` pipeline; see the module docstring. ``engine`` "ray"
+    decodes and hashes on a Ray cluster (:mod:`pneumoscope.data.ray_prepare`), with the
+    same results; ``workers`` is the local engine's."""
     t0 = time.perf_counter()
     timing: dict[str, float] = {}
+    check_engine(engine, ray_address)
     dc.validate()
     pre = preprocess or dc.preprocess()
     out = Path(out).expanduser()
@@ -144,7 +152,7 @@ def prepare_data(
     timing["read_sources"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    dec = decode_rows([r.path for r in rows], out, pre, workers, progress)
+    dec = _decode([r.path for r in rows], out, pre, workers, progress, (engine, ray_address))
     timing["decode_hash_preprocess"] = time.perf_counter() - t
     ok = np.flatnonzero(dec.ok)
     if len(ok) == 0:
@@ -153,6 +161,14 @@ def prepare_data(
         return _after_decoding(dc, out, pre, rows, excluded, source_info, dec, ok, timing, t0)
     finally:
         dec.tmp_path.unlink(missing_ok=True)  # moved into images.npy unless a step failed
+
+
+def _decode(paths, out, pre, workers, progress, engine) -> Decoded:
+    if engine[0] == "ray":
+        from pneumoscope.data.ray_prepare import decode_rows_ray
+
+        return decode_rows_ray(paths, out, pre, address=engine[1], progress=progress)
+    return decode_rows(paths, out, pre, workers, progress)
 
 
 @dataclass
