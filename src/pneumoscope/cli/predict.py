@@ -30,6 +30,23 @@ def _report_scan(not_images: list[str], listed: Path | None, notes: list[str]) -
 
 
 DICOMWEB_HELP = "DICOMweb root of a PACS (e.g. http://pacs:8042/dicom-web): predict its studies."
+ENGINE_HELP = (
+    "local (this machine) | ray (a Ray Data job on a cluster: each worker decodes its files "
+    "and runs the run's ONNX model, exported first when the run has none; the int8 model "
+    "with --backend onnx-int8 or auto; same rows; pip install 'pneumoscope[ray]')."
+)
+RAY_ADDRESS_HELP = (
+    "With --engine ray: the cluster (HOST:PORT of the head, ray://HOST:10001, or auto); "
+    "default: RAY_ADDRESS, else a local cluster started for the job. The inputs must be "
+    "at the same paths on every node."
+)
+SHARD_HELP = (
+    "I/N: predict only the I-th of N parts of the inputs (counted from 1: 1/N ... N/N), "
+    "for job arrays without Ray. The parts are consecutive blocks of the input list in "
+    "the order an unsharded run writes it (folders sorted by path), so the N outputs "
+    "together are the whole run, in its order; merge them with "
+    "awk 'FNR > 1 || NR == 1' out.{1..N}.csv > predictions.csv."
+)
 
 
 @app.command(
@@ -42,7 +59,11 @@ DICOMWEB_HELP = "DICOMweb root of a PACS (e.g. http://pacs:8042/dicom-web): pred
     "\n\n  pneumoscope predict --run runs/r18 --dicomweb http://pacs:8042/dicom-web "
     "--study 1.2.3.4 --store"
     "\n\n  pneumoscope predict --run runs/r18 --dicomweb http://pacs:8042/dicom-web "
-    "--date 20261201-20261203 --modality CR,DX --out p.csv",
+    "--date 20261201-20261203 --modality CR,DX --out p.csv"
+    "\n\n  pneumoscope predict --run runs/r18 /data/films --engine ray --ray-address auto "
+    "--out p.parquet"
+    "\n\n  pneumoscope predict --run runs/r18 /data/films --shard $SLURM_ARRAY_TASK_ID/8 "
+    "--out p.$SLURM_ARRAY_TASK_ID.csv",
 )
 def predict(
     inputs: list[str] = typer.Argument(
@@ -52,9 +73,11 @@ def predict(
         "(its files), quoted glob patterns, or a .csv listing paths (column 'path').",
     ),
     run: Path = typer.Option(..., help="Run folder made by 'pneumoscope train'."),
-    out: Path = typer.Option(Path("predictions.csv"), help="CSV to write."),
+    out: Path = typer.Option(
+        Path("predictions.csv"), help="CSV to write (a .parquet name writes Parquet)."
+    ),
     batch_size: int = typer.Option(32, help="Images per inference batch."),
-    workers: int = typer.Option(0, help="Decoding threads (0 = all cores)."),
+    workers: int = typer.Option(0, help="Decoding threads (0 = all cores; --engine local)."),
     backend: str = typer.Option(
         "torch",
         help="torch | torch-bf16 | onnx | onnx-int8 | openvino | auto (onnx*, openvino: "
@@ -64,6 +87,9 @@ def predict(
         None, help="Also write a Grad-CAM heatmap PNG per input into this folder."
     ),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    engine: str = typer.Option("local", help=ENGINE_HELP),
+    ray_address: str = typer.Option(None, help=RAY_ADDRESS_HELP),
+    shard: str = typer.Option(None, metavar="I/N", help=SHARD_HELP),
     allow: list[str] = typer.Option(None, "--allow", metavar="RULE", help=ALLOW_HELP),
     dicom_out: Path = typer.Option(
         None,
@@ -95,11 +121,17 @@ def predict(
     folder scan finds to be no image are listed in OUT.skipped.txt. With --dicomweb, the
     studies come from a PACS and rows are named StudyUID/SOPUID. The exit status is 1
     when any input failed."""
+    from pneumoscope.core.ray_session import check_engine
+    from pneumoscope.inference.shards import parse_shard
     from pneumoscope.model.run import load_run
 
+    check_engine(engine, ray_address)
+    shard = parse_shard(shard)
     if dicomweb:
         if inputs:
             raise UserError("give either input files or --dicomweb, not both")
+        if engine != "local" or shard:
+            raise UserError("--engine ray and --shard go with input files, not --dicomweb")
         pacs = (dicomweb, study or [], date, modality, store, dicomweb_token_file,
                 dicomweb_auth_file)  # fmt: skip
         counts = _predict_pacs(load_run(run), pacs, out, backend, allow, dicom_out)
@@ -108,10 +140,8 @@ def predict(
     elif study or date or store:
         raise UserError("--study, --date and --store go with --dicomweb URL")
     else:
-        counts = _predict_files(
-            load_run(run), inputs, out, (batch_size, workers, backend, gradcam, progress),
-            allow, dicom_out,
-        )  # fmt: skip
+        options = (batch_size, workers, backend, gradcam, progress, engine, ray_address, shard)
+        counts = _predict_files(load_run(run), inputs, out, options, allow, dicom_out)
     if counts.failed:
         raise typer.Exit(1)
 
@@ -119,7 +149,7 @@ def predict(
 def _predict_files(loaded, inputs, out, options, allow, dicom_out):
     from pneumoscope.inference.predict import predict_to_csv
 
-    batch_size, workers, backend, gradcam, progress = options
+    batch_size, workers, backend, gradcam, progress, engine, ray_address, shard = options
     kept = []
     counts = predict_to_csv(
         loaded,
@@ -132,6 +162,9 @@ def _predict_files(loaded, inputs, out, options, allow, dicom_out):
         progress=progress,
         allow=allow or (),
         on_row=kept.append if dicom_out else None,
+        engine=engine,
+        ray_address=ray_address,
+        shard=shard,
     )
     _echo_counts(counts, out)
     _report_scan(counts.not_images, counts.skipped_list, counts.notes)

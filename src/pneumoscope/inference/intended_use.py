@@ -147,6 +147,10 @@ class IntendedUse:
         self._screened.set()
         return self.check(header)
 
+    def mark_screened(self) -> None:
+        """A DICOM header was screened by a copy of these rules elsewhere (a Ray worker)."""
+        self._screened.set()
+
     def notes_for_inputs(self) -> list[str]:
         """``notes`` once a DICOM header was screened (they concern DICOM inputs only)."""
         return list(self.notes) if self._screened.is_set() else []

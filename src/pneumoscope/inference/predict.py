@@ -1,8 +1,11 @@
 """`pneumoscope predict`: files, folders, globs and CSV lists in; one CSV row per input out.
 
-Rows stream to the CSV in input order as batches finish, so memory stays bounded
-whatever the number of inputs. An unreadable input gets a row with status ``error`` and
-its reason; every other input still gets its prediction.
+Rows stream to the CSV (or Parquet file, :mod:`.outputs`) in input order as batches
+finish, so memory stays bounded whatever the number of inputs. They are computed on this
+machine, or with ``engine="ray"`` on a Ray cluster (:mod:`.ray_predict`), with the same
+rows; ``shard`` keeps one of N parts of the inputs for batch systems (:mod:`.shards`).
+An unreadable input gets a row with status ``error`` and its reason; every other input
+still gets its prediction.
 
 A folder is scanned by content, as a PACS export needs (``IM00001``, ``1``, ``2``, ...
 without extensions): every DICOM object and every image gets a row, a DICOMDIR brings the
@@ -15,7 +18,6 @@ an image the model was not made for ``out_of_scope``, each with its reason.
 
 from __future__ import annotations
 
-import csv
 import glob
 import os
 import sys
@@ -29,24 +31,23 @@ import pandas as pd
 
 from pneumoscope.core.errors import ImageReadError, UserError
 from pneumoscope.core.io import write_text_atomic
+from pneumoscope.core.ray_session import check_engine
 from pneumoscope.data.dicom import dicomdir_references, is_dicom, is_dicomdir
 from pneumoscope.data.layouts.base import is_hidden
 from pneumoscope.data.preprocess import PreprocessConfig, is_image_file, sniff_image
 from pneumoscope.inference.intended_use import IntendedUse, load_screened
+from pneumoscope.inference.outputs import open_rows
+from pneumoscope.inference.scoring import (  # noqa: F401 (Prediction, score_batch: re-exported)
+    CSV_COLUMNS,
+    Prediction,
+    model_id,
+    score_batch,
+    score_screened,
+)
+from pneumoscope.inference.shards import Shard, parse_shard
 from pneumoscope.model.ood import OodGuard
 from pneumoscope.model.run import LoadedRun, load_run
 
-CSV_COLUMNS = [
-    "path",
-    "probability",
-    "label",
-    "threshold",
-    "model_id",
-    "ood",
-    "ood_score",
-    "status",
-    "error",
-]
 BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8", "openvino", "auto")
 
 
@@ -257,11 +258,6 @@ def _openvino_checked(loaded: LoadedRun) -> bool:
     return openvino_checked(loaded.files)
 
 
-def model_id(loaded: LoadedRun) -> str:
-    """Run folder name and the start of the weights' SHA-256: names the exact model."""
-    return f"{loaded.root.name}@{loaded.files.weights_sha256()[:12]}"
-
-
 def _progress(total: int, enabled: bool):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -275,61 +271,6 @@ def _progress(total: int, enabled: bool):
         disable=not enabled,
         transient=False,
     )
-
-
-@dataclass
-class Prediction:
-    """One input's outcome: the predict CSV's row, with typed values."""
-
-    path: str
-    threshold: float
-    model_id: str
-    probability: float | None = None
-    label: str = ""
-    ood: bool | None = None
-    ood_score: float | None = None
-    status: str = "ok"
-    error: str = ""
-    heatmap: str = ""
-
-    def csv_cells(self, with_heatmap: bool = False) -> list[str]:
-        """The row as `predict` writes it (fixed decimals, empty cells for missing values)."""
-        ok = self.probability is not None
-        cells = [
-            self.path,
-            f"{self.probability:.6f}" if ok else "",
-            self.label,
-            f"{self.threshold:.6f}",
-            self.model_id,
-            "" if self.ood is None else str(self.ood).lower(),
-            "" if self.ood_score is None else f"{self.ood_score:.4f}",
-            self.status,
-            self.error,
-        ]
-        return cells + ([self.heatmap] if with_heatmap else [])
-
-
-def score_batch(
-    loaded: LoadedRun, runner, guard: OodGuard | None, pixels: np.ndarray, paths, mid: str
-) -> list[Prediction]:
-    """Predictions for a stack of preprocessed images: logits and features from the runner,
-    the run's temperature and threshold, the OOD guard. `predict` and the service share it."""
-    logits, feats = runner.logits_and_features(pixels)
-    probs = loaded.proba_from_logits(logits)
-    scores, flags = guard.score(feats) if guard else (None, None)
-    thr, names = loaded.threshold, loaded.card.class_names
-    return [
-        Prediction(
-            path,
-            thr,
-            mid,
-            float(p),
-            names[int(p >= thr)],
-            None if guard is None else bool(flags[k]),
-            None if guard is None else float(scores[k]),
-        )
-        for k, (path, p) in enumerate(zip(paths, probs, strict=True))
-    ]
 
 
 def predict_rows(
@@ -346,23 +287,14 @@ def predict_rows(
     DICOM the intended-use rules (``scope``; default: the run's, nothing relaxed) refuse
     gets "skipped" or "out_of_scope"."""
     guard = OodGuard.load(loaded.files)
-    thr, mid = loaded.threshold, model_id(loaded)
+    mid = model_id(loaded)
     workers = workers or os.cpu_count() or 1
     scope = scope or IntendedUse.from_card(loaded.card)
     for batch in _batches(paths, loaded.preprocess, batch_size, workers, scope):
-        good = [i for i, (_, img, _, _) in enumerate(batch) if img is not None]
-        done: dict[int, Prediction] = {}
-        if good:
-            imgs = np.stack([batch[i][1] for i in good])
-            names = [batch[i][0] for i in good]
-            preds = score_batch(loaded, runner, guard, imgs, names, mid)
-            probs = np.array([r.probability for r in preds])
-            heat = _heatmaps(loaded, imgs, names, probs, gradcam_dir)
-            for k, i in enumerate(good):
-                preds[k].heatmap = heat[k] if heat else ""
-                done[i] = preds[k]
-        for i, (path, _, status, why) in enumerate(batch):
-            yield done.get(i) or Prediction(path, thr, mid, status=status, error=why)
+        rows = score_screened(loaded, runner, guard, mid, batch)
+        if gradcam_dir:
+            _add_heatmaps(loaded, batch, rows, gradcam_dir)
+        yield from rows
 
 
 def predict_to_csv(
@@ -376,40 +308,93 @@ def predict_to_csv(
     progress: bool = False,
     allow: Iterable[str] = (),
     on_row: Callable[[Prediction], None] | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
+    shard: str | Shard | None = None,
 ) -> Counts:
-    """Stream one CSV row per input to ``out_csv`` (flushed as batches finish); files a
-    folder scan left out are listed in OUT.skipped.txt. ``allow`` relaxes intended-use
-    rules (modality, body-part, view, multiframe, age); ``on_row`` sees each row."""
+    """Stream one row per input to ``out_csv`` (CSV, or Parquet for .parquet; flushed as
+    batches finish); files a folder scan left out are listed in OUT.skipped.txt. ``allow``
+    relaxes intended-use rules (modality, body-part, view, multiframe, age); ``on_row``
+    sees each row. ``engine`` "ray" scores on a Ray cluster (:mod:`.ray_predict`, ONNX
+    models); ``shard`` "I/N" keeps the I-th of N parts of the inputs (:mod:`.shards`)."""
+    check_engine(engine, ray_address)
+    shard = parse_shard(shard)
     loaded = run if isinstance(run, LoadedRun) else load_run(run)
     scope = IntendedUse.from_card(loaded.card, allow)
-    runner = make_runner(loaded, backend)
-    found = scan_inputs(inputs)
-    paths = found.paths
-    if not paths:
-        raise UserError("no inputs: give image files, folders, glob patterns or a CSV list")
+    score, notes = _scorer(engine, loaded, backend, scope, (batch_size, workers, gradcam_dir))
+    found = _inputs(inputs, shard)
     out_csv = Path(out_csv).expanduser()
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    heat = bool(gradcam_dir)
-    counts = Counts(not_images=found.not_images, notes=list(found.notes))
+    counts = Counts(not_images=found.not_images, notes=list(found.notes) + notes)
     counts.skipped_list = write_skipped_list(found, skipped_list_path(out_csv))
-    rows = predict_rows(loaded, runner, paths, batch_size, workers, gradcam_dir, scope)
-    with (
-        open(out_csv, "w", newline="", encoding="utf-8") as fh,
-        _progress(len(paths), progress) as prog,
-    ):
-        task = prog.add_task("predict", total=len(paths))
-        writer = csv.writer(fh)
-        writer.writerow(CSV_COLUMNS + (["heatmap"] if heat else []))
-        for n, row in enumerate(rows, 1):
-            writer.writerow(row.csv_cells(heat))
+    columns = CSV_COLUMNS + (["heatmap"] if gradcam_dir else [])
+    n = len(found.paths)
+    with open_rows(out_csv, columns) as writer, _progress(n, progress) as prog:
+        task = prog.add_task("predict", total=n)
+        for k, row in enumerate(score(found.paths, ray_address), 1):
+            writer.write(row)
             counts.add(row)
             if on_row:
                 on_row(row)
-            if n % batch_size == 0 or n == len(paths):
-                fh.flush()
-                prog.update(task, completed=n)
+            if k % batch_size == 0 or k == n:
+                writer.flush()
+                prog.update(task, completed=k)
     counts.notes += scope.notes_for_inputs()
     return counts
+
+
+def _inputs(inputs: list[str], shard: Shard | None) -> Inputs:
+    """The scanned inputs, cut to ``shard``'s part (only shard 1 keeps the files the scan
+    left out, so the shards' lists add up to the whole run's)."""
+    found = scan_inputs(inputs)
+    if not found.paths:
+        raise UserError("no inputs: give image files, folders, glob patterns or a CSV list")
+    if shard is not None:
+        found.paths = shard.take(found.paths)
+        found.not_images = found.not_images if shard.first else []
+        if not found.paths:
+            found.notes.append(f"shard {shard} has no inputs (fewer inputs than shards)")
+    return found
+
+
+def _scorer(engine: str, loaded: LoadedRun, backend: str, scope: IntendedUse, options):
+    """(paths, ray_address) -> Prediction rows, for ``engine``, and notes on the model used.
+
+    The model is made ready here, before any output is written: the local runner, or for
+    Ray the ONNX model the workers receive (exported now when the run has no current one).
+    """
+    batch_size, workers, gradcam_dir = options
+    if engine == "ray":
+        if gradcam_dir:
+            raise UserError("--gradcam needs --engine local (Grad-CAM runs the torch model)")
+        if backend not in BACKENDS:
+            resolve_backend(loaded, backend)  # the one-line error listing the backends
+        from pneumoscope.inference.ray_predict import ray_model, ray_predict_rows
+
+        model = ray_model(loaded, backend, scope)
+
+        def remote(paths, address):
+            return ray_predict_rows(model, paths, batch_size, address, scope)
+
+        return remote, model.notes
+    runner = make_runner(loaded, backend)
+
+    def local(paths, _address):
+        return predict_rows(loaded, runner, paths, batch_size, workers, gradcam_dir, scope)
+
+    return local, []
+
+
+def _add_heatmaps(loaded: LoadedRun, batch: list[tuple], rows: list[Prediction], where) -> None:
+    """Grad-CAM PNGs of the batch's scored images; each row gets its file's path."""
+    good = [i for i, (_, img, _, _) in enumerate(batch) if img is not None]
+    if not good:
+        return
+    imgs = np.stack([batch[i][1] for i in good])
+    probs = np.array([rows[i].probability for i in good])
+    names = [batch[i][0] for i in good]
+    for i, heat in zip(good, _heatmaps(loaded, imgs, names, probs, where), strict=True):
+        rows[i].heatmap = heat
 
 
 def _heatmaps(
