@@ -32,8 +32,12 @@ elif [[ -z "$src" ]]; then
 fi
 set -x
 # The cache is prepared at the preset's own image size, read from the preset, so the two
-# cannot drift apart when the recipe changes.
-preset_size="$("$py" -c 'from pneumoscope.core.settings import read_preset; print(read_preset("train", "fast-cpu")["img_size"])')"
+# cannot drift apart when the recipe changes; on a CPU without bf16 units, at the size of
+# the float32 recipe (training/precision.py, FLOAT32_FAST_CPU), which trains with it.
+{ set +x; } 2>/dev/null
+read -r preset_size preset_epochs < <("$py" -c 'import sys; from pneumoscope.training.precision import machine_fast_cpu_recipe as r; x, note = r(); print(x["img_size"], x["epochs"]); note and print("note:", note, file=sys.stderr)')
+if [[ -z "${IMG_SIZE:-}" && -z "${EPOCHS:-}" ]]; then IMG_SIZE="$preset_size" EPOCHS="$preset_epochs"; fi
+set -x
 "$ps" data prepare --source "$src" --out "$work/data" --img-size "${IMG_SIZE:-$preset_size}"
 # The fast-cpu preset (pneumoscope/presets/train/fast-cpu.yaml): ResNet-18 from scratch, at
 # most 30 minutes on 2 CPU cores. MODEL / EPOCHS / MAX_MINUTES override it.

@@ -88,6 +88,26 @@ def test_cpu_signals_fall_back_to_proc_cpuinfo_flags(monkeypatch, tmp_path):
     assert P.cpu_signals()["avx512_bf16"] is False
 
 
+def test_fast_cpu_falls_back_to_the_float32_recipe_on_a_cpu_without_bf16(monkeypatch, tmp_path):
+    """What the quickstart trains: fast-cpu's own size and epochs where bf16 runs natively,
+    the measured float32 recipe (160 px, 12 epochs) with a note where it would be emulated."""
+    from pneumoscope.core.settings import read_preset
+
+    preset = read_preset("train", "fast-cpu")
+    own = {"img_size": preset["img_size"], "epochs": preset["epochs"]}
+    assert P.fast_cpu_recipe(preset, "AVX512-BF16") == (own, "")
+    assert P.fast_cpu_recipe(preset, "AMX-BF16") == (own, "")
+    recipe, note = P.fast_cpu_recipe(preset, None)
+    assert recipe == {"img_size": 160, "epochs": 12} != own
+    assert "no bf16 matrix units" in note and "160 px for 12 epochs" in note
+    info = tmp_path / "cpuinfo"  # this machine made into an older x86 CPU
+    info.write_text("flags\t\t: fpu sse avx2\n")
+    monkeypatch.setattr(H, "CPUINFO", info)
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    assert P.machine_fast_cpu_recipe() == (recipe, note)
+
+
 def test_this_machines_signals_agree_with_its_cpu_flags():
     flags = H.cpuinfo_flags()
     if not flags:

@@ -124,3 +124,30 @@ def machine_precision(asked: str, device: str) -> PrecisionChoice:
     """``choose_precision`` with this machine's signals."""
     unit = cpu_bf16_unit(cpu_signals()) if device == "cpu" else None
     return choose_precision(asked, device, unit, gpu_bf16() if device == "cuda" else False)
+
+
+# fast-cpu where bf16 would be emulated: the float32 recipe it replaced, measured at 25 minutes
+# on 2 cores (docs/results.md, "bf16: what the saved CPU time bought"); in float32 the bf16
+# recipe (192 px, 14 epochs) runs about 1.7x longer and the 30-minute cap would cut it short.
+FLOAT32_FAST_CPU = {"img_size": 160, "epochs": 12}
+
+
+def fast_cpu_recipe(preset: dict, cpu_unit: str | None) -> tuple[dict, str]:
+    """The fast-cpu image size and epochs for a CPU with this bf16 unit (``cpu_bf16_unit``),
+    and a note for the user ('' when the preset's own recipe applies)."""
+    own = {k: preset[k] for k in FLOAT32_FAST_CPU}
+    if cpu_unit:
+        return own, ""
+    note = (
+        "this CPU has no bf16 matrix units (AMX-BF16, AVX512-BF16): training the float32 "
+        f"recipe, {FLOAT32_FAST_CPU['img_size']} px for {FLOAT32_FAST_CPU['epochs']} epochs, "
+        f"instead of fast-cpu's {own['img_size']} px for {own['epochs']}"
+    )
+    return dict(FLOAT32_FAST_CPU), note
+
+
+def machine_fast_cpu_recipe() -> tuple[dict, str]:
+    """``fast_cpu_recipe`` for this machine's CPU and the shipped preset."""
+    from pneumoscope.core.settings import read_preset
+
+    return fast_cpu_recipe(read_preset("train", "fast-cpu"), cpu_bf16_unit(cpu_signals()))
