@@ -63,3 +63,17 @@ def test_cli_calibrate_refits_the_guard_unless_no_ood(run, data_dir):
     r = run_cli("calibrate", "--run", str(run.root), "--data", str(data_dir))
     assert r.returncode == 0, r.stderr
     assert "written to" in r.stdout and OodGuard.load(run) is not None
+
+
+def test_cli_calibrate_ood_method_opt_in_and_a_bad_one_is_one_line(run, data_dir):
+    r = run_cli("calibrate", "--run", str(run.root), "--data", str(data_dir),
+                "--ood-method", "mahalanobis+residual")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(run.ood_card.read_text())["method_id"] == "mahalanobis+residual"
+    assert OodGuard.load(run).method == "mahalanobis+residual"
+    before = _ood_state(run)
+    r = run_cli("calibrate", "--run", str(run.root), "--data", str(data_dir),
+                "--ood-method", "energy")  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--ood-method must be one of mahalanobis, mahalanobis+residual" in r.stderr
+    assert _ood_state(run) == before

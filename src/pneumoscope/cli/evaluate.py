@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from pneumoscope.cli.base import app, echo_table
+from pneumoscope.core.errors import UserError
 
 
 @app.command(
@@ -41,6 +42,13 @@ def calibrate(
         "ood.safetensors) on DATA's training images, its threshold on validation, as "
         "training does; --no-ood leaves the guard as it is.",
     ),
+    ood_method: str = typer.Option(
+        "mahalanobis",
+        help="The guard's score: mahalanobis (the default, as training fits it) or "
+        "mahalanobis+residual (also flags films off the training features' main directions: "
+        "about twice the adult films on the reference runs, more in-distribution flags; "
+        "docs/commands.md).",
+    ),
 ) -> None:
     """Fit temperature scaling on validation logits, then choose the threshold on the
     calibrated validation probabilities; writes RUN/calibration.json, which predict and
@@ -48,12 +56,13 @@ def calibrate(
     already ends with the default (youden) calibration and the guard."""
     from pneumoscope.evaluation.calibration import calibrate as run_cal
     from pneumoscope.model.contract import RunFiles
+    from pneumoscope.model.ood import METHODS, fit_ood_guard
 
+    if ood_method not in METHODS:
+        raise UserError(f"--ood-method must be one of {', '.join(METHODS)}, got '{ood_method}'")
     c = run_cal(run, data, policy, cost_fn, cost_fp, target_sensitivity, views=views)
     if ood:
-        from pneumoscope.model.ood import fit_ood_guard
-
-        fit_ood_guard(run, data)
+        fit_ood_guard(run, data, method=ood_method)
     _echo_calibration(c, policy, run / RunFiles.CALIBRATION)
 
 
