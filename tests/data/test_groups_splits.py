@@ -137,7 +137,7 @@ def test_dedupe_drop_keeps_the_first_source_and_leaks_nothing(two_sources, tmp_p
     acc = rep["accounting"]
     assert acc["balanced"] and acc["excluded_by_label_policy"] == 2  # COVID19 left out
     assert acc["files_listed"] == 202 and acc["cached"] == 100 and acc["dropped"] == 100
-    assert set(m["age_group"]) == {"unknown"}
+    assert set(m["age_group"]) == {"child"}  # the pediatric set's file names
     assert m["group"].str.match(r"^g\d{6}$").all() and m["patient"].str.startswith("ped:").all()
 
 

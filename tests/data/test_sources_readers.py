@@ -91,7 +91,15 @@ def test_class_folders_age_group_default_and_pediatric_patients(tmp_path):
     assert detect_layout(root) == "class-folders"
     read = read_source("ped", root)
     assert read.layout == "class-folders" and len(read.rows) == 12
-    assert {r.age_group for r in read.rows} == {""}  # unknown unless told
+    assert {r.age_group for r in read.rows} == {"child"}  # the pediatric set's names
+    assert any("age group child" in n and "--age-group ped=adult" in n for n in read.notes)
+    adult = read_source("ped", root, default_age_group="adult")
+    assert {r.age_group for r in adult.rows} == {"adult"}  # told otherwise
+    other = tmp_path / "other"
+    for k, f in enumerate(sorted((root / "train" / "NORMAL").iterdir())):
+        (other / "NORMAL").mkdir(parents=True, exist_ok=True)
+        (other / "NORMAL" / f"film{k}.jpeg").write_bytes(f.read_bytes())
+    assert {r.age_group for r in read_source("o", other).rows} == {""}  # unknown unless told
     assert all(r.patient.startswith(("person", "im-")) for r in read.rows)
     child = read_source("ped", root, default_age_group="child")
     assert {r.age_group for r in child.rows} == {"child"}

@@ -9,12 +9,10 @@ nothing. Ages over all sources are known only when every source's are.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
 from pneumoscope.data.cache import Cache
-from pneumoscope.data.layouts.base import patient_from_name
+from pneumoscope.data.layouts.class_folders import has_pediatric_names
 from pneumoscope.data.records import ADULT_AGE, MAX_AGE
 from pneumoscope.model.contract import PopulationSource, TrainingPopulation
 
@@ -42,7 +40,6 @@ KNOWN_SETS: dict[str, dict] = {
     ),
 }
 _GROUP_AGES = {"child": (0.0, ADULT_AGE - 1), "adult": (ADULT_AGE, MAX_AGE)}  # completed years
-_PEDIATRIC_SHARE = 0.9  # file names of the pediatric set on at least this share of rows
 
 
 def training_population(cache: Cache, split: str = "train") -> TrainingPopulation:
@@ -66,10 +63,8 @@ def _known_set(layout: str, rows: pd.DataFrame) -> str:
     files carry the pediatric set's names."""
     if layout in KNOWN_SETS:
         return layout
-    if layout in ("class-folders", "") and len(rows):
-        names = rows["path"].map(lambda p: patient_from_name(Path(str(p)).name) is not None)
-        if names.mean() >= _PEDIATRIC_SHARE:
-            return "kermany"
+    if layout in ("class-folders", "") and has_pediatric_names(rows["path"].astype(str).tolist()):
+        return "kermany"
     return ""
 
 

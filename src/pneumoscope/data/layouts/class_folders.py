@@ -1,7 +1,9 @@
 """The class-folders layout: ``NORMAL/`` and ``PNEUMONIA/`` folders, with or without split
 folders (``train|val|test/NORMAL|PNEUMONIA``, the Kaggle pediatric layout).
 
-Pediatric file names give the patient; other names make each file its own patient.
+Pediatric file names give the patient; other names make each file its own patient. A
+folder whose files nearly all carry the pediatric set's names (Kermany 2018: children aged
+1 to 5) is that set: its films are children's unless ``--age-group`` says otherwise.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pneumoscope.data.layouts.base import (
     Layout,
     ReadOptions,
     fill_from_dicom,
+    patient_from_name,
     patient_or_file_id,
 )
 from pneumoscope.data.layouts.tree import check_tree, tree_classes, walk_class_tree
@@ -22,6 +25,13 @@ from pneumoscope.data.records import SourceRead, SourceRow
 NAME = "class-folders"
 _EXPECTED = "NORMAL/ and PNEUMONIA/"
 _LABEL_ONLY = {k: k for k in LABEL_FOLDERS}
+PEDIATRIC_SHARE = 0.9  # file names of the pediatric set on at least this share of files
+
+
+def has_pediatric_names(paths: list[str]) -> bool:
+    """Whether nearly all files (``PEDIATRIC_SHARE``) carry the pediatric set's names."""
+    named = sum(patient_from_name(Path(p).name) is not None for p in paths)
+    return bool(paths) and named >= PEDIATRIC_SHARE * len(paths)
 
 
 def read_class_folders(name: str, root: Path, default_age_group: str = "") -> SourceRead:
@@ -42,6 +52,13 @@ def read_class_folders(name: str, root: Path, default_age_group: str = "") -> So
     ]
     if not rows:
         raise UserError(f"no image files (.jpeg/.jpg/.png/...) under the class folders of {top}")
+    if not default_age_group and has_pediatric_names([r.path for r in rows]):
+        for r in rows:
+            r.age_group = "child"
+        notes.append(
+            f"age group child: the file names of {name} are the Kermany pediatric set's "
+            f"(children aged 1 to 5); --age-group {name}=adult says otherwise"
+        )
     fill_from_dicom(rows, default_age_group)
     return SourceRead(rows, [], NAME, notes)
 
