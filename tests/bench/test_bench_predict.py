@@ -59,4 +59,4 @@ def test_bench_predict_writes_a_well_formed_report(run_dir, data_dir, tmp_path):
     base = backends["torch eager"]
     assert base["throughput_x"] == base["latency_x"] == 1.0 and base["auroc_change"] == 0.0
     assert backends["onnxruntime fp32"]["max_prob_diff_vs_torch"] < 1e-4
-    assert report["export"]["int8"]["format"] == "QDQ (static)"
+    assert report["export"]["int8"]["format"] == "QDQ (static, 7-bit weights)"

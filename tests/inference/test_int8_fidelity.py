@@ -77,7 +77,9 @@ def test_int8_is_static_qdq_with_per_channel_conv_weights(exported):
 
     run, record = exported
     q = record["int8"]
-    assert q["format"] == "QDQ (static)" and "Conv" in q["ops"] and "Gemm" in q["ops"]
+    assert (
+        q["format"] == "QDQ (static, 7-bit weights)" and "Conv" in q["ops"] and "Gemm" in q["ops"]
+    )
     graph = onnx.load(str(run / RunFiles.INT8)).graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     conv_w = [n.input[1] for n in graph.node if n.op_type == "Conv"]
@@ -86,6 +88,28 @@ def test_int8_is_static_qdq_with_per_channel_conv_weights(exported):
     assert all(producers[w].op_type == "DequantizeLinear" for w in conv_w)
     assert all(s.ndim == 1 and len(s) > 1 for s in scales)  # one scale per output channel
     assert q["calibration"]["n_images"] == min(256, record["int8"]["fidelity"]["n_images"])
+
+
+def test_int8_weights_use_seven_bits_and_older_8_bit_exports_are_refused(exported, tmp_path):
+    """8-bit weights saturate ONNX Runtime's int8 kernels on CPUs without VNNI (AVX2)."""
+    import onnx
+    from onnx import numpy_helper
+
+    from pneumoscope.inference.export_record import export_problem
+
+    run, _ = exported
+    graph = onnx.load(str(run / RunFiles.INT8)).graph
+    weights = [
+        numpy_helper.to_array(i) for i in graph.initializer if i.data_type == onnx.TensorProto.INT8
+    ]
+    assert weights and max(int(np.abs(w.astype(np.int16)).max()) for w in weights) <= 64
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    record = json.loads((old / RunFiles.EXPORT_RECORD).read_text())
+    record["int8"]["format"] = "QDQ (static)"
+    (old / RunFiles.EXPORT_RECORD).write_text(json.dumps(record))
+    assert "8-bit weights, which are wrong on CPUs without VNNI" in export_problem(old, int8=True)
+    assert export_problem(old) is None  # the float32 export is still good
 
 
 def test_faithful_int8_is_accepted_and_its_figures_recorded(exported, val):
@@ -122,9 +146,10 @@ def test_a_model_with_perturbed_weights_is_refused(run_dir, val, tmp_path, one_t
     broken = tmp_path / "broken"
     shutil.copytree(run_dir, broken)
     model = load_run(broken).model
+    gen = torch.Generator().manual_seed(0)  # not the global stream: other tests move it
     with torch.no_grad():
         for p in model.parameters():
-            p.mul_(1 + 0.3 * torch.randn_like(p))
+            p.mul_(1 + 0.3 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
     save_weights(model, RunFiles.of(broken).weights)
     export_onnx(broken, check_images=val[0])
     figures = fidelity_of(load_run(run_dir), OnnxRunner(broken), *val)

@@ -10,7 +10,12 @@ from pathlib import Path
 from pneumoscope.core.errors import UserError
 from pneumoscope.model.contract import RunFiles, read_card
 
-INT8_FORMAT = "QDQ (static)"
+# 7-bit weights (reduce_range): full 8-bit weights saturate ONNX Runtime's int8 kernels on
+# CPUs without VNNI (AVX2 only), where they moved validation probabilities by up to 0.19
+INT8_FORMAT = "QDQ (static, 7-bit weights)"
+OLD_INT8 = {
+    "QDQ (static)": "made with 8-bit weights, which are wrong on CPUs without VNNI",
+}
 
 
 def export_problem(run: str | Path, int8: bool = False) -> str | None:
@@ -32,7 +37,8 @@ def export_problem(run: str | Path, int8: bool = False) -> str | None:
     if int8 and not record.get("int8"):
         return f"{path} is not from the latest export (it had no int8); {again} again"
     if int8 and record["int8"].get("format") != INT8_FORMAT:
-        return f"{path} is an older dynamic int8 model (last layer only); {again} again"
+        why = OLD_INT8.get(record["int8"].get("format"), "a dynamic one (last layer only)")
+        return f"{path} is an older int8 model, {why}; {again} again"
     return None
 
 

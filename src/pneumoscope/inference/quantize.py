@@ -11,6 +11,13 @@ alternative loses the small filters of a ResNet), activations unsigned int8 (wha
 x86 int8 kernels take), ranges by MinMax over the calibration images: on the ResNet-18
 reference it kept validation AUROC within 0.0002 of float32.
 
+Weights use 7 of their 8 bits (``reduce_range``): without VNNI (an AVX2-only CPU such as
+AMD Zen 3), ONNX Runtime's u8 x s8 kernels add pairs of products in 16 bits, which full
+8-bit weights can overflow. On such a CPU the 8-bit model of a 160 px reference run moved
+a validation probability by 0.19 and flipped 18 of 521 calls; the 7-bit one moved none by
+more than 0.03 and flipped 3, AUROC +0.0001. The file is the same on every CPU, so it is
+made safe for all of them.
+
 The calibration images are a seeded sample of the validation split (256 by default),
 never test images.
 """
@@ -80,13 +87,14 @@ def quantize_qdq(src: Path, dst: Path, calib_images: np.ndarray) -> dict:
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
+                reduce_range=True,
             )
 
         atomic_write(dst, write)
     return {
         "format": INT8_FORMAT,
         "ops": quantised_ops(dst),
-        "weight_type": "QInt8 per-channel",
+        "weight_type": "QInt8 per-channel, 7-bit range",
         "activation_type": "QUInt8",
         "calibration": {"method": "MinMax", "n_images": len(calib_images)},
     }
