@@ -51,7 +51,8 @@ def split_logits(run: Path, cache, split: str, views: int, seed: int) -> dict:
     part = cache.split(split)
     rows = part["index"].to_numpy()
     plain = loaded.predict_logits(cache.images, rows=rows).astype(np.float64)
-    aug = augmented_view_logits(loaded, cache.images, rows, views, seed)
+    augment = loaded.card.training.augment or {}
+    aug = augmented_view_logits(loaded, augment, cache.images, rows, views, seed)
     return {"y": part["label"].to_numpy(), "plain": plain, "views": aug}
 
 

@@ -268,11 +268,57 @@ def test_threshold_on_augmented_validation_views(run_dir, data_dir, tmp_path):
     }
     cache = open_cache(data_dir)
     rows = cache.split("val")["index"].to_numpy()
-    z = augmented_view_logits(loaded, cache.images, rows, views=2)
+    z = augmented_view_logits(loaded, loaded.card.training.augment, cache.images, rows, views=2)
     np.testing.assert_allclose(z[0], loaded.predict_logits(cache.images, rows=rows), atol=1e-4)
     np.testing.assert_array_equal(z[0], z[1])
     with pytest.raises(UserError, match="--views"):
         calibrate(run, data_dir, views=-1)
+
+
+def test_test_time_views_are_how_every_command_scores(
+    run_dir, data_dir, synthetic_source, tmp_path
+):
+    """A run calibrated with test-time views: calibrate fits on the averaged logits, and
+    evaluate, predict and the service give each film the same averaged probability."""
+    import shutil
+
+    from pneumoscope.data.augment import AugmentConfig
+    from pneumoscope.evaluation.calibration import calibrate
+    from pneumoscope.model.views import view_stack
+    from pneumoscope.serving.engine import Engine, Upload
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    c = calibrate(run, data_dir, test_views=2)
+    assert json.loads((run / "calibration.json").read_text())["test_views"]["views"] == 2
+    loaded = load_run(run)
+    assert loaded.test_views.views == 2 and "2 augmented views of it" in loaded.threshold_policy
+    # by hand: the mean of the film's logit and its two views' logits
+    cache = open_cache(data_dir)
+    test = cache.split("test")
+    imgs = cache.images[test["index"].to_numpy()]
+    copies = view_stack(imgs, 2, AugmentConfig.from_dict(loaded.card.training.augment), 0)
+    z = (loaded.predict_logits(imgs) + loaded.predict_logits(copies).reshape(-1, 2).sum(1)) / 3
+    expect = dict(
+        zip(test["path"].map(lambda p: Path(p).name), loaded.proba_from_logits(z), strict=True)
+    )
+    assert c.validation_.after["auroc"] >= 0  # fitted on the averaged validation logits
+    m = evaluate(run, data_dir, "test", out=tmp_path / "ev", n_boot=0)
+    ev = pd.read_csv(tmp_path / "ev" / m["per_image"]["csv"])
+    for path, prob in zip(ev["path"], ev["probability"], strict=True):
+        assert prob == pytest.approx(expect[Path(path).name], abs=1e-6)
+    files = sorted((synthetic_source / "test").rglob("*.*"))[:6]
+    predict_to_csv(run, [str(f) for f in files], tmp_path / "p.csv")
+    pred = pd.read_csv(tmp_path / "p.csv")
+    by_name = dict(zip(pred["path"].map(lambda p: Path(p).name), pred["probability"], strict=True))
+    served = Engine.load(run).predict([Upload(f.read_bytes(), f.name) for f in files])
+    for f, s in zip(files, served, strict=True):
+        assert by_name[f.name] == pytest.approx(expect[f.name], abs=1e-5)
+        assert s.prediction.probability == pytest.approx(by_name[f.name], abs=1e-5)
+    # recalibrated with --test-views 0, the run scores the plain film again
+    calibrate(run, data_dir, test_views=0)
+    assert load_run(run).test_views is None
+    assert "test_views" not in json.loads((run / "calibration.json").read_text())
 
 
 def test_evaluate_writes_every_image_and_names_the_most_confident_errors(

@@ -35,6 +35,14 @@ def calibrate(
         "field of view, position or exposure vary. The temperature is still fitted on the "
         "plain images. Default: the run's training setting (threshold_views), else 0.",
     ),
+    test_views: int = typer.Option(
+        None,
+        help="Test-time views: score every film as the mean logit of the film and this many "
+        "copies under the run's training augmentation (seeded); the temperature and the "
+        "threshold are fitted on those scores, and predict, evaluate, explain and serve then "
+        "score the same way (K + 1 forward passes a film; 0 = the plain film). Default: the "
+        "run's training setting (test_views), else 0.",
+    ),
     ood: bool = typer.Option(
         True,
         "--ood/--no-ood",
@@ -60,7 +68,9 @@ def calibrate(
 
     if ood_method not in METHODS:
         raise UserError(f"--ood-method must be one of {', '.join(METHODS)}, got '{ood_method}'")
-    c = run_cal(run, data, policy, cost_fn, cost_fp, target_sensitivity, views=views)
+    c = run_cal(
+        run, data, policy, cost_fn, cost_fp, target_sensitivity, views=views, test_views=test_views
+    )
     if ood:
         fit_ood_guard(run, data, method=ood_method)
     _echo_calibration(c, policy, run / RunFiles.CALIBRATION)
@@ -77,6 +87,8 @@ def _echo_calibration(c, policy: str, written: Path) -> None:
             for name, d in (("before", v.before), ("after", v.after))
         ],
     )
+    if c.test_views_:
+        typer.echo(f"every score: {c.test_views_.note()} (seed {c.test_views_.seed})")
     tv = c.threshold_views_
     if tv:
         typer.echo(

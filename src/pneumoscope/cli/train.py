@@ -63,6 +63,7 @@ def train(
     strategy: str = typer.Option(None, help=HELP["strategy"]),
     precision: str = typer.Option(None, help=HELP["precision"]),
     threshold_views: int = typer.Option(None, help=HELP["threshold_views"]),
+    test_views: int = typer.Option(None, help=HELP["test_views"]),
     channels_last: bool = typer.Option(
         None, "--channels-last/--no-channels-last", help=HELP["channels_last"]
     ),
@@ -103,6 +104,8 @@ def train(
         f"validation{c.views_note()}); {t.train_seconds:.0f} s; stopped by "
         f"{t.stopped_by.replace('_', ' ')}; run in {cfg.out}"
     )
+    if t.schedule_note:
+        typer.echo(t.schedule_note)
     if t.initial_weights:
         typer.echo(f"initial weights: {describe(t.initial_weights)}")
     if c.temperature_warning_:

@@ -38,9 +38,9 @@ from pneumoscope.model.run import (
     LoadedRun,
     check_compatible,
     load_run,
-    normalize_float,
     row_batches,
 )
+from pneumoscope.model.views import TestViews, with_views
 
 
 def data_digest(cache: Cache, rows: np.ndarray, labels: np.ndarray) -> str:
@@ -53,31 +53,30 @@ def data_digest(cache: Cache, rows: np.ndarray, labels: np.ndarray) -> str:
 
 
 def augmented_view_logits(
-    loaded: LoadedRun,
+    runner,
+    augment: dict,
     images: np.ndarray,
     rows: np.ndarray,
     views: int,
     seed: int = 0,
     batch_size: int = 128,
 ) -> np.ndarray:
-    """Logits (views, N) of ``views`` copies of each image, transformed by the run's
-    training augmentation exactly as training fed them (augment_batch, then the
-    normalisation; no evaluation crop), with a generator seeded by ``seed``."""
+    """Logits (views, N) of ``views`` copies of each image, transformed by the training
+    augmentation ``augment`` as training fed them, with a generator seeded by ``seed``,
+    rounded to uint8 and scored by ``runner`` (anything with ``logits_and_features``:
+    a LoadedRun, a backend, one wrapped in test-time views)."""
     import torch
 
     from pneumoscope.data.augment import AugmentConfig, augment_batch
 
-    aug = AugmentConfig.from_dict(loaded.card.training.augment or {})
-    net = loaded.model.eval()
-    mean, std = loaded.mean, loaded.std
+    aug = AugmentConfig.from_dict(augment)
     gen = torch.Generator().manual_seed(seed)
     out = np.empty((views, len(rows)), dtype=np.float64)
-    with torch.inference_mode():
-        for v in range(views):
-            for start, chunk in row_batches(images, rows, batch_size):
-                x = torch.from_numpy(chunk).unsqueeze(1).float().div_(255.0)
-                x = normalize_float(augment_batch(x, aug, gen), mean, std, loaded.in_chans)
-                out[v, start : start + len(chunk)] = net(x).squeeze(1).float().numpy()
+    for v in range(views):
+        for start, chunk in row_batches(images, rows, batch_size):
+            x = torch.from_numpy(chunk).unsqueeze(1).float().div_(255.0)
+            x = augment_batch(x, aug, gen).mul_(255.0).round_().squeeze(1).to(torch.uint8)
+            out[v, start : start + len(chunk)] = runner.logits_and_features(x.numpy())[0]
     return out
 
 
@@ -97,6 +96,7 @@ def _check_settings(policy: str, cost_fn: float, cost_fp: float, target_sensitiv
 
 def _threshold_scores(
     loaded: LoadedRun,
+    scorer,
     cache: Cache,
     rows: np.ndarray,
     y: np.ndarray,
@@ -106,10 +106,12 @@ def _threshold_scores(
     views_seed: int,
 ) -> tuple[np.ndarray, np.ndarray, ThresholdViews | None]:
     """(labels, calibrated probabilities, views note) the threshold is chosen on: the
-    validation images (``p_cal``), plus ``views`` augmented copies of each when asked."""
+    validation images (``p_cal``), plus ``views`` augmented copies of each when asked,
+    each scored by ``scorer`` as every film is (with the test-time views, if any)."""
     if not views:
         return y, p_cal, None
-    z_views = augmented_view_logits(loaded, cache.images, rows, views, views_seed)
+    augment = loaded.card.training.augment or {}
+    z_views = augmented_view_logits(scorer, augment, cache.images, rows, views, views_seed)
     p_views = sigmoid(z_views / scaler.temperature_)
     y_thr = np.concatenate([y] + [y] * views)
     note = ThresholdViews(
@@ -122,6 +124,11 @@ def _threshold_scores(
     return y_thr, np.concatenate([p_cal, p_views.ravel()]), note
 
 
+def _test_views(loaded: LoadedRun, k: int) -> TestViews | None:
+    """K views drawn from the run's training augmentation, seed 0; None for K = 0."""
+    return TestViews(k, 0, dict(loaded.card.training.augment or {})) if k else None
+
+
 def calibrate(
     run: str | Path,
     data: str | Path,
@@ -131,18 +138,24 @@ def calibrate(
     target_sensitivity: float = 0.95,
     views: int | None = None,
     views_seed: int = 0,
+    test_views: int | None = None,
 ) -> TemperatureScaler:
     """Fit the temperature and choose the threshold on validation; write
     RUN/calibration.json and RUN/reliability_val.png; return the fitted scaler.
 
     ``views`` None: the run's training setting (model.json training.threshold_views;
-    0 for runs made before it existed)."""
+    0 for runs made before it existed). ``test_views`` K > 0 averages every logit over
+    the film and K augmented views (model.views): the temperature and the threshold are
+    then fitted on those averaged logits, and every command scores that way; None: the
+    run's training setting (training.test_views, 0 for runs made before it existed)."""
     _check_settings(policy, cost_fn, cost_fp, target_sensitivity)
     loaded = load_run(run, use_calibration=False)
     if views is None:
         views = int(loaded.card.training.threshold_views or 0)
-    if views < 0:
-        raise UserError(f"--views must be 0 or more, got {views}")
+    if test_views is None:
+        test_views = int(loaded.card.training.test_views or 0)
+    if views < 0 or test_views < 0:
+        raise UserError(f"--views and --test-views must be 0 or more, got {views}, {test_views}")
     cache = open_cache(data)
     check_compatible(cache, loaded, data)
     val = cache.split("val")
@@ -150,11 +163,15 @@ def calibrate(
     if len(np.unique(y)) < 2:
         raise UserError(f"the validation split of {data} holds one class only: cannot calibrate")
     rows = val["index"].to_numpy()
-    logits = loaded.predict_logits(cache.images, rows=rows).astype(np.float64)
-    scaler = TemperatureScaler().fit(logits, y)
+    tv = _test_views(loaded, test_views)
+    scorer = with_views(loaded, tv)
+    logits = scorer.predict_logits(cache.images, rows=rows).astype(np.float64)
+    scaler = TemperatureScaler().fit(logits, y, tv)
     p_cal = sigmoid(logits / scaler.temperature_)
     params = {"cost_fn": cost_fn, "cost_fp": cost_fp, "target_sensitivity": target_sensitivity}
-    y_thr, p_thr, note = _threshold_scores(loaded, cache, rows, y, p_cal, scaler, views, views_seed)
+    y_thr, p_thr, note = _threshold_scores(
+        loaded, scorer, cache, rows, y, p_cal, scaler, views, views_seed
+    )
     thresholds = {pol: choose_threshold(y_thr, p_thr, pol, **params) for pol in POLICIES}
     scaler.set_threshold(policy, thresholds, params, note)
     check = ValidationCheck(

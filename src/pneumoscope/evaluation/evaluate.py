@@ -91,7 +91,8 @@ def evaluate(
 ) -> dict:
     """Metrics of ``run`` on a split. ``runner`` computes the logits (anything with
     ``logits_and_features(images, rows=...)``, e.g. ``inference.predict.make_runner``'s
-    bf16 or int8 backends); default the run's float32 torch model."""
+    bf16 or int8 backends); default the run's float32 torch model. Either is wrapped in
+    the run's test-time views when its calibration has them."""
     loaded = load_run(run)
     cache = open_cache(data)
     check_compatible(cache, loaded, data)
@@ -101,7 +102,7 @@ def evaluate(
         raise UserError(f"split '{split}' of {data} holds one class only: AUROC is undefined")
     if n_boot < 0:
         raise UserError("--bootstrap must be 0 (no intervals) or more")
-    model = runner or loaded
+    model = loaded.scorer(runner)
     logits, _ = model.logits_and_features(cache.images, rows=rows["index"].to_numpy())
     logits = logits.astype(float)
     p_raw = sigmoid(logits)

@@ -411,7 +411,7 @@ def explain_files(
 def _explain_chunk(loaded: LoadedRun, read: list, out_dir: Path, batch_size: int, spec) -> list:
     """Rows (and PNGs) for decoded images: probability, label and Grad-CAM heatmap."""
     imgs = np.stack([img for _, img, _, _ in read])
-    probs = loaded.proba_from_logits(loaded.predict_logits(imgs, batch_size))
+    probs = loaded.proba_from_logits(loaded.scorer().predict_logits(imgs, batch_size))
     heats = gradcam(loaded, imgs, batch_size, spec)
     thr, names = loaded.threshold, loaded.card.class_names
     rows = []

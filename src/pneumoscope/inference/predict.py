@@ -213,8 +213,12 @@ def _batches(
 def make_runner(loaded: LoadedRun, backend: str):
     """Whatever computes (logits, features) from uint8 images: torch (float32 or bf16),
     ONNX Runtime (float32 or static int8) or OpenVINO (int8); "auto" picks the fastest
-    this run and CPU allow (:func:`resolve_backend`)."""
-    backend = resolve_backend(loaded, backend)
+    this run and CPU allow (:func:`resolve_backend`). Wrapped in the run's test-time views
+    when its calibration has them (``LoadedRun.scorer``), as every command scores."""
+    return loaded.scorer(_backend_runner(loaded, resolve_backend(loaded, backend)))
+
+
+def _backend_runner(loaded: LoadedRun, backend: str):
     if backend == "torch":
         return loaded
     if backend == "torch-bf16":

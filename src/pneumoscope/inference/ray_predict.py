@@ -110,7 +110,7 @@ class Scorer:
 
             model = ray.get(model)
         self.model = model
-        self.runner = _runner(model.onnx)
+        self.runner = model.loaded.scorer(_runner(model.onnx))  # + its test-time views
         self.scope = IntendedUse.from_card(model.loaded.card, model.allow)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -25,6 +25,7 @@ from scipy.optimize import minimize_scalar
 
 from pneumoscope.core.errors import UserError
 from pneumoscope.core.io import write_json_atomic
+from pneumoscope.model.views import TestViews
 
 LOG_T_BOUND = 4.0  # T is searched in [e^-4, e^4] = [0.018, 54.6]
 
@@ -101,16 +102,22 @@ class TemperatureScaler:
 
     Fitted state: ``temperature_`` and ``temperature_warning_`` (``fit``); ``policy_``,
     ``policy_params_``, ``threshold_``, ``thresholds_by_policy_``, ``threshold_views_``
-    (``set_threshold``); ``validation_``, ``validation_data_sha256_``, ``data_``
+    (``set_threshold``); ``test_views_`` (the test-time views the logits were averaged
+    over, None for plain logits; ``fit``); ``validation_``, ``validation_data_sha256_``, ``data_``
     (``set_provenance``); ``weights_sha256_`` and ``created_`` (stamped by ``save``).
     """
 
     def __init__(self, log_t_bound: float = LOG_T_BOUND, xatol: float = 1e-6):
         self.log_t_bound = log_t_bound
         self.xatol = xatol
+        self.test_views_: TestViews | None = None
 
-    def fit(self, logits: np.ndarray, y: np.ndarray) -> TemperatureScaler:
-        """The T > 0 minimising the NLL of ``y``, searched on log T within the bound."""
+    def fit(
+        self, logits: np.ndarray, y: np.ndarray, test_views: TestViews | None = None
+    ) -> TemperatureScaler:
+        """The T > 0 minimising the NLL of ``y``, searched on log T within the bound;
+        ``test_views``: how ``logits`` were made (None: one plain view per image)."""
+        self.test_views_ = test_views
         y = np.asarray(y, dtype=np.float64)
         res = minimize_scalar(
             lambda lt: nll(logits, y, float(np.exp(lt))),
@@ -151,9 +158,11 @@ class TemperatureScaler:
         return self
 
     def views_note(self) -> str:
-        """' + K augmented views of each image' when the threshold used them."""
-        v = self.threshold_views_
-        return f" + {v.views} augmented views of each image" if v and v.views else ""
+        """' + K augmented views of each image' when the threshold used them, and what
+        every score averages when the calibration has test-time views."""
+        v, tv = self.threshold_views_, self.test_views_
+        note = f" + {v.views} augmented views of each image" if v and v.views else ""
+        return note + (f"; each score is {tv.note()}" if tv and tv.views else "")
 
     # ----------------------------------------------------------------- persistence
 
@@ -166,6 +175,7 @@ class TemperatureScaler:
             "policy": self.policy_,
             "policy_params": self.policy_params_,
             "threshold_views": None if views is None else asdict(views),
+            **({} if self.test_views_ is None else {"test_views": self.test_views_.to_dict()}),
             "threshold": self.threshold_,
             "thresholds_by_policy": self.thresholds_by_policy_,
             "validation": asdict(self.validation_),
@@ -182,6 +192,8 @@ class TemperatureScaler:
         self = cls()
         self.temperature_ = float(d["temperature"])
         self.temperature_warning_ = d.get("temperature_warning")
+        tv = d.get("test_views")
+        self.test_views_ = None if tv is None else TestViews.from_dict(tv)
         views = d.get("threshold_views")
         self.set_threshold(
             d["policy"],

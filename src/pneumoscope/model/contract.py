@@ -315,6 +315,7 @@ class TrainingInfo:
     freeze_epochs: int = 0
     augment: dict[str, Any] | None = None
     threshold_views: int = 0
+    test_views: int = 0  # logits averaged over the film and this many augmented views
     ema_decay: float = 0.0
     batch_size_per_process: int | None = None
     processes: int = 1
@@ -324,11 +325,14 @@ class TrainingInfo:
     epochs_run: int | None = None
     train_seconds: float | None = None
     stopped_by: str | None = None
+    schedule_note: str = ""  # "schedule fitted to the 30-minute cap: 6 of 12 epochs ..."
     seed: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     # written only when set, so that older cards round-trip key for key
-    _OMIT_EMPTY: ClassVar[frozenset[str]] = frozenset({"precision_reason"})
+    _OMIT_EMPTY: ClassVar[frozenset[str]] = frozenset(
+        {"precision_reason", "test_views", "schedule_note"}
+    )
 
 
 @dataclass

@@ -27,6 +27,7 @@ from pneumoscope.data.preprocess import PreprocessConfig
 from pneumoscope.model.architectures import build_model
 from pneumoscope.model.calibration import TemperatureScaler, sigmoid
 from pneumoscope.model.contract import InputSpec, ModelCard, RunFiles, read_card
+from pneumoscope.model.views import TestViews, with_views
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
@@ -183,6 +184,16 @@ class LoadedRun:
             extra = self.calibration.views_note()
             return f"{self.calibration.policy_} (calibrated, on validation{extra})"
         return self.card.threshold_policy
+
+    @property
+    def test_views(self) -> TestViews | None:
+        """The test-time views the calibration was fitted with (None: plain films)."""
+        return self.calibration.test_views_ if self.calibration else None
+
+    def scorer(self, runner=None):
+        """``runner`` (default: this run's torch model) as every command scores with it:
+        wrapped in the calibration's test-time views when it has them."""
+        return with_views(self if runner is None else runner, self.test_views)
 
     @property
     def in_chans(self) -> int:

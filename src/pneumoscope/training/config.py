@@ -133,6 +133,13 @@ class TrainConfig(Settings):
         description="Stop training after this many minutes (0 = no limit); the best epoch "
         "so far is kept and --resume can continue.",
     )
+    fit_to_time: bool = Field(
+        False,
+        description="With --max-minutes and the cosine schedule: time the first epoch and, "
+        "when fewer epochs than configured fit in the cap on this machine, train that many, "
+        "the cosine ending on the last (rather than the cap cutting the run halfway down "
+        "the schedule); the card says so.",
+    )
     seed: Whole = Field(
         0,
         description="Seed for weights, order and augmentation (a CPU run repeats bit for bit).",
@@ -169,6 +176,14 @@ class TrainConfig(Settings):
         description="Choose the threshold on validation plus this many copies of each "
         "validation image under the training augmentation (0 = plain validation only; see "
         "calibrate --views).",
+    )
+    # every score averages the film's logit and this many augmented views of it
+    test_views: Whole = Field(
+        0,
+        description="Test-time views: every command scores a film by averaging the logit of "
+        "the film and this many copies under the training augmentation (seeded; K + 1 "
+        "forward passes a film); temperature and threshold are fitted on those averaged "
+        "scores (0 = the plain film; see calibrate --test-views).",
     )
     channels_last: bool = Field(  # NHWC: 1.08x faster fast-cpu steps here (bench/train.py)
         True,
@@ -223,7 +238,7 @@ class TrainConfig(Settings):
             raise ValueError(f"must be in [0, 1) (0 = off), got {v}")
         return v
 
-    @field_validator("threshold_views")
+    @field_validator("threshold_views", "test_views")
     @classmethod
     def _not_negative(cls, v: int) -> int:
         if v < 0:

@@ -192,6 +192,12 @@ class Classifier(L.LightningModule):
             return None
         return logits, y, loss_sum / len(y)
 
+    def schedule_epochs(self, epochs: int) -> None:
+        """End the cosine decay after ``epochs`` epochs instead of the configured count
+        (callbacks.FitScheduleToTime); the steps already taken keep their rates."""
+        if hasattr(self, "_per_epoch"):
+            self._total_steps = max(1, epochs * self._per_epoch)
+
     def configure_optimizers(self):
         hp = self.hparams
         params = list(self.parameters())
@@ -219,13 +225,14 @@ class Classifier(L.LightningModule):
                 self._plateau_state = None
             return opt
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
-        warmup = max(1, int(hp.warmup_epochs * per_epoch))
+        self._per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        self._total_steps = total
+        warmup = max(1, int(hp.warmup_epochs * self._per_epoch))
 
         def schedule(step: int) -> float:  # linear warm-up, then cosine decay to 1% of lr
             if step < warmup:
                 return (step + 1) / warmup
-            t = min(1.0, (step - warmup) / max(1, total - warmup))
+            t = min(1.0, (step - warmup) / max(1, self._total_steps - warmup))
             return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)

@@ -54,6 +54,7 @@ from pneumoscope.model.contract import (
 )
 from pneumoscope.training.callbacks import (
     AtomicCheckpointIO,
+    FitScheduleToTime,
     FreezeBackbone,
     LastCheckpoint,
     RunRecorder,
@@ -277,6 +278,8 @@ def _trainer(
     recorder = RunRecorder(files.root, init, precision)
     early = EarlyStopping(monitor="val_auroc", mode="max", patience=cfg.patience, verbose=False)
     cbs: list[Callback] = [recorder, early, LastCheckpoint(files.last_ckpt)]
+    if cfg.fit_to_time and cfg.max_minutes and cfg.scheduler == "cosine":
+        cbs.append(FitScheduleToTime(cfg.max_minutes * 60.0))
     if cfg.freeze_epochs:
         cbs.append(FreezeBackbone(cfg.freeze_epochs))
     if cfg.ema_decay:
@@ -442,7 +445,7 @@ def _finish(
     from pneumoscope.evaluation.calibration import calibrate
     from pneumoscope.model.ood import fit_ood_guard
 
-    card.calibration = calibrate(out, cfg.data, policy="youden")  # views: the card's
+    card.calibration = calibrate(out, cfg.data, policy="youden")  # both views: the card's
     fit_ood_guard(out, cfg.data)
     return card
 
@@ -480,6 +483,7 @@ def _training_info(
         freeze_epochs=cfg.freeze_epochs,
         augment=cfg.augment,
         threshold_views=cfg.threshold_views,
+        test_views=cfg.test_views,
         ema_decay=cfg.ema_decay,
         batch_size_per_process=cfg.batch_size,
         processes=cfg.devices * cfg.num_nodes,
@@ -489,6 +493,7 @@ def _training_info(
         epochs_run=int(epochs_run),
         train_seconds=round(float(summary.get("train_seconds", seconds)), 1),
         stopped_by=summary.get("stopped_by", "max_time"),
+        schedule_note=summary.get("schedule", ""),
         seed=cfg.seed,
     )
 

@@ -1,0 +1,112 @@
+"""Test-time views: a film's logit averaged over the film and K augmented copies of it.
+
+The copies are drawn from the run's own training augmentation: the variation (field of
+view, position, exposure) the model was trained to be indifferent to. On the pediatric
+reference runs, averaging 8 of them raised the official test AUROC of every run
+(docs/results.md, "Test-time views"). The setting belongs to the calibration
+(calibration.json ``test_views``): the temperature and the threshold are fitted on the
+averaged validation logits, so they only hold for scores made the same way, and every
+command that scores a film (predict, evaluate, explain, the service, the Ray engine,
+the PACS worker) wraps its backend in :class:`ViewsRunner`.
+
+The K transforms are drawn once per film from a generator seeded with ``seed``: every
+film gets the same K transforms, so a film's score never depends on which other films
+share its batch, and `predict`, the service and the Ray workers agree. The copies are
+rounded back to uint8, the input every backend (torch, ONNX Runtime, OpenVINO) takes.
+The penultimate features (what the OOD guard measures) stay those of the plain film.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # torch loads with the first views drawn, not with calibration.json
+    from pneumoscope.data.augment import AugmentConfig
+
+
+@dataclass(frozen=True)
+class TestViews:
+    """K augmented views of each film, averaged with it: the count, the seed of the
+    transforms and the augmentation they were drawn from (the run's training one)."""
+
+    __test__ = False  # not a pytest class, whatever its name
+
+    views: int
+    seed: int
+    augment: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TestViews:
+        return cls(int(d["views"]), int(d.get("seed", 0)), dict(d.get("augment") or {}))
+
+    def note(self) -> str:
+        """' averaged over the film and K augmented views' for cards and reports."""
+        return f"the logit averaged over the film and {self.views} augmented views of it"
+
+
+def view_stack(films: np.ndarray, views: int, augment: AugmentConfig, seed: int) -> np.ndarray:
+    """uint8 (N, S, S) -> uint8 (N * views, S, S): film i's views at rows i*K .. i*K+K-1,
+    the same K seeded transforms for every film."""
+    import torch
+
+    from pneumoscope.data.augment import augment_batch
+
+    out = np.empty((len(films) * views, *films.shape[1:]), dtype=np.uint8)
+    for i, film in enumerate(films):
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.from_numpy(np.ascontiguousarray(film)).float().div_(255.0)
+        x = x.expand(views, 1, *film.shape).contiguous()
+        y = augment_batch(x, augment, gen).mul_(255.0).round_()
+        out[i * views : (i + 1) * views] = y.squeeze(1).to(torch.uint8).numpy()
+    return out
+
+
+class ViewsRunner:
+    """A backend's ``logits_and_features`` with the logit averaged over the film and its
+    test-time views; the features are the plain film's. Anything else is the backend's."""
+
+    def __init__(self, runner, views: TestViews):
+        self.runner = runner
+        from pneumoscope.data.augment import AugmentConfig
+
+        self.views = views
+        self._augment = AugmentConfig.from_dict(views.augment)
+
+    def __getattr__(self, name: str):  # img_size, paths, ...: the wrapped backend's
+        return getattr(self.runner, name)
+
+    def logits_and_features(
+        self, images: np.ndarray, batch_size: int = 64, rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Averaged logits (N,) and plain penultimate features (N, D)."""
+        k = self.views.views
+        step = max(1, batch_size // (k + 1))  # about batch_size forward passes a chunk
+        rows = np.arange(len(images)) if rows is None else np.asarray(rows)
+        logits, feats = [np.zeros(0, np.float32)], []
+        for start in range(0, len(rows), step):
+            chunk = np.ascontiguousarray(images[rows[start : start + step]])
+            z, f = self.runner.logits_and_features(chunk, batch_size)
+            copies = view_stack(chunk, k, self._augment, self.views.seed)
+            zv, _ = self.runner.logits_and_features(copies, batch_size)
+            both = np.concatenate([z[:, None], zv.reshape(len(chunk), k)], axis=1)
+            logits.append(both.astype(np.float64).mean(axis=1).astype(np.float32))
+            feats.append(f)
+        return np.concatenate(logits), np.concatenate(feats) if feats else np.zeros((0, 0))
+
+    def predict_logits(
+        self, images: np.ndarray, batch_size: int = 64, rows: np.ndarray | None = None
+    ) -> np.ndarray:
+        return self.logits_and_features(images, batch_size, rows)[0]
+
+
+def with_views(runner, views: TestViews | None):
+    """``runner`` wrapped in the run's test-time views, or ``runner`` itself without them."""
+    if views is None or views.views <= 0 or isinstance(runner, ViewsRunner):
+        return runner
+    return ViewsRunner(runner, views)
