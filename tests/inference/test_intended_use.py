@@ -87,7 +87,12 @@ def test_each_rule_and_the_flag_that_relaxes_it(changes, rule, words):
     assert verdict.status == "out_of_scope" and verdict.rules == (rule,)
     assert words in verdict.reason, verdict.reason
     assert f"[rule {rule}: --allow {rule} analyses it anyway]" in verdict.reason
-    assert replace(CHILDREN, allow=frozenset({rule})).check(header) is None
+    relaxed = replace(CHILDREN, allow=frozenset({rule})).check(header)
+    assert relaxed.status == "ok" and relaxed.rules == (rule,)  # analysed, with a note
+    assert relaxed.reason.startswith(
+        f"outside the intended use, analysed because of --allow {rule}"
+    )
+    assert words in relaxed.reason and "[rule" not in relaxed.reason
     others = frozenset(RULES) - {rule}
     assert replace(CHILDREN, allow=others).check(header).rules == (rule,)
 

@@ -126,7 +126,11 @@ def test_relaxed_rules_and_a_dicomdir_given_alone(shared_data, tmp_path):
     assert r.returncode == 1 and "4 predicted" in r.stdout, r.stdout + r.stderr
     df = pd.read_csv(out, keep_default_na=False).set_index("path")
     assert df.loc[str(roles["lateral"]), "status"] == "ok"
+    assert df.loc[str(roles["lateral"]), "note"].startswith(
+        "outside the intended use, analysed because of --allow view: lateral view"
+    )  # the CSV says the film is outside what the model learnt from
     assert df.loc[str(roles["ct"]), "status"] == "ok"  # one slice, analysed as asked
+    assert "--allow modality" in df.loc[str(roles["ct"]), "note"]
     assert df.loc[str(roles["report"]), "status"] == "skipped"  # no flag makes a report a film
     bad = run_cli("predict", "--run", str(RUN_V1), str(roles["dicomdir"]), "--allow", "colour")
     assert bad.returncode == 2 and "--allow 'colour'" in bad.stderr

@@ -199,6 +199,28 @@ def test_absent_finding_and_a_run_without_ood_guard(tmp_path):
     assert max(sc.Rows, sc.Columns) >= 512  # a small film is enlarged for legible text
 
 
+@pytest.mark.realdata
+def test_a_film_analysed_outside_the_intended_use_says_so(tmp_path):
+    from pneumoscope.pacs.capture import result_lines
+
+    source = xray_dicom(dicom_ramp(0, 4000, np.uint16), bits_stored=12)
+    path = write_dicom(source, tmp_path / "ramp.dcm")
+    note = (
+        "outside the intended use, analysed because of --allow age: patient aged 45 years "
+        "(from PatientAge), outside the training population (children aged 1-5 years)"
+    )
+    info = ResultInfo(0.7, "PNEUMONIA", 0.41, "youden", "run_x@abc", outside_note=note)
+    sr, sc = dicom_results(source, decode_dicom(path), np.zeros((8, 8)), info)
+    (tmp_path / "sr.dcm").write_bytes(encode(sr))
+    assert_valid(tmp_path / "sr.dcm", (PRIVATE,))
+    assert coded(pydicom.dcmread(tmp_path / "sr.dcm"), "OUTSIDEUSE") == "373066001"  # Yes
+    text = " ".join(result_lines(info))
+    assert "OUTSIDE THE INTENDED USE: patient aged 45 years" in text
+    assert "children aged 1-5 years" in text
+    plain = ResultInfo(0.7, "PNEUMONIA", 0.41, "youden", "run_x@abc")
+    assert "OUTSIDE" not in " ".join(result_lines(plain))
+
+
 def test_a_source_without_study_is_refused_without_patient_data():
     source = xray_dicom(dicom_ramp(0, 255, np.uint8))
     del source.StudyInstanceUID

@@ -100,7 +100,13 @@ def test_the_age_rule_uses_the_cards_population(tmp_path, uploads, one_torch_thr
         assert "children aged 1-5 years" in r.json()["error"] and "Doe" not in r.text
         assert c.get("/v1/model").json()["intended_use_rules"]["ages"] == [1.0, 5.0]
     with _client(ServeSettings(run=run, allow=("age",))) as c:
-        assert c.post("/v1/predict", content=adult).status_code == 200
+        r = c.post("/v1/predict", content=adult)
+        assert r.status_code == 200 and r.json()["status"] == "ok"
+        note = r.json()["note"]  # the answer says the film is outside the population
+        assert note.startswith("outside the intended use, analysed because of --allow age")
+        assert "patient aged 45 years" in note and "children aged 1-5 years" in note
+        child = _dicom(tmp_path, "child", film_dataset(IMG, PatientAge="003Y"))
+        assert c.post("/v1/predict", content=child).json()["note"] == ""
 
 
 def test_unknown_rules_are_refused_in_one_line(tmp_path):

@@ -44,6 +44,7 @@ from pneumoscope.model.contract import ModelCard
 
 RULES = ("modality", "body-part", "view", "multiframe", "age")
 SKIPPED, OUT_OF_SCOPE = "skipped", "out_of_scope"
+ANALYSED = "ok"  # outside a rule the user relaxed (--allow): analysed, with a note
 
 RADIOGRAPHS = frozenset({"CR", "DX"})
 CAPTURES = frozenset({"SC", "OT"})
@@ -72,7 +73,9 @@ _CLASS_MODALITIES = (
 @dataclass(frozen=True)
 class Verdict:
     """Why an input is not analysed: ``status`` skipped or out_of_scope, the ``rules``
-    it breaks (none for skipped) and one line for people."""
+    it breaks (none for skipped) and one line for people; or, with status ``ANALYSED``,
+    the note an input analysed only because its rules were relaxed (--allow) carries into
+    every output (the CSV's note column, the service's answer, the DICOM report)."""
 
     status: str
     reason: str
@@ -167,13 +170,13 @@ class IntendedUse:
             "multiframe": _multiframe,
             "age": self._age,
         }
-        broken = []
+        broken, relaxed = [], []
         for rule, check in checks.items():
-            why = None if rule in self.allow else check(header)
+            why = check(header)
             if why:
-                broken.append((rule, why))
+                (relaxed if rule in self.allow else broken).append((rule, why))
         if not broken:
-            return None
+            return _analysed_note(relaxed)
         reason = "; ".join(
             f"{why} [rule {rule}: --allow {rule} analyses it anyway]" for rule, why in broken
         )
@@ -198,17 +201,30 @@ class IntendedUse:
         )
 
 
+def _analysed_note(relaxed: list[tuple[str, str]]) -> Verdict | None:
+    """The note of a film outside rules the user relaxed, or None when it breaks none."""
+    if not relaxed:
+        return None
+    why = "; ".join(why for _, why in relaxed)
+    flags = " ".join(f"--allow {rule}" for rule, _ in relaxed)
+    note = f"outside the intended use, analysed because of {flags}: {why}"
+    return Verdict(ANALYSED, note, tuple(r for r, _ in relaxed))
+
+
 def load_screened(
     path: str | os.PathLike, cfg: PreprocessConfig, scope: IntendedUse | None
 ) -> tuple[np.ndarray | None, str, str]:
-    """(image, "ok", "") or (None, status, reason): the intended-use rules first (a DICOM's
-    header), then the decoder; how `predict` and `explain` read a file, so one odd file
-    never stops a batch."""
+    """(image, "ok", note) or (None, status, reason): the intended-use rules first (a
+    DICOM's header), then the decoder; how `predict` and `explain` read a file, so one odd
+    file never stops a batch. The note is "" unless the film is analysed only because a
+    rule was relaxed (--allow)."""
     verdict = scope.screen(path) if scope is not None else None
-    if verdict is not None:
+    if verdict is not None and verdict.status != ANALYSED:
         return None, verdict.status, verdict.reason
     img, err = try_load_image(path, cfg)
-    return img, ("ok" if img is not None else "error"), err
+    if img is None:
+        return None, "error", err
+    return img, "ok", verdict.reason if verdict is not None else ""
 
 
 def modality_of(h: DicomHeader) -> str:

@@ -142,6 +142,7 @@ def to_columns(rows: Sequence[Prediction]) -> dict[str, np.ndarray]:
         "ood_score": num([r.ood_score for r in rows]),
         "status": text(r.status for r in rows),
         "error": text(r.error for r in rows),
+        "note": text(r.note for r in rows),
     }
 
 
@@ -158,6 +159,7 @@ def from_columns(b: dict[str, np.ndarray], k: int, threshold: float, mid: str) -
         None if math.isnan(s) else s,
         str(b["status"][k]),
         str(b["error"][k]),
+        str(b["note"][k]),
     )
 
 

@@ -27,6 +27,7 @@ CSV_COLUMNS = [
     "ood_score",
     "status",
     "error",
+    "note",
 ]
 
 
@@ -48,6 +49,7 @@ class Prediction:
     ood_score: float | None = None
     status: str = "ok"
     error: str = ""
+    note: str = ""  # analysed outside the intended use because a rule was relaxed (--allow)
     heatmap: str = ""
 
     def csv_cells(self, with_heatmap: bool = False) -> list[str]:
@@ -63,6 +65,7 @@ class Prediction:
             "" if self.ood_score is None else f"{self.ood_score:.4f}",
             self.status,
             self.error,
+            self.note,
         ]
         return cells + ([self.heatmap] if with_heatmap else [])
 
@@ -102,6 +105,8 @@ def score_screened(
         imgs = np.stack([batch[i][1] for i in good])
         preds = score_batch(loaded, runner, guard, imgs, [batch[i][0] for i in good], mid)
         done = dict(zip(good, preds, strict=True))
+        for i in good:  # an analysed film's note: outside rules relaxed with --allow
+            done[i].note = batch[i][3]
     thr = loaded.threshold
     return [
         done.get(i) or Prediction(path, thr, mid, status=status, error=why)

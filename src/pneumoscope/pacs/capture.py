@@ -50,6 +50,8 @@ def result_lines(info: ResultInfo) -> list[str]:
         if info.ood_score is not None:
             ood += f" (score {info.ood_score:.2f})"
     lines = [NOTICE, f"{call}, policy: {info.threshold_policy}", ood, f"model {info.model_id}"]
+    if info.outside_note:
+        lines.insert(1, "OUTSIDE THE INTENDED USE: " + info.outside_note.split(": ", 1)[-1])
     return [line.encode("ascii", "replace").decode() for line in lines]
 
 

@@ -58,6 +58,7 @@ class ResultInfo:
     model_id: str
     ood: bool | None = None  # None: the run has no out-of-distribution guard
     ood_score: float | None = None
+    outside_note: str = ""  # analysed although outside the intended use (--allow): why
     version: str = __version__
 
     @property
@@ -78,6 +79,7 @@ class ResultInfo:
             model_id=prediction.model_id,
             ood=prediction.ood,
             ood_score=prediction.ood_score,
+            outside_note=prediction.note,
         )
 
 

@@ -64,6 +64,7 @@ THRESHOLD = CodedConcept.from_code(codes.DCM.ThresholdValue)
 NO_UNITS = CodedConcept.from_code(codes.UCUM.NoUnits)
 OOD = CodedConcept("OOD", PRIVATE_SCHEME, "Outside the training distribution")
 OOD_SCORE = CodedConcept("OODSCORE", PRIVATE_SCHEME, "Out-of-distribution score")
+OUTSIDE = CodedConcept("OUTSIDEUSE", PRIVATE_SCHEME, "Analysed outside the intended use")
 TRACKING_ID = "pneumonia classification"
 
 
@@ -117,6 +118,8 @@ def _evaluations(info: ResultInfo) -> list[QualitativeEvaluation]:
     found = [QualitativeEvaluation(PNEUMONIA, PRESENT if info.pneumonia else ABSENT)]
     if info.ood is not None:
         found.append(QualitativeEvaluation(OOD, YES if info.ood else NO))
+    if info.outside_note:  # a rule relaxed with --allow (age, view, ...): say it was
+        found.append(QualitativeEvaluation(OUTSIDE, YES))
     return found
 
 
@@ -140,7 +143,7 @@ def measurement_report(info: ResultInfo, source: Dataset) -> MeasurementReport:
 
 
 def _uses_private(info: ResultInfo) -> bool:
-    return info.ood is not None or info.ood_score is not None
+    return info.ood is not None or info.ood_score is not None or bool(info.outside_note)
 
 
 def _private_scheme() -> list[CodingSchemeIdentificationItem]:

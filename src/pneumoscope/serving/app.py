@@ -112,6 +112,7 @@ def result_json(outcome: Outcome, rid: str, policy: str) -> dict:
         "ood_score": p.ood_score,
         "status": p.status,
         "error": p.error,
+        "note": p.note,
         **outcome.pictures,
     }
 

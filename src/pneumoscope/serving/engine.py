@@ -24,7 +24,7 @@ import numpy as np
 
 from pneumoscope.core.errors import ImageReadError
 from pneumoscope.data.preprocess import load_image_bytes, sniff_image
-from pneumoscope.inference.intended_use import IntendedUse
+from pneumoscope.inference.intended_use import ANALYSED, IntendedUse
 from pneumoscope.inference.predict import Prediction, make_runner, model_id, score_batch
 from pneumoscope.model.ood import OodGuard
 from pneumoscope.model.run import LoadedRun, load_run
@@ -144,16 +144,16 @@ class Engine:
         ``deadline`` (time.monotonic()) bounds the wait for a batch: TimeoutError after it."""
         with self._decoding:
             decoded = [self._decode(u) for u in uploads]
-        good = [i for i, d in enumerate(decoded) if isinstance(d, np.ndarray)]
+        good = [i for i, d in enumerate(decoded) if len(d) == 2]  # (pixels, note)
         outcomes: list[Outcome] = []
-        pixels = np.stack([decoded[i] for i in good]) if good else None
+        pixels = np.stack([decoded[i][0] for i in good]) if good else None
         done = self._infer(pixels, heatmap, deadline) if good else []
         by_index = dict(zip(good, done, strict=True))
         for i, (up, d) in enumerate(zip(uploads, decoded, strict=True)):
             digest = hashlib.sha256(up.data).hexdigest()
             if i in by_index:
                 pred, pictures, heat = by_index[i]
-                pred.path = up.filename
+                pred.path, pred.note = up.filename, d[1]
                 outcomes.append(Outcome(pred, digest, len(up.data), 200, pictures, heat))
             else:
                 http, status, message = d
@@ -161,9 +161,10 @@ class Engine:
                 outcomes.append(Outcome(pred, digest, len(up.data), http_status=http))
         return outcomes
 
-    def _decode(self, upload: Upload) -> np.ndarray | tuple[int, str, str]:
-        """Pixels, or (HTTP status, status, reason): 400 unreadable, 415 not an image, 422
-        skipped or out of scope by the intended-use rules."""
+    def _decode(self, upload: Upload) -> tuple[np.ndarray, str] | tuple[int, str, str]:
+        """(pixels, note), or (HTTP status, status, reason): 400 unreadable, 415 not an
+        image, 422 skipped or out of scope by the intended-use rules. The note is "" unless
+        the film is analysed only because the service relaxed a rule (--allow)."""
         data = upload.data
         if not data:
             return 400, "error", "empty file (0 bytes)"
@@ -171,10 +172,10 @@ class Engine:
         if kind is None:
             return 415, "error", NOT_AN_IMAGE
         verdict = self.scope.screen(data) if kind == "dicom" else None
-        if verdict is not None:
+        if verdict is not None and verdict.status != ANALYSED:
             return 422, verdict.status, verdict.reason
         try:
-            return load_image_bytes(data, self.loaded.preprocess)
+            return load_image_bytes(data, self.loaded.preprocess), verdict.reason if verdict else ""
         except ImageReadError as exc:
             return 400, "error", str(exc)
         except Exception as exc:  # a decoder bug must stay one file's error
