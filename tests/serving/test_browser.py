@@ -51,11 +51,11 @@ def _wait_ready(proc: subprocess.Popen, url: str, log: Path) -> None:
 
 
 @contextmanager
-def _serve(log: Path, *extra: str) -> Iterator[str]:
-    """`pneumoscope serve` on 127.0.0.1 serving the committed run, until the block ends;
-    yields its base URL."""
+def _serve(log: Path, *extra: str, run: Path = RUN) -> Iterator[str]:
+    """`pneumoscope serve` on 127.0.0.1 serving ``run`` (default: the committed one) until
+    the block ends; yields its base URL."""
     port = _free_port()
-    cmd = [sys.executable, "-m", "pneumoscope", "serve", "--run", str(RUN), "--port", str(port)]
+    cmd = [sys.executable, "-m", "pneumoscope", "serve", "--run", str(run), "--port", str(port)]
     with log.open("wb") as out:
         proc = subprocess.Popen([*cmd, *extra], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -235,3 +235,41 @@ def test_page_warns_out_of_distribution_and_escapes(server, browser_page, shared
     assert card.locator(".policy").text_content() == markup
     assert card.locator(".policy img").count() == 0
     assert page.title() != "pwned"
+
+
+@pytest.mark.realdata
+def test_page_says_when_a_film_is_outside_the_training_population(
+    browser_page, shared_data, tmp_path
+):
+    """Served with --allow age, an adult's film of a children's model is analysed, and the
+    page says it is outside the intended use, with the API's note."""
+    import json
+    import shutil
+
+    import cv2
+
+    from tests.helpers import film_dataset, write_dicom
+
+    run = shutil.copytree(RUN, tmp_path / "run")
+    card = json.loads((run / "model.json").read_text())
+    card["population"] = {"age_groups": ["child"], "age_min": 1, "age_max": 5, "views": ["AP"]}
+    (run / "model.json").write_text(json.dumps(card))
+    gray = cv2.imread(str(_real_xray(shared_data)), cv2.IMREAD_GRAYSCALE)
+    adult = write_dicom(film_dataset(gray, PatientAge="045Y"), tmp_path / "adult.dcm")
+    page = browser_page
+    page.set_viewport_size({"width": 1280, "height": 900})
+    with _serve(tmp_path / "serve.log", "--allow", "age", run=run) as url:
+        api = _api_predict(url, adult.read_bytes()).json()
+        page.goto(url + "/")
+        page.set_input_files("#files", [str(adult)])
+        card = _wait_card(page, adult.name, "ok")
+    note = card.locator(".outside-note")
+    shown = note.text_content()
+    assert note.is_visible() and shown.startswith("Outside the intended use. Analysed because")
+    assert api["note"].split(", analysed because ", 1)[1] in shown
+    assert "patient aged 45 years" in note.text_content()
+    assert "children aged 1-5 years" in note.text_content()
+    page.screenshot(path=str(tmp_path / "outside.png"), full_page=True)
+    target = os.environ.get("PNEUMOSCOPE_OUTSIDE_SCREENSHOT")
+    if target:
+        shutil.copy(tmp_path / "outside.png", target)
