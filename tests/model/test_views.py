@@ -122,3 +122,10 @@ def test_a_negative_count_is_one_readable_line():
 
     with pytest.raises(UserError, match="--test-views must be 0 or more"):
         TrainConfig(data="d", out="o", test_views=-1)
+
+
+def test_the_run_config_names_the_views_only_when_they_are_on():
+    from pneumoscope.training.config import TrainConfig
+
+    assert "test_views: 8" in TrainConfig(data="d", out="o", test_views=8).to_yaml()
+    assert "test_views" not in TrainConfig(data="d", out="o").to_yaml()  # as before them

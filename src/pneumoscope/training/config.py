@@ -53,8 +53,17 @@ def _augment_defaults() -> dict[str, Any]:
     return AugmentConfig().to_dict()
 
 
+# settings added after release 0.1, written to config.yaml only when switched on, so that
+# a run's config from before them reads back and writes out unchanged
+LATER_SWITCHES = ("fit_to_time", "test_views")
+
+
 class TrainConfig(Settings):
     default_in_help = True
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        return {k: v for k, v in d.items() if k not in LATER_SWITCHES or v}
 
     data: Text = Field(description="A folder made by 'pneumoscope data prepare'.")
     out: Text = Field(description="Run folder to write (weights, model.json, history).")
