@@ -30,7 +30,8 @@ from sklearn.metrics import roc_auc_score
 from pneumoscope.core.errors import UserError
 from pneumoscope.core.io import write_json_atomic
 from pneumoscope.data.cache import Cache, open_cache
-from pneumoscope.model.run import LoadedRun, load_run, model_input
+from pneumoscope.model.run import LoadedRun, load_run
+from pneumoscope.training.eval_size import refit_norms
 
 MIN_GAIN = 0.002
 
@@ -58,22 +59,15 @@ def rows_like(base: Cache, other: Cache, split: str) -> tuple[np.ndarray, np.nda
 
 
 def refit_bn(loaded: LoadedRun, images: np.ndarray, batch_size: int) -> torch.nn.Module:
-    """A copy of the run's network with batch-norm statistics recomputed on ``images``."""
-    net = copy.deepcopy(loaded.model).eval()
-    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over every batch
-        m.train()
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
-            net(_input(loaded, x))
-    return net.eval()
+    """A copy of the run's network with batch-norm statistics recomputed on ``images``
+    (the product's refit, ``calibrate --refit-size``)."""
+    net = copy.deepcopy(loaded.model)
+    refit_norms(loaded, net, images, None, batch_size)
+    return net
 
 
 def _input(loaded: LoadedRun, x_uint8: torch.Tensor) -> torch.Tensor:
-    return model_input(x_uint8.unsqueeze(1), loaded.mean, loaded.std, loaded.in_chans)
+    return loaded.model_input(x_uint8.unsqueeze(1))
 
 
 @torch.no_grad()

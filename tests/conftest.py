@@ -64,6 +64,31 @@ def run_dir(data_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def resnet_run(data_dir, tmp_path_factory) -> Path:
+    """A one-epoch ResNet-18 at 32 px: global pooling and batch norms, so it takes any size
+    (the evaluation-size tests)."""
+    from pneumoscope.training.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("resnet")
+    cfg = TrainConfig(data=str(data_dir), out=str(out), model="resnet18", epochs=1,
+                      batch_size=16, precision="fp32", channels_last=False)  # fmt: skip
+    train(cfg, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def data48(synthetic_source, tmp_path_factory) -> Path:
+    """The synthetic source prepared at 48 px, splits as ``data_dir``'s."""
+    from pneumoscope.data.prepare import prepare
+    from pneumoscope.data.preprocess import PreprocessConfig
+
+    out = tmp_path_factory.mktemp("cache48")
+    prepare(synthetic_source, out, PreprocessConfig(img_size=48), val_fraction=0.2, seed=0,
+            workers=2, progress=False)  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real X-rays beside the repository. Missing data is a failure, never a skip."""
     if not (SHARED_DATA / "chest_xray_224" / "train").is_dir():

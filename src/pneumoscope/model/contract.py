@@ -58,6 +58,7 @@ class RunFiles:
     root: Path
 
     WEIGHTS: ClassVar[str] = "model.safetensors"
+    TRAINED_WEIGHTS: ClassVar[str] = "model.trained.safetensors"  # kept by calibrate --refit-size
     CARD: ClassVar[str] = "model.json"
     CALIBRATION: ClassVar[str] = "calibration.json"
     OOD_CARD: ClassVar[str] = "ood.json"
@@ -87,6 +88,7 @@ class RunFiles:
         return run if isinstance(run, RunFiles) else cls(Path(run).expanduser())
 
     weights = _path("WEIGHTS")
+    trained_weights = _path("TRAINED_WEIGHTS")
     card = _path("CARD")
     calibration = _path("CALIBRATION")
     ood_card = _path("OOD_CARD")
@@ -358,6 +360,8 @@ class ModelCard:
     training: TrainingInfo = field(default_factory=TrainingInfo)
     best_epoch: int | None = None
     val_metrics: dict[str, Any] = field(default_factory=dict)
+    # set by `calibrate --refit-size`: trained at one size, scores at input.img_size
+    size_refit: dict[str, Any] | None = None
     weights: str = RunFiles.WEIGHTS
     intended_use: str = INTENDED_USE
     card_version: int = CARD_VERSION
@@ -432,6 +436,7 @@ class ModelCard:
             "training": _plain(self.training),
             "best_epoch": self.best_epoch,
             "val_metrics": self.val_metrics,
+            **({} if self.size_refit is None else {"size_refit": self.size_refit}),
             "weights": self.weights,
             "intended_use": self.intended_use,
             **self.extra,
