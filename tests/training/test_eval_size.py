@@ -86,6 +86,25 @@ def test_what_cannot_take_another_size_is_refused_in_one_line(run, run_dir, data
     assert not (run.trained_weights).exists()
 
 
+def test_a_cache_whose_splits_differ_is_refused(run, synthetic_source, tmp_path):
+    """Other split settings put some of the run's training films in validation or test:
+    refitting or calibrating on them would leak; the same holds when only counts are left."""
+    from pneumoscope.data.prepare import prepare
+    from pneumoscope.data.preprocess import PreprocessConfig
+
+    other = tmp_path / "other48"
+    prepare(synthetic_source, other, PreprocessConfig(img_size=48), val_fraction=0.4, seed=3,
+            workers=2, progress=False)  # fmt: skip
+    with pytest.raises(UserError, match="same train/val/test splits"):
+        refit_size(run.root, other)
+    card = json.loads(run.card.read_text())
+    card["training_data"]["cache"] = str(tmp_path / "gone")
+    run.card.write_text(json.dumps(card))
+    with pytest.raises(UserError, match="same train/val/test splits"):
+        refit_size(run.root, other)
+    assert json.loads(run.card.read_text())["img_size"] == 32
+
+
 def test_a_cache_at_another_size_names_the_way_out(run, data48):
     from pneumoscope.evaluation.evaluate import evaluate
 

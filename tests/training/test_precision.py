@@ -94,11 +94,12 @@ def test_fast_cpu_falls_back_to_the_float32_recipe_on_a_cpu_without_bf16(monkeyp
     from pneumoscope.core.settings import read_preset
 
     preset = read_preset("train", "fast-cpu")
-    own = {"img_size": preset["img_size"], "epochs": preset["epochs"]}
+    own = {"img_size": preset["img_size"], "epochs": preset["epochs"], "eval_size": None}
     assert P.fast_cpu_recipe(preset, "AVX512-BF16") == (own, "")
     assert P.fast_cpu_recipe(preset, "AMX-BF16") == (own, "")
     recipe, note = P.fast_cpu_recipe(preset, None)
-    assert recipe == {"img_size": 160, "epochs": 12} != own
+    assert recipe == {"img_size": 160, "epochs": 12, "eval_size": P.FLOAT32_FAST_CPU["eval_size"]}
+    assert recipe != own
     assert "no bf16 matrix units" in note and "160 px for 12 epochs" in note
     info = tmp_path / "cpuinfo"  # this machine made into an older x86 CPU
     info.write_text("flags\t\t: fpu sse avx2\n")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from pneumoscope.core.errors import UserError
-from pneumoscope.data.cache import Cache, open_cache
+from pneumoscope.data.cache import Cache, counts_table, open_cache
 from pneumoscope.model.architectures import build_model
 from pneumoscope.model.contract import RunFiles, file_sha256
 from pneumoscope.model.run import LoadedRun, load_run, row_batches, save_weights
@@ -65,6 +65,27 @@ def check_cache(loaded: LoadedRun, cache: Cache, data: str | Path) -> int:
     return have.img_size
 
 
+def check_same_films(loaded: LoadedRun, cache: Cache, data: str | Path) -> None:
+    """DATA must hold the run's films in the same splits (compared by the hash of each
+    film's decoded pixels, which does not depend on the size): a film the run trained on
+    must never calibrate or test it. Where the training cache is gone, its counts."""
+    trained = Path(loaded.card.training_data.cache or "")
+    if (trained / "cache.json").is_file():
+        same = _film_splits(open_cache(trained)) == _film_splits(cache)
+    else:
+        same = counts_table(cache.manifest) == loaded.card.training_data.counts
+    if not same:
+        raise UserError(
+            f"{data} does not hold the run's films in the same train/val/test splits as "
+            f"{trained} did; prepare it from the same source with the same split settings"
+        )
+
+
+def _film_splits(cache: Cache) -> list[tuple[str, str]]:
+    m = cache.manifest
+    return sorted(zip(m["sha1"].astype(str), m["split"].astype(str), strict=True))
+
+
 def network_at(loaded: LoadedRun, size: int) -> torch.nn.Module:
     """The run's network built for ``size`` px with its weights, or one line saying why
     this architecture cannot take another size (its layers depend on it)."""
@@ -100,6 +121,7 @@ def refit_size(run: str | Path, data: str | Path, films: int = REFIT_FILMS, seed
     loaded = load_run(run, use_calibration=False)
     cache = open_cache(data)
     size = check_cache(loaded, cache, data)
+    check_same_films(loaded, cache, data)
     net = network_at(loaded, size)
     rows = refit_sample(cache, films, seed)
     n_norms = refit_norms(loaded, net, cache.images, rows)

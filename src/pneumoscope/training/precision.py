@@ -129,13 +129,15 @@ def machine_precision(asked: str, device: str) -> PrecisionChoice:
 # fast-cpu where bf16 would be emulated: the float32 recipe it replaced, measured at 25 minutes
 # on 2 cores (docs/results.md, "bf16: what the saved CPU time bought"); in float32 the bf16
 # recipe (192 px, 14 epochs) runs about 1.7x longer and the 30-minute cap would cut it short.
-FLOAT32_FAST_CPU = {"img_size": 160, "epochs": 12}
+# eval_size: the size the trained run is refitted to score at (calibrate --refit-size; None:
+# its training size), decided on validation by the rule in docs/results.md.
+FLOAT32_FAST_CPU = {"img_size": 160, "epochs": 12, "eval_size": None}
 
 
 def fast_cpu_recipe(preset: dict, cpu_unit: str | None) -> tuple[dict, str]:
-    """The fast-cpu image size and epochs for a CPU with this bf16 unit (``cpu_bf16_unit``),
-    and a note for the user ('' when the preset's own recipe applies)."""
-    own = {k: preset[k] for k in FLOAT32_FAST_CPU}
+    """The fast-cpu image size, epochs and evaluation size for a CPU with this bf16 unit
+    (``cpu_bf16_unit``), and a note for the user ('' when the preset's own recipe applies)."""
+    own = {"img_size": preset["img_size"], "epochs": preset["epochs"], "eval_size": None}
     if cpu_unit:
         return own, ""
     note = (
@@ -143,6 +145,8 @@ def fast_cpu_recipe(preset: dict, cpu_unit: str | None) -> tuple[dict, str]:
         f"recipe, {FLOAT32_FAST_CPU['img_size']} px for {FLOAT32_FAST_CPU['epochs']} epochs, "
         f"instead of fast-cpu's {own['img_size']} px for {own['epochs']}"
     )
+    if FLOAT32_FAST_CPU["eval_size"]:
+        note += f", then scoring at {FLOAT32_FAST_CPU['eval_size']} px (batch norms refitted)"
     return dict(FLOAT32_FAST_CPU), note
 
 
