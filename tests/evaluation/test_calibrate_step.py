@@ -77,3 +77,29 @@ def test_cli_calibrate_ood_method_opt_in_and_a_bad_one_is_one_line(run, data_dir
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "--ood-method must be one of mahalanobis, mahalanobis+residual" in r.stderr
     assert _ood_state(run) == before
+
+
+def test_calibrate_warns_when_the_copies_score_much_worse_than_the_films(capsys):
+    """At a larger evaluation size the threshold copies scored far worse than the films
+    (0.954 against 0.990) and the threshold chosen on both cost sensitivity: say so."""
+    from types import SimpleNamespace
+
+    from pneumoscope.cli.evaluate import _echo_calibration
+    from pneumoscope.model.calibration import ThresholdViews
+
+    def fitted(copies_auroc: float):
+        d = {"nll": 0.1, "ece": 0.02, "brier": 0.03, "auroc": 0.990}
+        at = {"sensitivity": 0.775, "specificity": 1.0}
+        tv = ThresholdViews(views=4, seed=0, augment={}, n_scored=10, views_auroc=copies_auroc)
+        v = SimpleNamespace(n=5, before=d, after=d, at_threshold=at)
+        return SimpleNamespace(
+            validation_=v, temperature_=0.55, test_views_=None, threshold_views_=tv,
+            threshold_=0.98, temperature_warning_="",
+        )  # fmt: skip
+
+    _echo_calibration(fitted(0.954), "youden", RunFiles.of(".").calibration)
+    err = capsys.readouterr().err
+    assert "copies score much worse than the films (AUROC 0.954 against 0.990)" in err
+    assert "--views 0" in err
+    _echo_calibration(fitted(0.985), "youden", RunFiles.of(".").calibration)
+    assert "copies" not in capsys.readouterr().err

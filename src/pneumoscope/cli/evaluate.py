@@ -101,6 +101,11 @@ def _refit_size(run: Path, data: Path, ood: bool) -> None:
     )
 
 
+# copies this much worse than the films: seen at 192 px on a run trained at 160 px, where the
+# threshold rose to 0.984 and sensitivity fell to 0.775 (docs/results.md)
+COPIES_GAP = 0.02
+
+
 def _echo_calibration(c, policy: str, written: Path) -> None:
     """The before/after table, the threshold and any warning of a calibration."""
     v = c.validation_
@@ -127,6 +132,14 @@ def _echo_calibration(c, policy: str, written: Path) -> None:
     )
     if c.temperature_warning_:
         typer.echo(f"warning: {c.temperature_warning_}", err=True)
+    if tv and tv.views_auroc < v.after["auroc"] - COPIES_GAP:
+        typer.echo(
+            f"warning: the augmented copies score much worse than the films (AUROC "
+            f"{tv.views_auroc:.3f} against {v.after['auroc']:.3f}), so a threshold chosen on "
+            "both may trade away sensitivity; check the figures above, or calibrate with "
+            "--views 0",
+            err=True,
+        )
 
 
 @app.command(
