@@ -466,3 +466,29 @@ def test_ema_decay_out_of_range_is_one_line(data_dir, tmp_path):
     for bad in (-0.1, 1.0):
         with pytest.raises(UserError, match=r"--ema-decay must be in \[0, 1\)"):
             train(tiny(data_dir, tmp_path / "bad", ema_decay=bad), progress=False)
+
+
+def test_zoom_out_shrinks_half_the_films_inside_the_fill():
+    """zoom_out: on a fair coin the box holds the whole image (the film's area shrunk by
+    1 / a, a uniform in [1 - zoom_out, 1]), otherwise the crop's box (area grown)."""
+    x = torch.zeros(200, 1, 64, 64)
+    x[:, :, 16:48, 16:48] = 1.0  # a centred 32 x 32 square
+    cfg = AugmentConfig(**OFF, crop=0.5, zoom_out=0.5, fill="zeros")
+    area = (augment_batch(x.clone(), cfg, _gen()) > 0.5).flatten(1).sum(dim=1) / 1024.0
+    smaller, larger = (area < 0.97).float().mean(), (area > 1.03).float().mean()
+    assert 0.35 < smaller < 0.65 and 0.35 < larger < 0.65  # both ways, about half each
+    assert area.min() > 0.5 - 0.03  # shrunk to no less than half the area
+    ones = torch.ones(64, 1, 32, 32)
+    y = augment_batch(ones, AugmentConfig(**OFF, zoom_out=0.5, fill="zeros"), _gen())
+    shrunk = (y < 0.5).flatten(1).any(dim=1).float().mean()
+    assert 0.3 < shrunk < 0.7  # a zero border appears only on the zoomed-out half
+
+
+def test_zoom_out_off_keeps_the_random_stream_and_range_is_checked():
+    x = torch.rand(6, 1, 20, 20)
+    cfg = AugmentConfig(crop=0.5, aspect=0.15)
+    a = augment_batch(x.clone(), cfg, _gen(3))
+    b = augment_batch(x.clone(), AugmentConfig(crop=0.5, aspect=0.15, zoom_out=0.0), _gen(3))
+    assert torch.equal(a, b)
+    with pytest.raises(UserError, match="zoom_out"):
+        AugmentConfig(zoom_out=1.0).check()

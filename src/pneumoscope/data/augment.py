@@ -34,6 +34,11 @@ class AugmentConfig:
     # RandomResizedCrop: keep an area fraction uniform in [1 - crop, 1], aspect ratio
     # log-uniform in [3/4, 4/3], anywhere inside the image, resized back to full size
     crop: float = 0.0
+    # symmetric zoom-out: each image's box is, on a fair coin, larger than the image (area
+    # 1 / a, a uniform in [1 - zoom_out, 1]: the film shrunk inside the fill) or the crop's
+    # box; zoom_out = crop makes the two sides mirror images in log area, so a film is as
+    # often framed wider than it was taken as tighter (the field-of-view shortcut both ways)
+    zoom_out: float = 0.0
     # independent x and y scale, each uniform in [1 - a, 1 + a] (times the zoom): Keras's
     # zoom_range draws x and y independently, so zoom 0 + aspect 0.2 is Keras's zoom 0.2
     aspect: float = 0.0
@@ -51,7 +56,16 @@ class AugmentConfig:
 
     def check(self) -> None:
         """One-line errors for settings outside their range."""
-        for name in ("zoom", "shift", "crop", "aspect", "gamma", "brightness", "contrast"):
+        for name in (
+            "zoom",
+            "shift",
+            "crop",
+            "zoom_out",
+            "aspect",
+            "gamma",
+            "brightness",
+            "contrast",
+        ):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
                 raise UserError(f"augment {name} must be a number in [0, 1), got {v!r}")
@@ -69,15 +83,25 @@ def _uniform(n: int, lo: float, hi: float, gen: torch.Generator | None, device) 
     return torch.rand(n, generator=gen, device=device) * (hi - lo) + lo
 
 
-def _crop_boxes(b: int, crop: float, gen, dev) -> tuple[torch.Tensor, ...]:
-    """Per image: the kept box's half-sizes (w, h) and centre (cx, cy), in grid units."""
-    area = _uniform(b, 1.0 - crop, 1.0, gen, dev)
+def _crop_boxes(b: int, crop: float, zoom_out: float, gen, dev) -> tuple[torch.Tensor, ...]:
+    """Per image: the box's half-sizes (w, h) and centre (cx, cy), in grid units. A crop
+    box lies inside the image; a zoom-out box (w or h above 1) holds the whole image,
+    which lands anywhere inside it."""
+    u, lo = torch.rand(b, generator=gen, device=dev), 1.0 - crop
+    area = u * (1.0 - lo) + lo  # uniform in [1 - crop, 1], as _uniform draws it
     log_r = _uniform(b, math.log(3 / 4), math.log(4 / 3), gen, dev)
     r = torch.exp(log_r)
-    w = torch.sqrt(area * r).clamp(max=1.0)  # fraction of the width kept
-    h = torch.sqrt(area / r).clamp(max=1.0)
-    cx = (torch.rand(b, generator=gen, device=dev) * 2.0 - 1.0) * (1.0 - w)
-    cy = (torch.rand(b, generator=gen, device=dev) * 2.0 - 1.0) * (1.0 - h)
+    w, h = torch.sqrt(area * r), torch.sqrt(area / r)  # fractions of the width, height
+    out = torch.zeros(b, dtype=torch.bool, device=dev)
+    if zoom_out > 0:  # drawn only when on, so configs without it keep their random stream
+        out = torch.rand(b, generator=gen, device=dev) < 0.5
+        big = 1.0 / (1.0 - zoom_out * u)
+        w = torch.where(out, torch.sqrt(big * r), w)
+        h = torch.where(out, torch.sqrt(big / r), h)
+    w = torch.where(out, w, w.clamp(max=1.0))
+    h = torch.where(out, h, h.clamp(max=1.0))
+    cx = (torch.rand(b, generator=gen, device=dev) * 2.0 - 1.0) * (1.0 - w).abs()
+    cy = (torch.rand(b, generator=gen, device=dev) * 2.0 - 1.0) * (1.0 - h).abs()
     return w, h, cx, cy
 
 
@@ -110,8 +134,8 @@ def augment_batch(
         dim=1,
     )
     t = torch.stack([tx, ty], dim=1)
-    if cfg.crop > 0:
-        w, h, cx, cy = _crop_boxes(b, cfg.crop, gen, dev)
+    if cfg.crop > 0 or cfg.zoom_out > 0:
+        w, h, cx, cy = _crop_boxes(b, cfg.crop, cfg.zoom_out, gen, dev)
         box = torch.stack([w, h], dim=1)
         a = a * box[:, :, None]  # C @ A with C = diag(w, h)
         t = t * box + torch.stack([cx, cy], dim=1)
