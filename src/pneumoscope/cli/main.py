@@ -11,7 +11,17 @@ from pneumoscope.cli.base import app
 from pneumoscope.core.errors import UserError
 
 COMMAND_MODULES = (data, train, evaluate, predict, serve)  # importing one registers its commands
-ORDER = ("train", "calibrate", "evaluate", "compare", "predict", "explain", "export", "serve")
+ORDER = (
+    "train",
+    "ensemble",
+    "calibrate",
+    "evaluate",
+    "compare",
+    "predict",
+    "explain",
+    "export",
+    "serve",
+)
 app.registered_commands.sort(key=lambda c: ORDER.index(c.name or c.callback.__name__))
 
 

@@ -110,3 +110,20 @@ def train(
         typer.echo(f"initial weights: {describe(t.initial_weights)}")
     if c.temperature_warning_:
         typer.echo(f"warning: {c.temperature_warning_}", err=True)
+
+
+@app.command()
+def ensemble(
+    runs: list[Path] = typer.Argument(..., help="Two or more trained run folders."),
+    out: Path = typer.Option(..., help="New folder for the ensemble run."),
+) -> None:
+    """Merge trained runs into one run whose logit is the mean of theirs (one weights file,
+    one card, one ONNX graph on export). The members must take the same input and have
+    been trained on the same cache; calibrate the ensemble next."""
+    from pneumoscope.training.ensemble import merge_runs
+
+    card = merge_runs(runs, out)
+    seconds = card.training.train_seconds
+    spent = f"; training time of all members {seconds:.0f} s" if seconds is not None else ""
+    typer.echo(f"{card.architecture} written to {out}{spent}")
+    typer.echo(f"next: pneumoscope calibrate --run {out} --data CACHE (its members' cache)")

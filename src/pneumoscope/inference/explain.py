@@ -32,6 +32,7 @@ from torch import nn
 from pneumoscope.core.errors import UserError
 from pneumoscope.core.io import atomic_write, write_text_atomic
 from pneumoscope.inference.intended_use import IntendedUse, load_screened
+from pneumoscope.model.ensemble import Ensemble
 from pneumoscope.model.run import LoadedRun, load_run
 
 CSV_COLUMNS = ["path", "probability", "label", "threshold", "status", "error", "heatmap"]
@@ -48,6 +49,12 @@ class CamSpec:
 
     layer: nn.Module
     reshape_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # an ensemble's other members' layers: the heatmap is the mean of the members' maps
+    more_layers: tuple[nn.Module, ...] = ()
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        return [self.layer, *self.more_layers]
 
 
 class _TokensToMap:
@@ -141,6 +148,8 @@ def _last_spatial(records, calls, channels_last: bool, channels: int | None):
 
 def cam_spec(model: nn.Module, img_size: int | None = None, in_chans: int | None = None) -> CamSpec:
     """Choose the Grad-CAM layer (and reshape transform) for any supported architecture."""
+    if isinstance(model, Ensemble):
+        return _ensemble_spec(model, img_size, in_chans)
     img_size, in_chans = _default_geometry(model, img_size, in_chans)
     records, calls, out = _trace(model, img_size, in_chans)
     arch = _arch_name(model)
@@ -166,6 +175,18 @@ def cam_spec(model: nn.Module, img_size: int | None = None, in_chans: int | None
     if layer is None:
         raise UserError(f"Grad-CAM is not supported for {arch}: no spatial feature map found")
     return CamSpec(layer, _channels_last_to_first if channels_last else None)
+
+
+def _ensemble_spec(model: Ensemble, img_size: int | None, in_chans: int | None) -> CamSpec:
+    """Every member's own layer; Grad-CAM scales each member's map to [0, 1] and averages
+    them (the gradient of the ensemble's logit reaches each member through its share)."""
+    specs = [cam_spec(m, img_size, in_chans) for m in model.members]
+    if any(s.reshape_transform is not None for s in specs):
+        raise UserError(
+            "Grad-CAM is supported for ensembles of CNNs (seed_cnn, resnet18, "
+            "efficientnet_b0, ...); a member of this one is a transformer"
+        )
+    return CamSpec(specs[0].layer, None, tuple(s.layer for s in specs[1:]))
 
 
 def _token_spec(model: nn.Module, arch: str, records) -> CamSpec:
@@ -247,7 +268,7 @@ def gradcam(
         with torch.inference_mode(False), torch.enable_grad():
             cam = GradCAM(
                 model=model,
-                target_layers=[spec.layer],
+                target_layers=spec.layers,
                 reshape_transform=spec.reshape_transform,
             )
             # try/finally rather than ``with cam``: the library's __exit__ swallows IndexError

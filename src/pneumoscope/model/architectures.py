@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from pneumoscope.core.errors import UserError
+from pneumoscope.model.ensemble import Ensemble, is_ensemble_name, member_names
 
 SEED_CNN = "seed_cnn"
 
@@ -105,6 +106,13 @@ def check_model_name(name: str) -> None:
     """Unknown names get close matches suggested."""
     if name in MODELS:
         return
+    if is_ensemble_name(name):
+        members = member_names(name)
+        if len(members) < 2:
+            raise UserError(f"an ensemble needs at least two members, got '{name}'")
+        for member in members:
+            check_model_name(member)
+        return
     import timm
 
     if not timm.is_model(name):
@@ -126,6 +134,8 @@ def build_model(name: str, in_chans: int, img_size: int, pretrained: bool = Fals
     check_model_name(name)
     if name in MODELS:
         return MODELS[name](in_chans, img_size, pretrained)
+    if is_ensemble_name(name):  # members of trained runs: their weights come with the run
+        return Ensemble([build_model(m, in_chans, img_size) for m in member_names(name)])
     import timm
 
     if not pretrained:

@@ -362,6 +362,8 @@ class ModelCard:
     val_metrics: dict[str, Any] = field(default_factory=dict)
     # set by `calibrate --refit-size`: trained at one size, scores at input.img_size
     size_refit: dict[str, Any] | None = None
+    # set by `pneumoscope ensemble`: the member runs and how their logits combine
+    ensemble: dict[str, Any] | None = None
     weights: str = RunFiles.WEIGHTS
     intended_use: str = INTENDED_USE
     card_version: int = CARD_VERSION
@@ -437,6 +439,7 @@ class ModelCard:
             "best_epoch": self.best_epoch,
             "val_metrics": self.val_metrics,
             **({} if self.size_refit is None else {"size_refit": self.size_refit}),
+            **({} if self.ensemble is None else {"ensemble": self.ensemble}),
             "weights": self.weights,
             "intended_use": self.intended_use,
             **self.extra,
