@@ -47,6 +47,24 @@ def test_composed_head_is_the_mean_of_the_members_logits():
         build_model("ensemble(resnet18,resnet99x)", 1, 32)
 
 
+def test_each_member_sees_the_film_normalised_with_its_own_statistics():
+    torch.manual_seed(1)
+    members = [build_model("resnet18", 1, 32).eval() for _ in range(2)]
+    means, stds = [[0.55], [0.60]], [[0.25], [0.28]]
+    net = Ensemble(members)
+    net.set_normalisations(means, stds)
+    net.compose_head()
+    net.eval()
+    pixels = torch.rand(4, 1, 32, 32)
+    with torch.no_grad():
+        got = net((pixels - means[0][0]) / stds[0][0]).squeeze(1)
+        own = [
+            m((pixels - mu[0]) / sd[0]).squeeze(1)
+            for m, mu, sd in zip(members, means, stds, strict=True)
+        ]
+    torch.testing.assert_close(got, torch.stack(own).mean(dim=0), atol=1e-5, rtol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def ensemble_run(run_dir, resnet_run, data_dir, tmp_path_factory):
     """seed_cnn and a ResNet-18, both trained on the shared tiny cache, merged and

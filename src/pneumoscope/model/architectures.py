@@ -135,7 +135,8 @@ def build_model(name: str, in_chans: int, img_size: int, pretrained: bool = Fals
     if name in MODELS:
         return MODELS[name](in_chans, img_size, pretrained)
     if is_ensemble_name(name):  # members of trained runs: their weights come with the run
-        return Ensemble([build_model(m, in_chans, img_size) for m in member_names(name)])
+        members = [build_model(m, in_chans, img_size) for m in member_names(name)]
+        return Ensemble(members, in_chans)
     import timm
 
     if not pretrained:

@@ -32,15 +32,24 @@ def member_names(name: str) -> list[str]:
 
 
 class Ensemble(nn.Module):
-    """K one-logit networks taking the same input; ``compose_head`` sets the classifier
+    """K one-logit networks taking the same films; ``compose_head`` sets the classifier
     from the members' own (the state dict then holds both, so a saved ensemble reloads
-    without composing again)."""
+    without composing again).
 
-    def __init__(self, members: list[nn.Module]):
+    Members trained with other normalisation statistics (``dataset`` statistics are
+    measured on a seeded sample, so they differ a little by seed) get their own input:
+    the ensemble's input is normalised with the first member's mean and std, and member k
+    sees ``x * scale[k] + shift[k]``, which is exactly the film normalised with its own
+    (``set_normalisations``; identity until set).
+    """
+
+    def __init__(self, members: list[nn.Module], in_chans: int = 1):
         super().__init__()
         if len(members) < 2:
             raise ValueError("an ensemble needs at least two members")
         self.members = nn.ModuleList(members)
+        self.register_buffer("input_scale", torch.ones(len(members), in_chans))
+        self.register_buffer("input_shift", torch.zeros(len(members), in_chans))
         # the width of what each member's classifier reads (seed_cnn's dense head makes it
         # differ from the channels of its feature map)
         self.num_features = sum(int(m.get_classifier().in_features) for m in members)
@@ -58,8 +67,21 @@ class Ensemble(nn.Module):
         self.head.weight.copy_(torch.cat(weights, dim=1))
         self.head.bias.copy_(torch.stack(biases).mean())
 
+    @torch.no_grad()
+    def set_normalisations(self, means: list, stds: list) -> None:
+        """Member k's (mean, std) per channel; the ensemble's input uses member 0's."""
+        mean = torch.as_tensor(means, dtype=torch.float32).reshape(len(self.members), -1)
+        std = torch.as_tensor(stds, dtype=torch.float32).reshape(len(self.members), -1)
+        self.input_scale.copy_((std[0] / std).expand_as(self.input_scale))
+        self.input_shift.copy_(((mean[0] - mean) / std).expand_as(self.input_shift))
+
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [m.forward_features(x) for m in self.members]
+        out = []
+        for k, m in enumerate(self.members):
+            a = self.input_scale[k].view(1, -1, 1, 1)
+            b = self.input_shift[k].view(1, -1, 1, 1)
+            out.append(m.forward_features(x * a + b))
+        return out
 
     def forward_head(self, feats: list[torch.Tensor], pre_logits: bool = False) -> torch.Tensor:
         pooled = [

@@ -1,9 +1,11 @@
 """Merge trained runs into one ensemble run (``pneumoscope ensemble``).
 
-The members must take the same input (size, preprocessing, channels, normalisation,
-evaluation crop) and must have been trained on the same films with the same validation
-split: validation is what the ensemble is calibrated and checked on, so a member that
-trained on another member's validation films would make every validation figure a lie.
+The members must take the same input (size, preprocessing, channels, kind of
+normalisation, evaluation crop; ``dataset`` statistics differ a little by seed, and each
+member keeps its own inside the ensemble) and must have been trained on the same films
+with the same validation split: validation is what the ensemble is calibrated and
+checked on, so a member that trained on another member's validation films would make
+every validation figure a lie.
 The ensemble's network (``model.ensemble.Ensemble``) is written as one weights file and
 one card; calibration and the guard are not carried over (they were fitted on each
 member alone): ``pneumoscope calibrate`` fits them for the ensemble, after which every
@@ -30,11 +32,12 @@ def check_members(members: list[LoadedRun], names: list[str]) -> None:
     first = members[0].card
     for name, m in zip(names[1:], members[1:], strict=True):
         card = m.card
-        if card.input != first.input:
+        own = dataclasses.replace(card.input, normalization=first.input.normalization)
+        if own != first.input or card.input.normalization.kind != first.input.normalization.kind:
             raise UserError(
                 f"{name} takes other input than {names[0]} ({card.input_note or card.input} "
                 f"against {first.input_note or first.input}); ensemble members must share "
-                "the image size, preprocessing, channels and normalisation"
+                "the image size, preprocessing, channels and kind of normalisation"
             )
         same = (card.training_data.counts, card.training_data.split_note)
         if same != (first.training_data.counts, first.training_data.split_note):
@@ -100,7 +103,10 @@ def merge_runs(runs: list[str | Path], out: str | Path) -> ModelCard:
         raise UserError("the ensemble cannot be written into one of its members")
     members = [load_run(p, use_calibration=False) for p in paths]
     check_members(members, [str(p) for p in paths])
-    net = Ensemble([m.model for m in members])
+    first_spec = members[0].card.input
+    net = Ensemble([m.model for m in members], first_spec.in_chans)
+    norms = [m.card.input.normalization for m in members]
+    net.set_normalisations([n.mean for n in norms], [n.std for n in norms])
     net.compose_head()
     net.eval()
     records = [member_record(p, m) for p, m in zip(paths, members, strict=True)]
