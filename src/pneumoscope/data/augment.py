@@ -20,6 +20,9 @@ import torch.nn.functional as F
 from pneumoscope.core.errors import UserError
 
 FILLS = ("zeros", "border", "reflection")
+# settings added after release 0.1, written only when on, so that configs and cards saved
+# by 0.1 read back key for key
+WRITTEN_WHEN_ON = ("zoom_out",)
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,11 @@ class AugmentConfig:
     fill: str = "zeros"  # outside the image: zeros, border (Keras 'nearest') or reflection
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        for name in WRITTEN_WHEN_ON:
+            if not d[name]:
+                del d[name]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> AugmentConfig:
