@@ -48,7 +48,7 @@ def make_client(engine, one_torch_thread):
         if runner_delay:
             slow = SlowRunner(engine.runner, runner_delay)
             eng = Engine(engine.loaded, slow, **serve_settings.batching)
-        client = TestClient(create_app(serve_settings, eng))
+        client = TestClient(create_app(serve_settings, eng), base_url="http://localhost")
         clients.append(client.__enter__())
         return client
 

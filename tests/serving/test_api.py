@@ -162,13 +162,13 @@ def test_invalid_multipart_is_400(client):
 
 def test_token_guards_v1_but_not_health(make_client, tmp_path, films):
     token = tmp_path / "token"
-    token.write_text("s3cret-token\n")
+    token.write_text("s3cret-token-of-16-plus\n")
     c = make_client(token_file=token)
     assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
     _is_error(c.get("/v1/model"), 401, "bearer token")
     _is_error(c.get("/v1/model", headers={"Authorization": "Bearer wrong"}), 401, "bearer")
     _is_error(c.post("/v1/predict", content=films[0].read_bytes()), 401, "bearer")
-    good = {"Authorization": "Bearer s3cret-token"}
+    good = {"Authorization": "Bearer s3cret-token-of-16-plus"}
     assert c.get("/v1/model", headers=good).status_code == 200
     assert c.post("/v1/predict", content=films[0].read_bytes(), headers=good).status_code == 200
 
@@ -238,10 +238,13 @@ def test_readyz_is_503_until_loaded_then_ready(tmp_path):
     from pneumoscope.serving.app import create_app
     from pneumoscope.serving.settings import ServeSettings
 
-    cold = TestClient(create_app(ServeSettings(run=RUN_V1)))  # lifespan not run: never loads
+    # lifespan not run: never loads
+    cold = TestClient(create_app(ServeSettings(run=RUN_V1)), base_url="http://localhost")
     assert cold.get("/readyz").status_code == 503
     _is_error(cold.post("/v1/predict", content=b"x"), 503, "loading")
-    with TestClient(create_app(ServeSettings(run=tmp_path / "missing"))) as bad:
+    with TestClient(
+        create_app(ServeSettings(run=tmp_path / "missing")), base_url="http://localhost"
+    ) as bad:
         deadline = time.monotonic() + 30
         while bad.app.state.service.load_error == "" and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -291,7 +294,8 @@ def test_model_info_carries_the_run_evaluation_without_server_paths(tmp_path):
         "per_image": {"index": [1, 2]},
     }
     (run / "metrics.json").write_text(json.dumps(metrics))
-    with TestClient(create_app(ServeSettings(run=run), Engine.load(run))) as client:
+    app = create_app(ServeSettings(run=run), Engine.load(run))
+    with TestClient(app, base_url="http://localhost") as client:
         info = client.get("/v1/model").json()
     assert info["test_metrics"]["auroc"] == 0.9 and info["test_metrics"]["ci"]["auroc"] == [
         0.8,

@@ -41,7 +41,7 @@ def _client(settings: ServeSettings, engine=None):
     from pneumoscope.serving.engine import Engine
 
     eng = engine or Engine.load(settings.run, settings.backend, **settings.batching)
-    return TestClient(create_app(settings, eng))
+    return TestClient(create_app(settings, eng), base_url="http://localhost")
 
 
 @pytest.mark.parametrize(

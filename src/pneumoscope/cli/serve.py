@@ -14,8 +14,8 @@ from pneumoscope.cli.predict import ALLOW_HELP
     epilog="Examples:\n\n"
     "  pneumoscope serve --run runs/r18\n\n"
     "  pneumoscope serve --run runs/r18 --backend onnx --port 8080\n\n"
-    "  pneumoscope serve --run runs/r18 --host 0.0.0.0 --token-file token.txt "
-    "--audit-log audit.jsonl\n\n"
+    "  pneumoscope serve --run runs/r18 --host 0.0.0.0 --allowed-host xray.example.org "
+    "--token-file token.txt --tls-cert cert.pem --tls-key key.pem --audit-log audit.jsonl\n\n"
     "  curl -F file=@film.png http://127.0.0.1:8000/v1/predict",
 )
 def serve(
@@ -49,14 +49,45 @@ def serve(
         help="Origin allowed to call the API from a browser (repeatable; default none).",
     ),
     allow: list[str] = typer.Option(None, "--allow", metavar="RULE", help=ALLOW_HELP),
+    allowed_host: list[str] = typer.Option(
+        None,
+        metavar="NAME",
+        help="Host header name to accept beside the loopback names and --host "
+        "(repeatable; guards against DNS rebinding).",
+    ),
+    trusted_proxy: list[str] = typer.Option(
+        None,
+        metavar="ADDRESS",
+        help="A proxy whose X-Forwarded-For names the client (repeatable; default none: "
+        "the client is the socket's peer).",
+    ),
+    tls_cert: Path = typer.Option(None, help="PEM certificate: serve HTTPS (with --tls-key)."),
+    tls_key: Path = typer.Option(None, help="PEM private key of --tls-cert."),
+    insecure: bool = typer.Option(
+        False, help="Allow a non-loopback --host without --token-file (refused otherwise)."
+    ),
+    header_timeout: float = typer.Option(
+        10.0, help="Seconds a connection has to send a request's headers (then closed)."
+    ),
+    body_timeout: float = typer.Option(
+        60.0, help="Seconds a request has to send its body after its headers (408)."
+    ),
+    max_connections: int = typer.Option(1000, help="Open connections at most (503 beyond)."),
+    max_upload_memory_mb: float = typer.Option(
+        256.0, help="Memory all request bodies may hold at once, in MB (503 beyond)."
+    ),
+    decode_memory_mb: float = typer.Option(
+        1024.0, help="Memory each decoding worker process may take, in MB (4xx beyond)."
+    ),
+    decode_timeout: float = typer.Option(
+        8.0, help="Seconds to decode one upload in a worker process (4xx beyond)."
+    ),
 ) -> None:
     """Serve a run: the web page at /, the API under /v1 (documented at /docs),
     /healthz and /readyz. The model is loaded once, before listening; uploads are
-    kept in memory only. A DICOM upload that is no image or that the intended-use rules
-    refuse is answered 422 with the reason (one result of a batch)."""
-    import uvicorn
-
-    from pneumoscope.serving.app import create_app
+    kept in memory only and decoded in worker processes bounded in memory and time. A
+    DICOM upload that is no image or that the intended-use rules refuse is answered 422
+    with the reason (one result of a batch)."""
     from pneumoscope.serving.engine import Engine
     from pneumoscope.serving.settings import ServeSettings
 
@@ -75,8 +106,62 @@ def serve(
         cors_origins=tuple(cors_origin or ()),
         audit_log=audit_log,
         allow=tuple(allow or ()),
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        max_connections=max_connections,
+        max_upload_memory_mb=max_upload_memory_mb,
+        decode_memory_mb=decode_memory_mb,
+        decode_timeout_s=decode_timeout,
+        allowed_hosts=tuple(allowed_host or ()),
+        trusted_proxy=tuple(trusted_proxy or ()),
+        insecure=insecure,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
     )
     settings.read_token()  # a bad token file is one line, before the model loads
     engine = Engine.load(run, backend, **settings.batching)
-    typer.echo(f"serving {engine.model_id} on http://{host}:{port}/ (Ctrl+C stops)", err=True)
-    uvicorn.run(create_app(settings, engine), host=host, port=port, log_level="info")
+    scheme = "https" if tls_cert else "http"
+    if insecure and not settings.is_loopback and settings.token_file is None:
+        typer.echo(f"warning: serving on {host} to anyone who can reach it: no token", err=True)
+    typer.echo(
+        f"serving {engine.model_id} on {scheme}://{host}:{port}/ (Ctrl+C stops)", err=True
+    )
+    run_server(settings, engine)
+
+
+def run_server(settings, engine) -> None:
+    """uvicorn with the service's guards: header deadline, connection cap, keep-alive
+    timeout, no proxy headers unless trusted, the leak-free log, optional TLS."""
+    import uvicorn
+
+    from pneumoscope.serving.app import create_app
+    from pneumoscope.serving.logs import LOG_CONFIG
+    from pneumoscope.serving.protocol import protocol_with
+
+    _raise_open_files(settings.max_connections + 64)
+    trusted = list(settings.trusted_proxy)
+    uvicorn.run(
+        create_app(settings, engine),
+        host=settings.host,
+        port=settings.port,
+        http=protocol_with(settings.header_timeout_s),
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=5,
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted or None,
+        server_header=False,
+        log_config=LOG_CONFIG,
+        access_log=False,
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
+    )
+
+
+def _raise_open_files(wanted: int) -> None:
+    """Room for --max-connections sockets: the soft open-files limit up to the hard one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))

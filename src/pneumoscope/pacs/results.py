@@ -64,6 +64,15 @@ def encode(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
+def results_bytes(
+    source: Dataset, film: np.ndarray, prediction: Prediction, heat: np.ndarray, policy: str
+) -> tuple[bytes, bytes]:
+    """(SR, capture) as Part 10 bytes from a DICOM image's header (``source``, no pixels
+    needed) and its decoded film."""
+    info = ResultInfo.from_prediction(prediction, policy)
+    return tuple(encode(ds) for ds in dicom_results(source, film, heat, info))
+
+
 def dicom_results_bytes(
     data: bytes, prediction: Prediction, heat: np.ndarray, threshold_policy: str
 ) -> tuple[bytes, bytes]:
@@ -75,9 +84,7 @@ def dicom_results_bytes(
         source = pydicom.dcmread(BytesIO(data), force=True, stop_before_pixels=True)
     except Exception as exc:
         raise ImageReadError(f"not a readable DICOM file: {type(exc).__name__}") from None
-    film = decode_dicom_bytes(data)
-    info = ResultInfo.from_prediction(prediction, threshold_policy)
-    return tuple(encode(ds) for ds in dicom_results(source, film, heat, info))
+    return results_bytes(source, decode_dicom_bytes(data), prediction, heat, threshold_policy)
 
 
 @dataclass

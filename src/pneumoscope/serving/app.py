@@ -11,7 +11,10 @@ capture joining the upload's study (``pneumoscope.pacs``), as a DICOMweb-style
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import math
+import re
 import uuid
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -19,6 +22,8 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
@@ -27,9 +32,11 @@ from pneumoscope.core import __version__
 from pneumoscope.core.errors import ImageReadError
 from pneumoscope.data.preprocess import sniff_image
 from pneumoscope.pacs.common import SourceError
-from pneumoscope.pacs.results import dicom_results_bytes
+from pneumoscope.pacs.results import results_bytes
+from pneumoscope.serving.decoders import read_dicom_upload
 from pneumoscope.serving.engine import Engine, Outcome, Upload
 from pneumoscope.serving.errors import ApiError, error_response, install_handlers, request_id
+from pneumoscope.serving.middleware import ErrorBoundary, RequestContext
 from pneumoscope.serving.service import Service
 from pneumoscope.serving.settings import ServeSettings
 
@@ -117,31 +124,6 @@ def result_json(outcome: Outcome, rid: str, policy: str) -> dict:
     }
 
 
-class RequestIdMiddleware:
-    """A fresh id per request (never the client's), echoed as X-Request-ID, and nosniff."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        rid = uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
-
-        async def send_with_id(message):
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers += [
-                    (b"x-request-id", rid.encode()),
-                    (b"x-content-type-options", b"nosniff"),
-                ]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
-
-
 _bearer = HTTPBearer(
     auto_error=False,
     description="Only when the server was started with --token-file: "
@@ -158,24 +140,27 @@ def require_token(
 
 class DicomWork:
     """format=dicom, on the worker thread: refuse an image that is not DICOM (422), predict
-    with Grad-CAM, then build the SR and the capture from the upload and its result."""
+    with Grad-CAM, then build the SR and the capture from the upload and its result, in
+    the decoder's worker processes like every other reading of upload bytes."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
         self.parts: list[bytes] = []
 
-    def __call__(self, uploads: list[Upload], deadline: float) -> list[Outcome]:
+    def __call__(self, uploads: list[Upload], deadline: float, decoder) -> list[Outcome]:
         data = uploads[0].data
-        if sniff_image(data) not in (None, "dicom"):  # empty or not an image: 400 / 415 below
+        if sniff_image(data[:132]) not in (None, "dicom"):  # by magic bytes only
             raise ApiError(422, NOT_DICOM)
-        [outcome] = self.engine.predict(uploads, True, deadline)
+        [outcome] = self.engine.predict(uploads, True, deadline, decoder)
         if outcome.http_status == 200:
             heat = outcome.heat
             policy = self.engine.loaded.threshold_policy
             try:
-                self.parts = list(dicom_results_bytes(data, outcome.prediction, heat, policy))
+                source, film = decoder.call(read_dicom_upload, data, deadline=deadline)
+                parts = results_bytes(source, film, outcome.prediction, heat, policy)
             except (SourceError, ImageReadError) as exc:
                 raise ApiError(422, f"cannot make DICOM results: {exc}") from None
+            self.parts = list(parts)
         return [outcome]
 
 
@@ -238,17 +223,35 @@ def _v1_router() -> APIRouter:
 
 def _health_routes(app: FastAPI) -> None:
     @app.get("/healthz", summary="The process is up")
-    def healthz() -> dict:
+    async def healthz() -> dict:  # on the event loop: answers while every thread is busy
         return {"status": "ok"}
 
     @app.get("/readyz", summary="The model is loaded")
-    def readyz(request: Request):
+    async def readyz(request: Request):
         svc = service(request)
         if svc.engine is None:
             if svc.load_error:
                 raise ApiError(503, svc.load_error)
             return JSONResponse({"status": "loading"}, status_code=503)
         return {"status": "ready", "model_id": svc.engine.model_id}
+
+
+def page_csp(html: str) -> str:
+    """The page's Content-Security-Policy: only its own inline script and style (by their
+    SHA-256), its own origin for the API, images from data and blob URLs, no framing."""
+
+    def hashes(tag: str) -> str:
+        blocks = re.findall(rf"<{tag}[^>]*>(.*?)</{tag}>", html, flags=re.S)
+        digests = (base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() for b in blocks)
+        return " ".join(f"'sha256-{d}'" for d in digests)
+
+    none = "'none'"
+    return (
+        f"default-src 'none'; script-src {hashes('script') or none}; "
+        f"style-src {hashes('style') or none}; "
+        "img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'; "
+        "base-uri 'none'; form-action 'none'"
+    )
 
 
 def _page_routes(app: FastAPI) -> None:
@@ -259,10 +262,32 @@ def _page_routes(app: FastAPI) -> None:
         page = static.joinpath("index.html")
         if not page.is_file():
             raise ApiError(404, "the web page is not installed; the API is at /docs")
-        return HTMLResponse(page.read_text(encoding="utf-8"))
+        html = page.read_text(encoding="utf-8")
+        return HTMLResponse(html, headers={"Content-Security-Policy": page_csp(html)})
 
     if static.is_dir():
         app.mount("/static", StaticFiles(directory=str(static), check_dir=False), name="static")
+
+
+def _docs_routes(app: FastAPI) -> None:
+    """Swagger UI from the package (swagger-ui-bundle), never from a CDN."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs/assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        page = get_swagger_ui_html(
+            openapi_url="openapi.json",
+            title="pneumoscope API",
+            swagger_js_url="docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="docs/assets/swagger-ui.css",
+            swagger_favicon_url="docs/assets/favicon-32x32.png",
+        )
+        html = page.body.decode()
+        csp = page_csp(html).replace("script-src ", "script-src 'self' ", 1)
+        csp = csp.replace("style-src ", "style-src 'self' ", 1)
+        return HTMLResponse(html, headers={"Content-Security-Policy": csp})
 
 
 def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI:
@@ -283,12 +308,23 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
         version=__version__,
         summary="Pneumonia on chest X-rays: research use, not a medical device.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = svc
     install_handlers(app)
     _health_routes(app)
     app.include_router(_v1_router())
     _page_routes(app)
+    _docs_routes(app)
+    _middleware(app, settings, svc)
+    return app
+
+
+def _middleware(app: FastAPI, settings: ServeSettings, svc: Service) -> None:
+    """Innermost first: the error boundary, CORS (when asked), the Host check, then the
+    request context (id, security headers, access line) around everything."""
+    app.add_middleware(ErrorBoundary, on_error=svc.audit_error)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -296,5 +332,5 @@ def create_app(settings: ServeSettings, engine: Engine | None = None) -> FastAPI
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    app.add_middleware(RequestIdMiddleware)
-    return app
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.host_names)
+    app.add_middleware(RequestContext)

@@ -8,11 +8,26 @@ is often the patient's name), never DICOM header values, never pixels.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
 from pneumoscope.serving.engine import Outcome
+
+log = logging.getLogger("pneumoscope.serve")
+
+
+def _private(path: Path) -> None:
+    """Create the log readable by its owner only (0600); tighten one that is not."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+            log.warning("the audit log was readable by others; it is now 0600 (owner only)")
+    finally:
+        os.close(fd)
 
 
 class AuditLog:
@@ -23,6 +38,7 @@ class AuditLog:
         self._lock = threading.Lock()
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            _private(self.path)
 
     def write(self, **fields) -> None:
         if self.path is None:
@@ -54,7 +70,8 @@ class AuditLog:
     def refused(
         self, request_id: str, client: str, model_id: str, http_status: int, latency_ms: float
     ) -> None:
-        """A request refused as a whole (too large, busy, time limit): no input hash."""
+        """A request refused or failed as a whole (401, 408, 413, 499 client gone, 503,
+        504, 500): no input hash."""
         self.write(
             request_id=request_id,
             client=client,

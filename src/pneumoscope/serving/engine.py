@@ -22,15 +22,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pneumoscope.core.errors import ImageReadError
-from pneumoscope.data.preprocess import load_image_bytes, sniff_image
-from pneumoscope.inference.intended_use import ANALYSED, IntendedUse
+from pneumoscope.inference.intended_use import IntendedUse
 from pneumoscope.inference.predict import Prediction, make_runner, model_id, score_batch
 from pneumoscope.model.ood import OodGuard
 from pneumoscope.model.run import LoadedRun, load_run
 from pneumoscope.serving.batcher import MicroBatcher
-
-NOT_AN_IMAGE = "not an image: the content is not PNG, JPEG, TIFF, BMP or DICOM"
+from pneumoscope.serving.decoders import Decoded, InlineDecoder
 
 
 @dataclass
@@ -94,7 +91,7 @@ class Engine:
         self.guard = OodGuard.load(loaded.files)
         self.model_id = model_id(loaded)
         self._lock = threading.Lock()
-        self._decoding = threading.BoundedSemaphore(decoders)
+        self.inline = InlineDecoder(loaded.preprocess, self.scope, decoders)
         self.batcher = MicroBatcher(self._score, max_batch, window_s)
 
     @classmethod
@@ -138,48 +135,35 @@ class Engine:
         return {**keep, "ci": result.get("ci", {})} if "auroc" in keep else None
 
     def predict(
-        self, uploads: list[Upload], heatmap: bool = False, deadline: float | None = None
+        self,
+        uploads: list[Upload],
+        heatmap: bool = False,
+        deadline: float | None = None,
+        decoder=None,
     ) -> list[Outcome]:
         """One Outcome per upload, in order; an unreadable one never fails the others.
-        ``deadline`` (time.monotonic()) bounds the wait for a batch: TimeoutError after it."""
-        with self._decoding:
-            decoded = [self._decode(u) for u in uploads]
-        good = [i for i, d in enumerate(decoded) if len(d) == 2]  # (pixels, note)
-        outcomes: list[Outcome] = []
-        pixels = np.stack([decoded[i][0] for i in good]) if good else None
+        ``decoder`` (the service's worker pool; by default this process, two at once)
+        decodes them; ``deadline`` (time.monotonic()) bounds the whole request:
+        TimeoutError after it."""
+        decoder = decoder or self.inline
+        decoded = decoder.decode([u.data for u in uploads], deadline)
+        good = [i for i, d in enumerate(decoded) if d.pixels is not None]
+        pixels = np.stack([decoded[i].pixels for i in good]) if good else None
         done = self._infer(pixels, heatmap, deadline) if good else []
         by_index = dict(zip(good, done, strict=True))
-        for i, (up, d) in enumerate(zip(uploads, decoded, strict=True)):
-            digest = hashlib.sha256(up.data).hexdigest()
-            if i in by_index:
-                pred, pictures, heat = by_index[i]
-                pred.path, pred.note = up.filename, d[1]
-                outcomes.append(Outcome(pred, digest, len(up.data), 200, pictures, heat))
-            else:
-                http, status, message = d
-                pred = self._prediction(up.filename, status=status, error=message)
-                outcomes.append(Outcome(pred, digest, len(up.data), http_status=http))
-        return outcomes
+        return [
+            self._outcome(up, d, by_index.get(i))
+            for i, (up, d) in enumerate(zip(uploads, decoded, strict=True))
+        ]
 
-    def _decode(self, upload: Upload) -> tuple[np.ndarray, str] | tuple[int, str, str]:
-        """(pixels, note), or (HTTP status, status, reason): 400 unreadable, 415 not an
-        image, 422 skipped or out of scope by the intended-use rules. The note is "" unless
-        the film is analysed only because the service relaxed a rule (--allow)."""
-        data = upload.data
-        if not data:
-            return 400, "error", "empty file (0 bytes)"
-        kind = sniff_image(data)
-        if kind is None:
-            return 415, "error", NOT_AN_IMAGE
-        verdict = self.scope.screen(data) if kind == "dicom" else None
-        if verdict is not None and verdict.status != ANALYSED:
-            return 422, verdict.status, verdict.reason
-        try:
-            return load_image_bytes(data, self.loaded.preprocess), verdict.reason if verdict else ""
-        except ImageReadError as exc:
-            return 400, "error", str(exc)
-        except Exception as exc:  # a decoder bug must stay one file's error
-            return 400, "error", f"unexpected error: {type(exc).__name__}"
+    def _outcome(self, upload: Upload, decoded: Decoded, scored) -> Outcome:
+        digest = hashlib.sha256(upload.data).hexdigest()
+        if scored is None:
+            pred = self._prediction(upload.filename, status=decoded.status, error=decoded.error)
+            return Outcome(pred, digest, len(upload.data), http_status=decoded.http_status)
+        pred, pictures, heat = scored
+        pred.path, pred.note = upload.filename, decoded.note
+        return Outcome(pred, digest, len(upload.data), 200, pictures, heat)
 
     def _prediction(self, filename: str, **values) -> Prediction:
         return Prediction(filename, self.loaded.threshold, self.model_id, **values)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-log = logging.getLogger("pneumoscope.serve")
 
 
 class ApiError(Exception):
@@ -45,7 +42,8 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def install_handlers(app: FastAPI) -> None:
-    """JSON errors for ours, FastAPI's (422), Starlette's (404, 405) and the unexpected."""
+    """JSON errors for ours, FastAPI's (422) and Starlette's (404, 405); the unexpected
+    are answered by ``middleware.ErrorBoundary``."""
 
     @app.exception_handler(ApiError)
     async def _api(request: Request, exc: ApiError):
@@ -58,9 +56,3 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         return error_response(request, exc.status_code, str(exc.detail), exc.headers)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception):
-        # the type only: a message could carry data from the upload
-        log.error("request %s failed: %s", request_id(request), type(exc).__name__)
-        return error_response(request, 500, "internal error; see the server log")
