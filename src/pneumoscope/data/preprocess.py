@@ -16,7 +16,7 @@ import numpy as np
 
 from pneumoscope.core.errors import ImageReadError
 from pneumoscope.data.dicom import decode_dicom, decode_dicom_bytes, is_dicom, is_dicom_bytes
-from pneumoscope.data.limits import MAX_PIXELS
+from pneumoscope.data.headers import raster_geometry
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 MAX_FILE_BYTES = 512 * 1024 * 1024
@@ -57,23 +57,36 @@ def decode_gray(path: str | Path) -> np.ndarray:
     if size > MAX_FILE_BYTES:
         raise ImageReadError(f"file too large ({size / 2**20:.0f} MiB)")
     if is_dicom(path):
-        return decode_dicom(path)  # refuses Rows*Columns > MAX_PIXELS from the header
-    data = np.fromfile(str(path), dtype=np.uint8)  # fromfile copes with unicode paths
+        return decode_dicom(path)  # refuses an over-budget image from its header
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageReadError(f"cannot open file: {exc.strerror or exc}") from None
     return decode_gray_bytes(data)
 
 
 def decode_gray_bytes(data: np.ndarray | bytes) -> np.ndarray:
-    """Decode encoded image bytes (JPEG, PNG, ...) to a 2-D uint8 array."""
+    """Decode encoded raster bytes (PNG, JPEG, TIFF, BMP) to a 2-D uint8 array.
+
+    Only formats recognised by their magic bytes reach OpenCV, and only once Pillow has read
+    the same format's header and the decoding it declares fits the memory budget
+    (``limits.MAX_DECODED_BYTES``): OpenCV allocates whatever a header says.
+    """
     buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes) else data
     if buf.size == 0:
         raise ImageReadError("empty file (0 bytes)")
-    _check_dimensions(buf)
+    raw = data if isinstance(data, bytes) else buf.tobytes()
+    kind = _magic_kind(raw)
+    if kind not in _RASTER_KINDS:
+        raise ImageReadError(_UNREADABLE)
+    raster_geometry(raw, kind).check()
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None:
-        raise ImageReadError("not a readable image (corrupt, truncated or unsupported format)")
+        raise ImageReadError(_UNREADABLE)
     return to_gray_uint8(img)
 
 
+_UNREADABLE = "not a readable image (corrupt, truncated or unsupported format)"
 _RASTER_MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "png"),
     (b"\xff\xd8\xff", "jpeg"),
@@ -81,17 +94,20 @@ _RASTER_MAGIC = (
     (b"MM\x00*", "tiff"),
     (b"BM", "bmp"),
 )
+_RASTER_KINDS = ("png", "jpeg", "tiff", "bmp")
 
 
 def sniff_image(data: bytes) -> str | None:
     """What the bytes are by content alone ("dicom", "png", "jpeg", "tiff", "bmp"), or None
     for anything else: uploads are recognised by their bytes, never by a name or a header."""
+    return _magic_kind(data) or ("dicom" if data and is_dicom_bytes(data) else None)
+
+
+def _magic_kind(data: bytes) -> str | None:
+    """``sniff_image`` by magic bytes alone (a DICOM without preamble is None here)."""
     if len(data) >= 132 and data[128:132] == b"DICM":
         return "dicom"  # checked first: a DICOM preamble may itself look like TIFF
-    for magic, kind in _RASTER_MAGIC:
-        if data.startswith(magic):
-            return kind
-    return "dicom" if data and is_dicom_bytes(data) else None
+    return next((kind for magic, kind in _RASTER_MAGIC if data.startswith(magic)), None)
 
 
 def decode_image_bytes(data: bytes) -> np.ndarray:
@@ -102,48 +118,8 @@ def decode_image_bytes(data: bytes) -> np.ndarray:
     if len(data) > MAX_FILE_BYTES:
         raise ImageReadError(f"file too large ({len(data) / 2**20:.0f} MiB)")
     if sniff_image(data) == "dicom":
-        return decode_dicom_bytes(data)  # refuses Rows*Columns > MAX_PIXELS from the header
+        return decode_dicom_bytes(data)  # refuses an over-budget image from its header
     return decode_gray_bytes(data)
-
-
-def _check_dimensions(buf: np.ndarray) -> None:
-    """Refuse huge images from their header, before allocating their pixels."""
-    # cv2.imdecode has no header-only mode; PNG and JPEG headers are cheap to parse.
-    dims = _png_dims(buf) or _jpeg_dims(buf)
-    if dims and dims[0] * dims[1] > MAX_PIXELS:
-        raise ImageReadError(
-            f"image too large ({dims[1]}x{dims[0]} pixels, limit {MAX_PIXELS // 1_000_000} MP)"
-        )
-
-
-def _png_dims(buf: np.ndarray) -> tuple[int, int] | None:
-    if buf.size >= 24 and bytes(buf[:8]) == b"\x89PNG\r\n\x1a\n":
-        w = int.from_bytes(bytes(buf[16:20]), "big")
-        h = int.from_bytes(bytes(buf[20:24]), "big")
-        return h, w
-    return None
-
-
-def _jpeg_dims(buf: np.ndarray) -> tuple[int, int] | None:
-    b = buf.tobytes() if buf.size < 65536 else bytes(buf[:65536])
-    if not b.startswith(b"\xff\xd8"):
-        return None
-    i = 2
-    while i + 9 < len(b):
-        if b[i] != 0xFF:
-            i += 1
-            continue
-        marker = b[i + 1]
-        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-            h = int.from_bytes(b[i + 5 : i + 7], "big")
-            w = int.from_bytes(b[i + 7 : i + 9], "big")
-            return h, w
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        seg = int.from_bytes(b[i + 2 : i + 4], "big")
-        i += 2 + seg
-    return None
 
 
 def to_gray_uint8(img: np.ndarray) -> np.ndarray:
@@ -161,11 +137,14 @@ def to_gray_uint8(img: np.ndarray) -> np.ndarray:
         raise ImageReadError(f"unsupported image shape {tuple(img.shape)}")
     if img.dtype == np.uint8:
         return np.ascontiguousarray(img)
-    img = img.astype(np.float32)
+    img = img.astype(np.float32)  # the one working copy the memory budget counts
     lo, hi = float(img.min()), float(img.max())
     if hi <= lo:
         return np.zeros(img.shape, dtype=np.uint8)
-    return np.round((img - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    img -= lo  # in place: the same float32 arithmetic as (img - lo) * scale, no temporaries
+    img *= 255.0 / (hi - lo)
+    np.round(img, out=img)
+    return img.astype(np.uint8)
 
 
 def preprocess_gray(gray: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
