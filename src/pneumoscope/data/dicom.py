@@ -31,6 +31,9 @@ from __future__ import annotations
 import copy
 import os
 import re
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from importlib import metadata
@@ -41,6 +44,14 @@ import cv2
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import get_frame
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import (  # the very steps dcmread takes, to see what it will see
+    _read_command_set_elements,
+    _read_file_meta_info,
+    read_preamble,
+)
+from pydicom.filewriter import write_file_meta_info
 from pydicom.pixels import (
     apply_color_lut,
     apply_modality_lut,
@@ -51,14 +62,19 @@ from pydicom.pixels import (
 )
 from pydicom.uid import (
     UID,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
     MediaStorageDirectoryStorage,
 )
 
 from pneumoscope.core.errors import ImageReadError
-from pneumoscope.data.limits import MAX_PIXELS
+from pneumoscope.data.headers import Geometry, j2k_geometry, jpeg_geometry
+from pneumoscope.data.limits import MAX_DECODED_BYTES, size_text
 
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 _PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -103,7 +119,7 @@ def is_dicom_bytes(data: bytes) -> bool:
 
 def _plausible_header(source) -> bool:
     try:
-        ds = pydicom.dcmread(source, force=True, stop_before_pixels=True)
+        ds = _dcmread(source, stop_before_pixels=True)
     except Exception:
         return False
     return "SOPClassUID" in ds or ("Rows" in ds and "Columns" in ds)
@@ -125,13 +141,14 @@ def _decode_dataset(ds: Dataset) -> np.ndarray:
     if not any(tag in ds for tag in _PIXEL_TAGS):
         raise ImageReadError("DICOM without pixel data")
     _check_header(ds)
+    _check_frame(ds)
     arr = _first_frame(ds)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    photometric = _photometric(ds)
     try:
         if photometric.startswith("MONOCHROME"):
             out = _monochrome_to_uint8(arr, ds)
             if photometric == "MONOCHROME1":
-                out = 255 - out
+                np.subtract(255, out, out=out)
         else:
             out = _color_to_uint8(arr, ds, photometric)
     except ImageReadError:
@@ -388,13 +405,11 @@ def _parse(
     """A dataset from a path or a file object (only ``tags`` when given), every failure an
     ImageReadError."""
     try:
-        ds = pydicom.dcmread(
-            source,
-            force=True,
-            stop_before_pixels=stop_before_pixels,
-            defer_size=defer_size,
-            specific_tags=tags,
+        ds = _dcmread(
+            source, stop_before_pixels=stop_before_pixels, defer_size=defer_size, specific_tags=tags
         )
+    except ImageReadError:
+        raise
     except FileNotFoundError as exc:
         raise ImageReadError(f"cannot open file: {exc.strerror or exc}") from None
     except Exception as exc:
@@ -404,6 +419,82 @@ def _parse(
         raise ImageReadError("not a readable DICOM file: no data elements")
     _ensure_transfer_syntax(ds)
     return ds
+
+
+def _dcmread(source, **kwargs) -> Dataset:
+    """``pydicom.dcmread(source, force=True, **kwargs)``, except that a Deflated Explicit VR
+    Little Endian dataset is inflated here first, within ``MAX_DECODED_BYTES``: pydicom
+    inflates the whole rest of the file in one call (a thousandfold for zeros), even to
+    read the header alone."""
+    inflated = _inflate_deflated(source)
+    if inflated is None:
+        return pydicom.dcmread(source, force=True, **kwargs)
+    ds = pydicom.dcmread(inflated, force=True, **kwargs)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian  # what the file says
+    return ds
+
+
+def _inflate_deflated(source) -> BytesIO | None:
+    """A Deflated file as the same file inflated (its file meta now saying Explicit VR
+    Little Endian, so that pydicom reads it as it is), or None for any other transfer
+    syntax. ImageReadError when it inflates past the budget or is cut short."""
+    with _binary(source) as fp:
+        start = fp.tell()
+        preamble = read_preamble(fp, True)
+        meta = _read_file_meta_info(fp)
+        if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+            fp.seek(start)
+            return None
+        command_start = fp.tell()
+        _read_command_set_elements(fp)  # read before the inflating, as dcmread does
+        command_end = fp.tell()
+        fp.seek(command_start)
+        command = fp.read(command_end - command_start)
+        compressed = fp.read()
+        fp.seek(start)
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, False
+    if preamble is not None:
+        out.write(preamble + b"DICM")
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    write_file_meta_info(out, meta, enforce_standard=False)
+    out.write(command)
+    _inflate(compressed, out)
+    out.seek(0)
+    return out
+
+
+_INFLATE_CHUNK = 4 * 2**20
+
+
+def _inflate(compressed: bytes, out: BytesIO) -> None:
+    """Raw deflate into ``out`` a chunk at a time, stopping once past ``MAX_DECODED_BYTES``:
+    the budget counts what is inflated, never what the stream could still become."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    pending, total = compressed, 0
+    while not inflater.eof:
+        piece = inflater.decompress(pending, _INFLATE_CHUNK)
+        pending = inflater.unconsumed_tail
+        if not piece and not pending:
+            break
+        total += len(piece)
+        if total > MAX_DECODED_BYTES:
+            raise ImageReadError(
+                f"deflated DICOM data inflates past {size_text(MAX_DECODED_BYTES)}, the limit"
+            )
+        out.write(piece)
+    if not inflater.eof:
+        raise ImageReadError("truncated deflated DICOM data: its deflate stream ends early")
+
+
+@contextmanager
+def _binary(source) -> Iterator:
+    """A path opened for reading, or the file object itself (the caller rewinds it)."""
+    if hasattr(source, "read"):
+        yield source
+        return
+    with open(source, "rb") as f:
+        yield f
 
 
 def _ensure_transfer_syntax(ds: Dataset) -> None:
@@ -422,17 +513,82 @@ def _ensure_transfer_syntax(ds: Dataset) -> None:
 
 
 def _check_header(ds: Dataset) -> None:
-    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
-    if not rows or not cols:
+    """Refuse, from the header alone, what frame 0 cannot be decoded into within budget."""
+    if not _int(ds, "Rows") or not _int(ds, "Columns"):
         raise ImageReadError("DICOM image without Rows/Columns")
-    if rows * cols > MAX_PIXELS:
-        raise ImageReadError(
-            f"image too large ({cols}x{rows} pixels, limit {MAX_PIXELS // 1_000_000} MP)"
-        )
     frames = _int(ds, "NumberOfFrames") or 1
     modality = (_text(ds, "Modality") or "").upper()
     if frames > 1 and modality in _VOLUME_MODALITIES:
         raise ImageReadError("a multi-frame CT/MR volume, not a radiograph")
+    _header_geometry(ds).check()
+
+
+_COLOUR_CONVERSION = 12.0  # pydicom turns YBR into RGB through float32 and float64 copies
+
+
+def _header_geometry(ds: Dataset) -> Geometry:
+    """What decoding frame 0 allocates by the header: Rows x Columns x SamplesPerPixel at
+    BitsAllocated, plus what the decoder keeps beside its output."""
+    channels = _int(ds, "SamplesPerPixel") or 1
+    bits = _int(ds, "BitsAllocated") or 8
+    photometric = _photometric(ds)
+    extra = 0.0
+    if photometric == "PALETTE COLOR":
+        channels, bits = 3, 16  # the palette's RGB output, up to 16 bits per sample
+    elif photometric.startswith("YBR"):
+        extra += _COLOUR_CONVERSION
+    ts = _transfer_syntax(ds)
+    if ts.is_transfer_syntax and ts.is_compressed:
+        extra += (bits + 7) // 8  # the codec's own frame, copied into pydicom's array
+    return Geometry(_int(ds, "Columns"), _int(ds, "Rows"), channels, bits, extra)
+
+
+_CODESTREAM_READERS: dict[str, Callable[[bytes], Geometry]] = {
+    **dict.fromkeys(JPEGTransferSyntaxes + JPEGLSTransferSyntaxes, jpeg_geometry),
+    **dict.fromkeys(JPEG2000TransferSyntaxes, j2k_geometry),
+}
+
+
+def _check_frame(ds: Dataset) -> None:
+    """A compressed frame's codec allocates by the size its own codestream declares, not by
+    the header's: refuse a frame that disagrees with the header or passes the budget."""
+    ts = _transfer_syntax(ds)
+    reader = _CODESTREAM_READERS.get(ts)
+    if reader is None:
+        return
+    try:
+        frame = reader(_frame_bytes(ds))
+    except ImageReadError as exc:
+        raise ImageReadError(f"cannot decode {ts.name} pixel data: {exc}") from None
+    header = _header_geometry(ds)
+    if (frame.width, frame.height) != (header.width, header.height):
+        raise ImageReadError(
+            f"DICOM header says {header.width}x{header.height} pixels but its {ts.name} "
+            f"frame says {frame.width}x{frame.height}"
+        )
+    channels, bits = max(frame.channels, header.channels), max(frame.bits, header.bits)
+    extra = frame.extra_per_sample + header.extra_per_sample
+    Geometry(frame.width, frame.height, channels, bits, extra).check()
+
+
+def _frame_bytes(ds: Dataset) -> bytes:
+    """Frame 0's codestream, taken out of the encapsulated Pixel Data as pydicom does."""
+    try:
+        eot = ds.get("ExtendedOffsetTable")
+        lengths = ds.get("ExtendedOffsetTableLengths")
+        offsets = (eot, lengths) if eot is not None and lengths is not None else None
+        frames = _int(ds, "NumberOfFrames") or 1
+        return get_frame(ds.PixelData, 0, extended_offsets=offsets, number_of_frames=frames)
+    except Exception as exc:
+        raise ImageReadError(f"cannot read the compressed frame: {_short(exc)}") from None
+
+
+def _transfer_syntax(ds: Dataset) -> UID:
+    return UID(str(ds.file_meta.TransferSyntaxUID))
+
+
+def _photometric(ds: Dataset) -> str:
+    return str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
 
 
 def _first_frame(ds: Dataset) -> np.ndarray:
@@ -511,19 +667,23 @@ def _installed(package: str) -> bool:
 def _monochrome_to_uint8(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
-    values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
-    voi = _apply_voi(values, ds)
+
+    def physical(block: np.ndarray) -> np.ndarray:
+        return np.asarray(apply_modality_lut(block, ds), dtype=np.float64)
+
+    voi = _voi(ds)
     if voi is not None:
-        out, lo, hi = voi
-        return _scale(out, lo, hi)
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return np.zeros(values.shape, dtype=np.uint8)
-    return _scale(values, float(finite.min()), float(finite.max()))
+        window, lo, hi = voi
+        return _to_uint8(arr, lambda block: window(physical(block)), lo, hi)
+    span = _finite_range(arr, physical)
+    if span is None:
+        return np.zeros(arr.shape, dtype=np.uint8)
+    return _to_uint8(arr, physical, *span)
 
 
-def _apply_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, float, float] | None:
-    """VOI LUT (preferred, as pydicom does) or windowing, with its full output range.
+def _voi(ds: Dataset) -> tuple[Callable[[np.ndarray], np.ndarray], float, float] | None:
+    """VOI LUT (preferred, as pydicom does) or windowing, as a function of physical values,
+    with its full output range.
 
     Returns None when the file has no usable VOI; a malformed one (e.g. a zero window
     width) falls back to min-max scaling instead of making the image unreadable.
@@ -534,13 +694,21 @@ def _apply_voi(values: np.ndarray, ds: Dataset) -> tuple[np.ndarray, float, floa
     try:
         if has_lut:
             table, first_map = _voi_table(ds)
-            index = np.clip(np.rint(values) - first_map, 0, len(table) - 1).astype(np.intp)
-            return table[index], float(table.min()), float(table.max())
+
+            def lookup(values: np.ndarray) -> np.ndarray:
+                index = np.clip(np.rint(values) - first_map, 0, len(table) - 1).astype(np.intp)
+                return table[index]
+
+            return lookup, float(table.min()), float(table.max())
         if has_window:
-            out = np.asarray(apply_windowing(values, ds), dtype=np.float64)
+
+            def window(values: np.ndarray) -> np.ndarray:
+                return np.asarray(apply_windowing(values, ds), dtype=np.float64)
+
+            window(np.zeros(1))  # a malformed window raises now, not half way through
             with np.errstate(over="ignore", invalid="ignore"):  # SIGMOID's exp() at +-1e30
                 limits = apply_windowing(np.array([-1e30, 1e30]), ds)
-            return out, float(np.min(limits)), float(np.max(limits))
+            return window, float(np.min(limits)), float(np.max(limits))
     except (ValueError, TypeError, IndexError, NotImplementedError, AttributeError):
         return None
     return None
@@ -581,8 +749,43 @@ def _color_to_uint8(arr: np.ndarray, ds: Dataset, photometric: str) -> np.ndarra
 
 
 def _minmax(arr: np.ndarray) -> np.ndarray:
-    values = arr.astype(np.float64)
-    return _scale(values, float(values.min()), float(values.max()))
+    lo, hi = float(arr.min()), float(arr.max())
+    return _to_uint8(arr, lambda block: block.astype(np.float64), lo, hi)
+
+
+# pydicom's transforms return float64 (8 bytes per value, and windowing makes several such
+# copies); applied to blocks of rows they give the same pixels, element by element, while
+# the float64 temporaries stay a few MiB whatever the image size.
+_BLOCK_VALUES = 2**20
+
+
+def _row_blocks(arr: np.ndarray) -> Iterator[slice]:
+    step = max(1, _BLOCK_VALUES // max(1, arr[:1].size))
+    for top in range(0, arr.shape[0], step):
+        yield slice(top, top + step)
+
+
+def _to_uint8(
+    arr: np.ndarray, transform: Callable[[np.ndarray], np.ndarray], lo: float, hi: float
+) -> np.ndarray:
+    """``_scale(transform(arr), lo, hi)``, computed a block of rows at a time."""
+    out = np.empty(arr.shape, dtype=np.uint8)
+    for rows in _row_blocks(arr):
+        out[rows] = _scale(transform(arr[rows]), lo, hi)
+    return out
+
+
+def _finite_range(
+    arr: np.ndarray, transform: Callable[[np.ndarray], np.ndarray]
+) -> tuple[float, float] | None:
+    """The smallest and largest finite value of ``transform(arr)``, or None when none is."""
+    lo, hi = np.inf, -np.inf
+    for rows in _row_blocks(arr):
+        values = transform(arr[rows])
+        finite = values[np.isfinite(values)]
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    return (lo, hi) if lo <= hi else None
 
 
 def _scale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
