@@ -36,6 +36,7 @@ def serve(
     max_concurrency: int = typer.Option(2, help="Requests decoding their uploads at once."),
     max_queue: int = typer.Option(16, help="Requests admitted beyond those (503 above)."),
     max_batch: int = typer.Option(16, help="Images scored together from concurrent requests."),
+    max_batch_files: int = typer.Option(32, help="Files one /v1/predict/batch request may hold."),
     batch_window_ms: float = typer.Option(
         2.0, help="How long a batch waits for more requests, in ms (0: take what is queued)."
     ),
@@ -100,6 +101,7 @@ def serve(
         max_concurrency=max_concurrency,
         max_queue=max_queue,
         max_batch=max_batch,
+        max_batch_files=max_batch_files,
         batch_window_ms=batch_window_ms,
         timeout_s=timeout,
         token_file=token_file,

@@ -168,29 +168,41 @@ class PoolDecoder:
 
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb
+        self.per_request = max(1, workers // 2)
         init = (int(memory_mb * 2**20), preprocess.to_dict(), scope_args(scope))
         self._pool = ProcessPool(
             max_workers=workers, initializer=_init_worker, initargs=init, context=_context()
         )
 
     def decode(self, uploads: list[bytes], deadline: float | None = None) -> list[Decoded]:
-        """Every upload of a request queued at once; each answered in order."""
-        jobs = [
-            self._pool.schedule(_decode_in_worker, (d,), timeout=self.timeout_s) for d in uploads
-        ]
-        return [self._outcome(job, deadline) for job in jobs]
+        """Each upload's outcome, in order. One request keeps at most half the workers busy
+        (one of two), so a batch of slow files cannot starve other clients; when the
+        request's deadline passes, its jobs still queued or running are dropped."""
+        jobs: list[futures.Future] = []
+        out: list[Decoded] = []
+        try:
+            for data in uploads:
+                if len(jobs) - len(out) >= self.per_request:
+                    out.append(self._wait(jobs[len(out)], deadline))
+                jobs.append(self._schedule(_decode_in_worker, data))
+            while len(out) < len(jobs):
+                out.append(self._wait(jobs[len(out)], deadline))
+        except TimeoutError:
+            for job in jobs[len(out) :]:
+                job.cancel()
+            raise
+        return out
+
+    def _schedule(self, fn, *args) -> futures.Future:
+        return self._pool.schedule(fn, args, timeout=self.timeout_s)
 
     def call(self, fn, *args, deadline: float | None = None):
         """Any other work on upload bytes (DICOM results), under the same bounds; raises
         ImageReadError when the worker passes them."""
-        job = self._pool.schedule(fn, args, timeout=self.timeout_s)
-        result = self._wait(job, deadline)
+        result = self._wait(self._schedule(fn, *args), deadline)
         if isinstance(result, Decoded):
             raise ImageReadError(result.error)
         return result
-
-    def _outcome(self, job: futures.Future, deadline: float | None) -> Decoded:
-        return self._wait(job, deadline)
 
     def _wait(self, job: futures.Future, deadline: float | None):
         """The job's result; a refusal when the worker passed its time or memory; raises

@@ -63,7 +63,7 @@ class ServeSettings:
             (self.max_concurrency >= 1, "--max-concurrency must be at least 1"),
             (self.max_queue >= 0, "--max-queue must be 0 or more"),
             (self.timeout_s > 0, "--timeout must be positive"),
-            (self.max_batch_files >= 1, "the batch limit must be at least 1"),
+            (self.max_batch_files >= 1, "--max-batch-files must be at least 1"),
             (self.max_batch >= 1, "--max-batch must be at least 1"),
             (0 <= self.batch_window_ms <= 1000, "--batch-window-ms must be 0 to 1000"),
             (0 <= self.port <= 65535, "--port must be between 0 and 65535"),
