@@ -9,6 +9,7 @@ lossless, JPEG-LS) go through the short marker reader here.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from io import BytesIO
 
@@ -22,10 +23,10 @@ from PIL import (
 )
 
 from pneumoscope.core.errors import ImageReadError
-from pneumoscope.data.limits import check_decode_budget
+from pneumoscope.data.limits import check_decode_budget, size_text
 
 # what ``preprocess.sniff_image`` calls each raster format -> Pillow's name and reader
-_PILLOW_FORMAT = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "bmp": "BMP"}
+_PILLOW_FORMATS = {"png": ("PNG",), "jpeg": ("JPEG", "MPO"), "tiff": ("TIFF",), "bmp": ("BMP",)}
 _PILLOW_READER = {
     "png": PngImagePlugin.PngImageFile,
     "jpeg": JpegImagePlugin.JpegImageFile,
@@ -58,9 +59,11 @@ def raster_geometry(data: bytes, kind: str) -> Geometry:
     """What ``cv2.imdecode(..., IMREAD_UNCHANGED)`` will allocate for ``data``, a file
     whose magic bytes say ``kind`` (png, jpeg, tiff, bmp); ImageReadError, in one line, when
     Pillow cannot read its header or reads it as another format (a polyglot)."""
+    if kind == "tiff":
+        _check_tiff_ifd(data)
     name, reader = kind.upper(), _PILLOW_READER[kind]
     with _open_header(data, name, reader, why="not a readable image: ") as im:
-        if im.format != _PILLOW_FORMAT[kind]:
+        if im.format not in _PILLOW_FORMATS[kind]:  # MPO: JPEGs one after the other
             raise ImageReadError(
                 f"not a readable image: it starts like {kind.upper()} but its content reads "
                 f"as {im.format} (a polyglot)"
@@ -101,6 +104,37 @@ def _pillow_reason(exc: BaseException, name: str) -> str:
         return f"it starts like {name} but its header is invalid"
     text = " ".join(str(exc).split())[:120] or type(exc).__name__
     return f"its {name} header is invalid ({text})"
+
+
+# Pillow turns every SHORT, LONG, RATIONAL... of the first IFD into a Python object (some
+# 200 bytes each while it reads them): 5 million strip offsets, 19 MB on disk, cost 1.2 GiB
+# and 10 s. A legitimate film has at most two per row (RowsPerStrip 1: offsets and counts).
+_TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8,
+                    13: 4, 16: 8, 17: 8, 18: 8}  # fmt: skip
+_TIFF_BYTE_TYPES = (1, 2, 6, 7)  # kept as bytes or text by Pillow, not as objects
+MAX_TIFF_TAG_VALUES = 2**18
+MAX_TIFF_TAG_BYTES = 16 * 2**20
+
+
+def _check_tiff_ifd(data: bytes) -> None:
+    """Refuse a first IFD whose tags hold more values than a film's header could need,
+    before Pillow reads them into Python objects (the header reader must not be a bomb)."""
+    order = "<" if data.startswith(b"II") else ">"
+    try:
+        (at,) = struct.unpack_from(order + "I", data, 4)
+        (entries,) = struct.unpack_from(order + "H", data, at)
+    except struct.error:
+        return  # no IFD: Pillow says why it cannot read it
+    present = min(entries, max(0, len(data) - at - 2) // 12)  # a cut IFD: what is there
+    fields = [struct.unpack_from(order + "HHI", data, at + 2 + 12 * k) for k in range(present)]
+    values = sum(n for _, kind, n in fields if kind not in _TIFF_BYTE_TYPES)
+    size = sum(n * _TIFF_TYPE_BYTES.get(kind, 1) for _, kind, n in fields)
+    if values > MAX_TIFF_TAG_VALUES or size > MAX_TIFF_TAG_BYTES:
+        raise ImageReadError(
+            f"TIFF header too large to read: its first IFD declares {values} values in "
+            f"{size_text(size)}, the limit is {MAX_TIFF_TAG_VALUES} values in "
+            f"{size_text(MAX_TIFF_TAG_BYTES)}"
+        )
 
 
 def _tiff_bits(im: Image.Image) -> int:

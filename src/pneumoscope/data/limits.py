@@ -23,16 +23,15 @@ def decoded_bytes(
     """Peak bytes to decode an image: the decoder's output (W x H x channels x bytes per
     sample), ``extra_per_sample`` bytes per sample the decoder keeps beside it (e.g. 2 for a
     progressive JPEG's coefficients), then the working copies on the way to 8-bit gray: the
-    gray copy of a colour image, the float32 copy of samples wider than 8 bits, the result."""
+    gray copy of a colour image (the result, at 8 bits), and for samples wider than 8 bits
+    the float32 copy that min-max scaling works in and the uint8 result."""
     pixels = max(0, width) * max(0, height)
     sample_bytes = max(1, (bits + 7) // 8)
     total = pixels * channels * (sample_bytes + extra_per_sample)
     if channels > 1:
-        total += pixels * sample_bytes  # the gray conversion
+        total += pixels * sample_bytes
     if bits > 8:
-        total += pixels * 4  # float32 for the min-max scaling
-    if channels > 1 or bits > 8:
-        total += pixels  # the uint8 result (8-bit gray is returned as decoded)
+        total += pixels * (4 + 1)
     return int(total)
 
 

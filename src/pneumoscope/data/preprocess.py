@@ -80,7 +80,10 @@ def decode_gray_bytes(data: np.ndarray | bytes) -> np.ndarray:
     if kind not in _RASTER_KINDS:
         raise ImageReadError(_UNREADABLE)
     raster_geometry(raw, kind).check()
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # OpenCV's own checks (its size limits, a malformed stream) raise
+        img = None
     if img is None:
         raise ImageReadError(_UNREADABLE)
     return to_gray_uint8(img)
