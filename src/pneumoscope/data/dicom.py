@@ -137,6 +137,18 @@ def decode_dicom_bytes(data: bytes) -> np.ndarray:
     return _decode_dataset(_parse(BytesIO(data), stop_before_pixels=False, defer_size=None))
 
 
+def header_dataset(source: str | os.PathLike | bytes) -> Dataset:
+    """Every element of a DICOM file or upload but its pixels (what a DICOM result copies
+    from its source), read within the decoder's bounds: ``pydicom.dcmread`` alone would
+    inflate a Deflated file whole even for its header. ImageReadError when it is no DICOM
+    or unreadable."""
+    if isinstance(source, bytes | bytearray):
+        if not is_dicom_bytes(bytes(source)):
+            raise ImageReadError("not a DICOM file (no DICM marker, no readable header)")
+        return _parse(BytesIO(source), stop_before_pixels=True, defer_size=None)
+    return _read(source, stop_before_pixels=True)
+
+
 def _decode_dataset(ds: Dataset) -> np.ndarray:
     if not any(tag in ds for tag in _PIXEL_TAGS):
         raise ImageReadError("DICOM without pixel data")
@@ -423,7 +435,7 @@ def _parse(
 
 def _dcmread(source, **kwargs) -> Dataset:
     """``pydicom.dcmread(source, force=True, **kwargs)``, except that a Deflated Explicit VR
-    Little Endian dataset is inflated here first, within ``MAX_DECODED_BYTES``: pydicom
+    Little Endian dataset is inflated here first, within ``MAX_INFLATED_BYTES``: pydicom
     inflates the whole rest of the file in one call (a thousandfold for zeros), even to
     read the header alone."""
     inflated = _inflate_deflated(source)
@@ -465,11 +477,14 @@ def _inflate_deflated(source) -> BytesIO | None:
 
 
 _INFLATE_CHUNK = 4 * 2**20
+# pydicom copies each value out of the inflated bytes while it parses them, so a dataset
+# parsed from memory is held twice: half the decoding budget keeps that within it.
+MAX_INFLATED_BYTES = MAX_DECODED_BYTES // 2
 
 
 def _inflate(compressed: bytes, out: BytesIO) -> None:
-    """Raw deflate into ``out`` a chunk at a time, stopping once past ``MAX_DECODED_BYTES``:
-    the budget counts what is inflated, never what the stream could still become."""
+    """Raw deflate into ``out`` a chunk at a time, stopping once past ``MAX_INFLATED_BYTES``:
+    the limit counts what is inflated, never what the stream could still become."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     pending, total = compressed, 0
     while not inflater.eof:
@@ -478,9 +493,9 @@ def _inflate(compressed: bytes, out: BytesIO) -> None:
         if not piece and not pending:
             break
         total += len(piece)
-        if total > MAX_DECODED_BYTES:
+        if total > MAX_INFLATED_BYTES:
             raise ImageReadError(
-                f"deflated DICOM data inflates past {size_text(MAX_DECODED_BYTES)}, the limit"
+                f"deflated DICOM data inflates past {size_text(MAX_INFLATED_BYTES)}, the limit"
             )
         out.write(piece)
     if not inflater.eof:

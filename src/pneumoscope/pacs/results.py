@@ -19,12 +19,17 @@ from io import BytesIO
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 
 from pneumoscope.core.errors import ImageReadError
 from pneumoscope.core.io import atomic_write
-from pneumoscope.data.dicom import decode_dicom, decode_dicom_bytes, is_dicom, is_dicom_bytes
+from pneumoscope.data.dicom import (
+    decode_dicom,
+    decode_dicom_bytes,
+    header_dataset,
+    is_dicom,
+    is_dicom_bytes,
+)
 from pneumoscope.data.preprocess import load_image
 from pneumoscope.inference.predict import Prediction
 from pneumoscope.model.run import LoadedRun
@@ -80,10 +85,7 @@ def dicom_results_bytes(
     Raises SourceError (not DICOM, no study) or ImageReadError (pixels unreadable)."""
     if not is_dicom_bytes(data):
         raise SourceError("not a DICOM file: only a DICOM image has a study to add results to")
-    try:
-        source = pydicom.dcmread(BytesIO(data), force=True, stop_before_pixels=True)
-    except Exception as exc:
-        raise ImageReadError(f"not a readable DICOM file: {type(exc).__name__}") from None
+    source = header_dataset(data)  # pydicom.dcmread would inflate a Deflated file whole
     return results_bytes(source, decode_dicom_bytes(data), prediction, heat, threshold_policy)
 
 
@@ -150,7 +152,7 @@ def _write_one(
     out_dir: Path,
     studies: dict[str, tuple[Series, Series]],
 ) -> list[Path]:
-    source = pydicom.dcmread(pred.path, force=True, stop_before_pixels=True)
+    source = header_dataset(pred.path)
     film = decode_dicom(pred.path)
     series = studies.setdefault(str(source.get("StudyInstanceUID", "")), (sr_series(), sc_series()))
     return [save(ds, out_dir) for ds in dicom_results(source, film, heat, info, series)]
