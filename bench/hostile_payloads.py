@@ -11,15 +11,17 @@ bench/hostile.py; ``python bench/hostile_payloads.py DIR`` writes them all to DI
 
 What each one declares (what decoding it would allocate without the guards):
 
-- jpeg_sof_past_64k: 60000 x 60000 RGB, its frame header after 128 KiB of APP15 segments
-  (the old size check read only the first 64 KiB): 10.1 GiB of output.
+- jpeg_sof_past_64k: 32000 x 32000 RGB, its frame header after 128 KiB of APP15 segments
+  (the old size check read only the first 64 KiB): 2.9 GiB of output, 3.8 GiB with the
+  gray copy.
 - jpeg_progressive_bomb: 6400 x 6400 RGB progressive: 117 MiB of output, and libjpeg
   keeps every DCT coefficient of a progressive scan (2 bytes a sample): 234 MiB more.
 - png_bomb: 9000 x 9000 RGBA at 16 bits (under the 100 MP pixel limit): 618 MiB.
-- tiff_bomb: 50000 x 50000 gray, one deflate strip: 2.3 GiB from 8 KiB.
+- tiff_bomb: 32000 x 32000 gray, one deflate strip: 1.0 GiB from 8 KiB.
 - tiff_ifd_bomb: a 100 x 100 TIFF whose first IFD lists a million strip offsets (4 MB):
   a bomb for the header reader itself (Pillow makes a Python object of each value).
-- bmp_bomb: 50000 x 50000 palette RLE8, which OpenCV expands to BGR: 7.0 GiB from 1 KiB.
+- bmp_bomb: 32000 x 32000 palette RLE8, which OpenCV expands to BGR: 2.9 GiB from 1 KiB.
+  (These three stay under OpenCV's own limit of 2^30 pixels: only the budget stops them.)
 - dicom_rle_bomb: 7000 x 7000 at 32 bits in real RLE segments of zeros (3 MB): 187 MiB
   stored, and float64 copies of it on the way to 8 bits (the old path: several GiB).
 - dicom_deflate_bomb: Deflated Explicit VR Little Endian, 2 MB inflating to 2.0 GiB of
@@ -123,8 +125,9 @@ def _with_sof_size(jpeg: bytes, width: int, height: int) -> bytes:
 
 
 def jpeg_sof_past_64k() -> Payload:
-    """60000 x 60000 x 3 declared by a SOF that sits after 128 KiB of APP15 segments."""
-    jpeg = _with_sof_size(_encode(".jpg", cv2.merge([_film()] * 3)), 60000, 60000)
+    """32000 x 32000 x 3 declared by a SOF that sits after 128 KiB of APP15 segments: just
+    under OpenCV's own limit of 2^30 pixels, so only the budget stops it."""
+    jpeg = _with_sof_size(_encode(".jpg", cv2.merge([_film()] * 3)), 32000, 32000)
     filler = (b"\xff\xef" + struct.pack(">H", 65535) + bytes(65533)) * 2
     return Payload("jpeg_sof_past_64k", jpeg[:2] + filler + jpeg[2:], TOO_LARGE)
 
@@ -166,12 +169,13 @@ def _tiff(entries: list[tuple[int, ...]], payload: bytes = b"") -> bytes:
 
 
 def tiff_bomb() -> Payload:
-    """50000 x 50000 8-bit gray in one Adobe-deflate strip of 8 MiB of zeros (8 KiB)."""
+    """32000 x 32000 8-bit gray (under OpenCV's 2^30-pixel limit) in one Adobe-deflate
+    strip of 8 MiB of zeros (8 KiB)."""
     strip = zlib.compress(bytes(8 * 2**20), 9)
     short, long_ = 3, 4
     entries = [
-        (256, long_, 50000), (257, long_, 50000), (258, short, 8), (259, short, 8),
-        (262, short, 1), (273, long_, -1), (277, short, 1), (278, long_, 50000),
+        (256, long_, 32000), (257, long_, 32000), (258, short, 8), (259, short, 8),
+        (262, short, 1), (273, long_, -1), (277, short, 1), (278, long_, 32000),
         (279, long_, len(strip)),
     ]  # fmt: skip
     return Payload("tiff_bomb", _tiff(entries, strip), TOO_LARGE)
@@ -191,11 +195,12 @@ def tiff_ifd_bomb() -> Payload:
 
 
 def bmp_bomb() -> Payload:
-    """50000 x 50000 8-bit palette, RLE8: a few bytes of runs, then end of bitmap."""
+    """32000 x 32000 8-bit palette, RLE8 (under OpenCV's 2^30-pixel limit): a few bytes of
+    runs, then end of bitmap."""
     palette = b"".join(bytes([g, g, g, 0]) for g in range(256))
     runs = b"\xff\x80" * 8 + b"\x00\x00" + b"\x00\x01"  # 8 runs, end of line, end of bitmap
     offset = 14 + 40 + len(palette)
-    info = struct.pack("<IiiHHIIiiII", 40, 50000, 50000, 1, 8, 1, len(runs), 2835, 2835, 256, 0)
+    info = struct.pack("<IiiHHIIiiII", 40, 32000, 32000, 1, 8, 1, len(runs), 2835, 2835, 256, 0)
     head = b"BM" + struct.pack("<IHHI", offset + len(runs), 0, 0, offset)
     return Payload("bmp_bomb", head + info + palette + runs, TOO_LARGE)
 

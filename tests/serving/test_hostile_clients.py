@@ -121,7 +121,9 @@ def test_a_client_leaving_mid_upload_is_one_line(hostile_server):
 
     async def leave() -> None:
         _, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"POST /v1/predict HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5000\r\n\r\n")
+        writer.write(
+            b"POST /v1/predict HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5000\r\n\r\n"
+        )
         writer.write(b"\xff" * 100)
         await writer.drain()
         await asyncio.sleep(0.3)

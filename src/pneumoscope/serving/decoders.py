@@ -22,14 +22,12 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass, fields
-from io import BytesIO
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 
 from pneumoscope.core.errors import ImageReadError
-from pneumoscope.data.dicom import decode_dicom_bytes
+from pneumoscope.data.dicom import decode_dicom_bytes, header_dataset
 from pneumoscope.data.preprocess import PreprocessConfig, load_image_bytes, sniff_image
 from pneumoscope.inference.intended_use import ANALYSED, IntendedUse
 
@@ -78,11 +76,7 @@ def decode_upload(data: bytes, preprocess: PreprocessConfig, scope: IntendedUse)
 def read_dicom_upload(data: bytes) -> tuple[Dataset, np.ndarray]:
     """A DICOM upload's header (no pixels) and its decoded film: what its DICOM results
     (SR, capture) are made from, read in a worker like every other use of upload bytes."""
-    try:
-        header = pydicom.dcmread(BytesIO(data), force=True, stop_before_pixels=True)
-    except Exception as exc:
-        raise ImageReadError(f"not a readable DICOM file: {type(exc).__name__}") from None
-    return header, decode_dicom_bytes(data)
+    return header_dataset(data), decode_dicom_bytes(data)
 
 
 def scope_args(scope: IntendedUse) -> dict:
