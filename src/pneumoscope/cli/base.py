@@ -22,6 +22,30 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode=None,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from pneumoscope.core import __version__
+
+        typer.echo(f"pneumoscope {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print the version and exit.",
+        callback=_print_version,
+        is_eager=True,
+    ),
+) -> None:
+    """Pneumonia detection on chest X-rays: prepare a leak-free dataset, train, evaluate,
+    predict."""
+
+
 data_app = typer.Typer(
     help="Build datasets from X-ray folders.", no_args_is_help=True, rich_markup_mode=None
 )
