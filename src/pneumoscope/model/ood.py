@@ -14,7 +14,7 @@ the residual (``ood_residual``): the length of the input's L2-normalised, centre
 vector outside the training vectors' top 64 principal directions, each divided by the 99th
 percentile of its validation values; the flag threshold is again the 99th percentile on
 validation. On the 192 px reference runs it flags about twice as many adult films, at a
-higher in-distribution rate (docs/results.md); it was found after the pre-written rule had
+higher in-distribution rate (experiments/ood_guard); it was found after the pre-written rule had
 adopted nothing, so it is not the default. ``method`` is stored in ood.json; files without
 one are the Mahalanobis guard, read as before.
 
@@ -56,7 +56,7 @@ METHODS = {
         "outside their top principal directions, each over its validation threshold"
     ),
 }
-DEFAULT_METHOD = MAHALANOBIS  # what new fits use; COMBINED is opt-in (docs/results.md)
+DEFAULT_METHOD = MAHALANOBIS  # what new fits use; COMBINED is opt-in (experiments/ood_guard)
 METHOD = METHODS[DEFAULT_METHOD]
 _STATS = {
     MAHALANOBIS: ("means", "precision"),

@@ -7,7 +7,7 @@ ViM, Wang et al., CVPR 2022, without its logit term). An input's score is the le
 is left of its centred unit vector once its part along those directions is removed. The
 Mahalanobis distance (``ood.py``) measures how far a vector lies *along* the training
 spread; this measures what lies *off* it, which is where adult films differ from the
-pediatric ones (bench/ood_guard.py). The guard combines the two. Mean and directions are
+pediatric ones (experiments/ood_guard). The guard combines the two. Mean and directions are
 kept in float32, as saved in RUN/ood.safetensors, so a fitted guard scores like a loaded one.
 """
 

@@ -3,7 +3,7 @@
 The copies are drawn from the run's own training augmentation: the variation (field of
 view, position, exposure) the model was trained to be indifferent to. On the pediatric
 reference runs, averaging 8 of them raised the official test AUROC of every run
-(docs/results.md, "Test-time views"). The setting belongs to the calibration
+(experiments/test_time_views). The setting belongs to the calibration
 (calibration.json ``test_views``): the temperature and the threshold are fitted on the
 averaged validation logits, so they only hold for scores made the same way, and every
 command that scores a film (predict, evaluate, explain, the service, the Ray engine,

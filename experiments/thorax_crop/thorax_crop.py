@@ -19,7 +19,7 @@ threshold, are not cut off either), with a margin, and never smaller than
 ``MIN_SIDE`` of the film in either direction. A film where no lung field is found keeps
 its whole frame.
 
-    python bench/thorax_crop.py --data ../shared/data/chest_xray_224 --n 300
+    python experiments/thorax_crop/thorax_crop.py --data ../shared/data/chest_xray_224 --n 300
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="the pediatric set (train/ and test/ folders)")
     ap.add_argument("--n", type=int, default=300, help="films per group at most (seeded sample)")
-    ap.add_argument("--out", default="bench/results/thorax_crop.json")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "thorax_crop.json"))
     a = ap.parse_args()
     res = measure(Path(a.data), a.n)
     print(f"{'group':<17} {'films':>5}  {'crop: area':>10} {'full':>5}  "

@@ -1,4 +1,4 @@
-"""bench/fov_probe.py reframes films before the run's own preprocessing, both ways, and
+"""fov_probe.py reframes films before the run's own preprocessing, both ways, and
 writes per zoom the NORMAL positive rate and the PNEUMONIA sensitivity."""
 
 from __future__ import annotations
@@ -7,14 +7,15 @@ import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
-from tests.helpers import REPO
+SCRIPT = Path(__file__).with_name("fov_probe.py")
 
 
 def _probe_module():
-    spec = importlib.util.spec_from_file_location("fov_probe", REPO / "bench" / "fov_probe.py")
+    spec = importlib.util.spec_from_file_location("fov_probe", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -35,7 +36,7 @@ def test_zoom_center_crops_in_and_frames_out():
 
 def test_probe_writes_both_directions(run_dir, data_dir, tmp_path):
     out = tmp_path / "fov.json"
-    cmd = [sys.executable, str(REPO / "bench" / "fov_probe.py"), "--run", str(run_dir),
+    cmd = [sys.executable, str(SCRIPT), "--run", str(run_dir),
            "--data", str(data_dir), "--out", str(out)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]

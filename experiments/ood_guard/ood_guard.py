@@ -1,8 +1,8 @@
 """Benchmark out-of-distribution scores for the guard (issue 19): which score of the
 penultimate features flags foreign images and adult films, yet lets the
-pediatric test split through? Applies the rule written in docs/results.md.
+pediatric test split through? Applies the rule written in README.md beside it.
 
-    python bench/ood_guard.py --run /work/runs18/c192_s0 --data /work/runs18/ped192 \
+    python experiments/ood_guard/ood_guard.py --run runs/c192_s0 --data work/ped192 \
         --adults ../shared/data/chest_xray_covid19_pneumonia_256/Data
 
 Every candidate is fitted on the run's training images only (the guard's own seeded sample
@@ -22,7 +22,7 @@ covariance) of the L2-normalised features, relative Mahalanobis (Ren et al. 2021
 of the normalised feature outside the training features' top principal components (as in
 ViM); and the larger of today's score and kNN k=10's, each divided by its own validation
 threshold, thresholded again (a combination flags what either part flags). The rule
-(docs/results.md, "The out-of-distribution guard: the rule for a new score") is then
+(README.md, "The out-of-distribution guard: the rule for a new score") is then
 applied mechanically to these, the candidates listed before any was scored. The same
 combination with each other candidate, (e), was added after the first table had adopted
 nothing: printed, with the rule's checks, but not eligible. Last, the product's opt-in
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,7 +45,6 @@ import cv2
 import numpy as np
 import sklearn
 import torch
-from record import machine, method
 from sklearn.covariance import LedoitWolf
 
 from pneumoscope.core.io import write_json_atomic
@@ -52,6 +52,10 @@ from pneumoscope.data.cache import open_cache
 from pneumoscope.inference.intended_use import IntendedUse, load_screened
 from pneumoscope.model.ood import COMBINED, OodGuard
 from pneumoscope.model.run import load_run
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # experiments/record.py
+from record import machine, method  # noqa: E402
 
 QUANTILE = 0.99
 KS = (1, 5, 10, 50)
@@ -70,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--foreign", type=int, default=60, help="synthetic foreign images [60]")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--features", type=Path, help="an .npz to keep (or reuse) the features in")
-    p.add_argument("--out", type=Path, default=Path("bench/results/ood_guard.json"))
+    p.add_argument("--out", type=Path, default=HERE / "results" / "ood_guard.json")
     return p.parse_args(argv)
 
 
@@ -312,7 +316,7 @@ def evaluate(score, d: dict[str, np.ndarray]) -> dict:
 
 
 def decide(results: dict[str, dict]) -> dict:
-    """The rule of docs/results.md, applied mechanically."""
+    """The rule of README.md beside this script, applied mechanically."""
     base_name = next(iter(results))
     base = results[base_name]["choose"]["flagged"]
     met = {}

@@ -1,4 +1,4 @@
-"""bench/tta.py runs end to end on the shared tiny run and writes its decision: per K the
+"""tta.py runs end to end on the shared tiny run and writes its decision: per K the
 validation AUROC gain of each run and their mean, the K the rule adopts (or none), and the
 test figures only when one is adopted. No figure is asserted beyond its range."""
 
@@ -8,14 +8,15 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
-from tests.helpers import REPO
+SCRIPT = Path(__file__).with_name("tta.py")
 
 
-def test_bench_tta_writes_the_rules_decision(run_dir, data_dir, tmp_path):
+def test_tta_writes_the_rules_decision(run_dir, data_dir, tmp_path):
     runs = [shutil.copytree(run_dir, tmp_path / name) for name in ("a", "b")]
     out = tmp_path / "tta.json"
-    cmd = [sys.executable, str(REPO / "bench" / "tta.py"), "--data", str(data_dir),
+    cmd = [sys.executable, str(SCRIPT), "--data", str(data_dir),
            "--views", "2,1", "--out", str(out)]  # fmt: skip
     for r in runs:
         cmd += ["--run", str(r)]

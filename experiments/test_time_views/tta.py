@@ -1,8 +1,9 @@
 """Test-time views: does averaging a run's logit over K augmented views of each film help?
-Applies the rule written in docs/results.md ("Test-time views: the rule").
+Applies the rule in README.md beside it ("Test-time views: the rule").
 
-    python bench/tta.py --run runs/c192_s0 --run runs/c192_s1 --run runs/c192_s2 \\
-        --data work/pediatric192 --views 4,8 --out bench/results/tta.json
+    python experiments/test_time_views/tta.py \\
+        --run runs/c192_s0 --run runs/c192_s1 --run runs/c192_s2 \\
+        --data work/pediatric192 --views 4,8 --out experiments/test_time_views/results/tta.json
 
 Measures a property of trained runs, not speed. Per run, on the validation split: the
 plain logits (the run's own inference path) and ``max(views)`` augmented views of each
@@ -19,16 +20,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
-from record import machine, method
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from pneumoscope.core.io import write_json_atomic
 from pneumoscope.data.cache import open_cache
 from pneumoscope.evaluation.calibration import augmented_view_logits
 from pneumoscope.model.run import load_run
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # experiments/record.py
+from record import machine, method  # noqa: E402
 
 MIN_GAIN = 0.002
 
@@ -39,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, required=True, help="the runs' prepared cache")
     p.add_argument("--views", default="4,8", help="K values, comma list")
     p.add_argument("--seed", type=int, default=0, help="views seed")
-    p.add_argument("--out", type=Path, default=Path("bench/results/tta.json"))
+    p.add_argument("--out", type=Path, default=HERE / "results" / "tta.json")
     args = p.parse_args(argv)
     args.ks = sorted(int(k) for k in args.views.split(","))
     return args

@@ -1,9 +1,9 @@
 """A larger evaluation size: does a run trained at one size score better on films prepared
 larger, with its batch-norm statistics refitted at that size? Applies the rule written in
-docs/results.md ("A larger evaluation size: the rule").
+README.md beside it ("A larger evaluation size: the rule").
 
-    python bench/eval_size.py --run runs/fc2_s0 --data work/ped160 \\
-        --at work/ped192 --at work/ped224 --out bench/results/eval_size.json
+    python experiments/eval_size/eval_size.py --run runs/fc2_s0 --data work/ped160 \\
+        --at work/ped192 --at work/ped224 --out experiments/eval_size/results/eval_size.json
 
 Measures a property of trained runs, not speed. For each run and each larger cache (the
 same films and splits, prepared at another --img-size with the run's other preprocessing
@@ -20,20 +20,39 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from record import machine, method
 from sklearn.metrics import roc_auc_score
 
 from pneumoscope.core.errors import UserError
 from pneumoscope.core.io import write_json_atomic
 from pneumoscope.data.cache import Cache, open_cache
-from pneumoscope.model.run import LoadedRun, load_run
-from pneumoscope.training.eval_size import refit_norms
+from pneumoscope.model.run import LoadedRun, load_run, row_batches
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # experiments/record.py
+from record import machine, method  # noqa: E402
 
 MIN_GAIN = 0.002
+
+
+@torch.no_grad()
+def refit_norms(loaded: LoadedRun, net: torch.nn.Module, images, rows, batch_size=64) -> int:
+    """Recompute ``net``'s batch-norm running statistics on ``images[rows]`` (uint8, as
+    the cache holds them, through the run's own input path; cumulative average, no
+    gradient); returns how many batch norms there are."""
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over every batch
+        m.train()
+    for _, chunk in row_batches(images, rows, batch_size):
+        net(loaded.model_input(torch.from_numpy(chunk).unsqueeze(1)))
+    net.eval()
+    return len(norms)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-train", type=int, default=1024, help="training films for the refit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--out", type=Path, default=Path("bench/results/eval_size.json"))
+    p.add_argument("--out", type=Path, default=HERE / "results" / "eval_size.json")
     return p.parse_args(argv)
 
 
@@ -60,7 +79,7 @@ def rows_like(base: Cache, other: Cache, split: str) -> tuple[np.ndarray, np.nda
 
 def refit_bn(loaded: LoadedRun, images: np.ndarray, batch_size: int) -> torch.nn.Module:
     """A copy of the run's network with batch-norm statistics recomputed on ``images``
-    (the product's refit, ``calibrate --refit-size``)."""
+    (``refit_norms`` above; pneumoscope 0.1's ``calibrate --refit-size`` did the same)."""
     net = copy.deepcopy(loaded.model)
     refit_norms(loaded, net, images, None, batch_size)
     return net

@@ -1,4 +1,4 @@
-"""bench/thorax_crop.py: the weight-free thorax finder boxes two dark lung fields in a
+"""thorax_crop.py: the weight-free thorax finder boxes two dark lung fields in a
 bright body, keeps the whole frame where it finds none, and the script writes its table."""
 
 from __future__ import annotations
@@ -7,15 +7,16 @@ import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
 
-from tests.helpers import REPO
+SCRIPT = Path(__file__).with_name("thorax_crop.py")
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("thorax_crop", REPO / "bench" / "thorax_crop.py")
+    spec = importlib.util.spec_from_file_location("thorax_crop", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -55,7 +56,7 @@ def test_script_writes_its_table(tmp_path):
         cv2.imwrite(str(tmp_path / f"test/NORMAL/NORMAL2-IM-{i}.png"), _film())
         cv2.imwrite(str(tmp_path / f"test/NORMAL/IM-{i}.png"), _film())
     out = tmp_path / "t.json"
-    cmd = [sys.executable, str(REPO / "bench" / "thorax_crop.py"), "--data", str(tmp_path),
+    cmd = [sys.executable, str(SCRIPT), "--data", str(tmp_path),
            "--n", "2", "--out", str(out)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -1,6 +1,6 @@
 """What a run costs to score films as the product scores them, against a baseline run.
 
-    python bench/run_cost.py --base runs/fc_s0 --base-data work/pediatric160 \\
+    python experiments/small_ensemble/run_cost.py --base runs/fc_s0 --base-data work/pediatric160 \\
         --run runs/ens --data work/pediatric128 --n 256
 
 Each run scores the same N validation films (by manifest path, from its own cache, so
@@ -17,15 +17,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from record import machine, method
 
 from pneumoscope.data.cache import open_cache
 from pneumoscope.model.run import load_run
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # experiments/record.py
+from record import machine, method  # noqa: E402
 
 
 def films(data: Path, paths: list[str]) -> np.ndarray:
@@ -49,7 +53,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=Path("bench/results/run_cost.json"))
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "run_cost.json")
     a = ap.parse_args()
     load = os.getloadavg()
     torch.set_num_threads(a.threads)

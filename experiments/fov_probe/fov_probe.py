@@ -15,7 +15,7 @@ of view in preprocessing gets the chance to undo it):
 A robust model keeps both rates near their un-zoomed values. Films are scored one view
 each (no test-time views), at the run's threshold.
 
-    python bench/fov_probe.py --run runs/fast-cpu --data work/pediatric160
+    python experiments/fov_probe/fov_probe.py --run runs/fast-cpu --data work/pediatric160
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def main() -> None:
     ap.add_argument("--run", required=True)
     ap.add_argument("--data", required=True, help="the run's cache: its split and file paths")
     ap.add_argument("--split", default="val")
-    ap.add_argument("--out", default=None, help="JSON file (default bench/results/fov_RUN.json)")
+    ap.add_argument("--out", default=None, help="JSON file (default: results/fov_RUN.json here)")
     a = ap.parse_args()
     res = probe(a.run, a.data, a.split)
     print(f"run {a.run}, {a.split} split, threshold from the run's calibration, one view a film")
@@ -98,7 +98,7 @@ def main() -> None:
         f"zoom in 1.3/1.5, NORMAL called positive (mean): {s['zoom_in_normal_positive_rate']:.4f}; "
         f"zoom out 1/1.3, 1/1.5, sensitivity (mean): {s['zoom_out_sensitivity']:.4f}"
     )
-    out = Path(a.out or f"bench/results/fov_{Path(a.run).name}.json")
+    out = Path(a.out or Path(__file__).parent / "results" / f"fov_{Path(a.run).name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"run": a.run, "split": a.split, "results": res, **s}, indent=2))
 

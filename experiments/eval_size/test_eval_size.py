@@ -1,23 +1,21 @@
-"""bench/eval_size.py: validation AUROC per size with batch-norm statistics refitted (the
-product's refit, tests/training/test_eval_size.py), the rule's decision, test figures only
-when a size is adopted."""
+"""eval_size.py: validation AUROC per size with batch-norm statistics refitted, the
+rule's decision, test figures only when a size is adopted."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
-
-BENCH = REPO / "bench" / "eval_size.py"
+SCRIPT = Path(__file__).with_name("eval_size.py")
 
 
-def test_bench_eval_size_writes_the_rules_decision(resnet_run, data_dir, data48, tmp_path):
+def test_eval_size_writes_the_rules_decision(resnet_run, data_dir, data48, tmp_path):
     out = tmp_path / "size.json"
-    cmd = [sys.executable, str(BENCH), "--run", str(resnet_run), "--data", str(data_dir),
+    cmd = [sys.executable, str(SCRIPT), "--run", str(resnet_run), "--data", str(data_dir),
            "--at", str(data48), "--n-train", "32", "--out", str(out)]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
