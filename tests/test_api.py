@@ -11,7 +11,8 @@ import pytest
 
 import pneumoscope
 from pneumoscope.core.errors import UserError
-from pneumoscope.inference.predict import CSV_COLUMNS, predict_to_csv
+from pneumoscope.inference.predict import predict_to_csv
+from pneumoscope.inference.scoring import CSV_COLUMNS
 
 FIXTURE_RUN = Path(__file__).parent / "fixtures" / "run_v1"
 

@@ -19,17 +19,20 @@ import pandas as pd
 
 from pneumoscope.core.errors import ImageReadError, UserError
 from pneumoscope.data.preprocess import preprocess_gray, to_gray_uint8
-from pneumoscope.inference.predict import CSV_COLUMNS, expand_inputs, make_runner, predict_rows
-from pneumoscope.model.run import LoadedRun, load_run
+from pneumoscope.inference.inputs import expand_inputs
+from pneumoscope.inference.predict import predict_rows
+from pneumoscope.inference.predictor import Predictor
+from pneumoscope.inference.scoring import CSV_COLUMNS
 
 
 class Model:
-    """A run folder loaded once: weights, input specification, calibration, OOD guard."""
+    """A run folder loaded once: weights, input specification, calibration, OOD guard,
+    intended-use rules (``allow`` relaxes them, as --allow does)."""
 
-    def __init__(self, loaded: LoadedRun, backend: str = "torch"):
-        self.run = loaded
-        self.backend = backend
-        self._runner = make_runner(loaded, backend)
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor.ready()
+        self.run = predictor.loaded
+        self.backend = predictor.backend
 
     @property
     def card(self):
@@ -51,7 +54,7 @@ class Model:
         paths = expand_inputs([str(p) for p in items])
         if not paths:
             raise UserError("no inputs: give image files, folders, glob patterns or a CSV list")
-        rows = predict_rows(self.run, self._runner, paths, batch_size=batch_size)
+        rows = predict_rows(self.predictor, paths, batch_size=batch_size)
         table = pd.DataFrame([vars(r) for r in rows])
         return table[CSV_COLUMNS]
 
@@ -64,13 +67,14 @@ class Model:
             return np.empty(0, dtype=np.float64)
         cfg = self.run.preprocess
         pixels = np.stack([preprocess_gray(to_gray_uint8(np.asarray(im)), cfg) for im in batch])
-        logits, _ = self._runner.logits_and_features(pixels)
+        logits, _ = self.predictor.runner.logits_and_features(pixels)
         return self.run.proba_from_logits(logits)
 
 
-def load(run: str | Path, backend: str = "torch") -> Model:
-    """Load a run folder; ``backend`` "onnx" or "onnx-int8" uses its `pneumoscope export`."""
-    return Model(load_run(run), backend)
+def load(run: str | Path, backend: str = "torch", allow: Sequence[str] = ()) -> Model:
+    """Load a run folder; ``backend`` "onnx" or "onnx-int8" uses its `pneumoscope export`;
+    ``allow`` relaxes intended-use rules for DICOM inputs (as `predict --allow`)."""
+    return Model(Predictor.from_run(run, backend, allow))
 
 
 __all__ = ["ImageReadError", "Model", "load"]

@@ -17,7 +17,8 @@ from pneumoscope.data.prepare import prepare
 from pneumoscope.data.preprocess import PreprocessConfig
 from pneumoscope.evaluation.evaluate import evaluate
 from pneumoscope.evaluation.metrics import youden_threshold
-from pneumoscope.inference.predict import CSV_COLUMNS, predict_to_csv
+from pneumoscope.inference.predict import predict_to_csv
+from pneumoscope.inference.scoring import CSV_COLUMNS
 from pneumoscope.model.run import load_run
 from pneumoscope.training.train import TrainConfig, train
 

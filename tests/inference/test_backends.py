@@ -8,7 +8,7 @@ import pytest
 
 from pneumoscope.core.errors import UserError
 from pneumoscope.data.cache import open_cache
-from pneumoscope.inference import bf16, ov_runner, predict
+from pneumoscope.inference import backends, bf16, ov_runner
 from pneumoscope.inference.bf16 import TorchBf16Runner
 from pneumoscope.inference.fidelity import TOLERANCE, Tolerance, compare, problems
 from pneumoscope.model.hardware import CpuFeatures, cpu_features
@@ -37,25 +37,25 @@ def test_bf16_runner_tracks_float32_and_returns_float32(run_dir, data_dir, one_t
 def test_bf16_is_refused_in_one_line_without_native_bf16(run_dir, monkeypatch):
     monkeypatch.setattr(bf16, "cpu_features", lambda: NO_BF16)
     with pytest.raises(UserError, match="native bf16.*onnx-int8") as err:
-        predict.make_runner(load_run(run_dir), "torch-bf16")
+        backends.make_runner(load_run(run_dir), "torch-bf16")
     assert "\n" not in str(err.value)
 
 
 def test_auto_picks_bf16_or_torch_without_an_export(run_dir, monkeypatch):
     loaded = load_run(run_dir)  # the session run has no export
     want = "torch-bf16" if cpu_features().bf16_fast else "torch"
-    assert predict.resolve_backend(loaded, "auto") == want
+    assert backends.resolve_backend(loaded, "auto") == want
     monkeypatch.setattr("pneumoscope.model.hardware.cpu_features", lambda: NO_BF16)
-    assert predict.resolve_backend(loaded, "auto") == "torch"
-    assert predict.make_runner(loaded, "auto") is loaded
+    assert backends.resolve_backend(loaded, "auto") == "torch"
+    assert backends.make_runner(loaded, "auto") is loaded
 
 
 def test_unknown_backend_lists_the_choices(run_dir):
     with pytest.raises(UserError, match="torch, torch-bf16, onnx, onnx-int8, openvino, auto"):
-        predict.make_runner(load_run(run_dir), "tensorrt")
+        backends.make_runner(load_run(run_dir), "tensorrt")
 
 
 def test_openvino_missing_says_how_to_install(run_dir, monkeypatch):
     monkeypatch.setattr(ov_runner, "openvino_available", lambda: False)
     with pytest.raises(UserError, match=r"pneumoscope\[openvino\]"):
-        predict.make_runner(load_run(run_dir), "openvino")
+        backends.make_runner(load_run(run_dir), "openvino")

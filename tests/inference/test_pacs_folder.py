@@ -15,7 +15,8 @@ import pytest
 from pydicom.fileset import FileSet
 
 from pneumoscope.data.dicom import dicomdir_references
-from pneumoscope.inference.predict import predict_to_csv, scan_inputs
+from pneumoscope.inference.inputs import scan_inputs
+from pneumoscope.inference.predict import predict_to_csv
 from tests.helpers import REPO, film_dataset, report_dataset, run_cli
 
 RUN_V1 = REPO / "tests" / "fixtures" / "run_v1"

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from pneumoscope.core.errors import UserError
-from pneumoscope.inference.predict import CSV_COLUMNS, predict_to_csv
+from pneumoscope.inference.predict import predict_to_csv
+from pneumoscope.inference.scoring import CSV_COLUMNS
 from pneumoscope.model.contract import RunFiles
 from pneumoscope.model.ood import OodGuard
 from tests.helpers import dicom_dataset, png_header_only, write_dicom

@@ -20,7 +20,8 @@ import pandas as pd
 import pytest
 
 from pneumoscope.core.errors import UserError
-from pneumoscope.inference.predict import CSV_COLUMNS, predict_to_csv
+from pneumoscope.inference.predict import predict_to_csv
+from pneumoscope.inference.scoring import CSV_COLUMNS
 from pneumoscope.inference.shards import Shard, parse_shard
 from tests.helpers import REPO, film_dataset, run_cli, write_dicom
 

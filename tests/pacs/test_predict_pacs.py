@@ -91,8 +91,8 @@ def test_predict_a_study_and_store_the_results_in_it(orthanc, study, auth_file, 
     uid, (film1, film2, ct) = study
     out = tmp_path / "pacs.csv"
     r = run_cli(
-        "predict", "--run", str(RUN_V1), "--dicomweb", orthanc.dicomweb, "--study", uid,
-        "--store", "--dicomweb-auth-file", str(auth_file), "--out", str(out), "--no-progress",
+        "pacs", "predict", "--run", str(RUN_V1), "--url", orthanc.dicomweb, "--study", uid,
+        "--store", "--auth-file", str(auth_file), "--out", str(out),
         "--dicom-out", str(tmp_path / "results"),
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -120,9 +120,8 @@ def test_predict_studies_found_by_date_and_modality(orthanc, study, auth_file, t
     uid, (film1, film2, _) = study
     out = tmp_path / "query.csv"
     r = run_cli(
-        "predict", "--run", str(RUN_V1), "--dicomweb", orthanc.dicomweb, "--date", DATE,
-        "--modality", "CR", "--dicomweb-auth-file", str(auth_file), "--out", str(out),
-        "--no-progress",
+        "pacs", "predict", "--run", str(RUN_V1), "--url", orthanc.dicomweb, "--date", DATE,
+        "--modality", "CR", "--auth-file", str(auth_file), "--out", str(out),
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "1 studies from" in r.stdout
@@ -134,17 +133,19 @@ def test_predict_studies_found_by_date_and_modality(orthanc, study, auth_file, t
 
 
 def test_pacs_mistakes_are_one_line(orthanc, auth_file, tmp_path):
+    out = ("--out", str(tmp_path / "p.csv"))
     cases = [
-        ("--study", "1.2.3"),  # without --dicomweb
-        ("--dicomweb", orthanc.dicomweb, "--dicomweb-auth-file", str(auth_file), "x.png"),
-        ("--dicomweb", orthanc.dicomweb, "--dicomweb-auth-file", str(auth_file)),  # no study
-        ("--dicomweb", "http://127.0.0.1:9/dicom-web", "--study", "1.2.3"),  # nothing there
-        ("--dicomweb", orthanc.dicomweb, "--study", "1.2.3"),  # no credentials: 401
+        ("--url", orthanc.dicomweb, "--auth-file", str(auth_file)),  # no study, no date
+        ("--url", "http://127.0.0.1:9/dicom-web", "--study", "1.2.3"),  # nothing there
+        ("--url", orthanc.dicomweb, "--study", "1.2.3"),  # no credentials: 401
     ]
     for extra in cases:
-        r = run_cli("predict", "--run", str(RUN_V1), "--out", str(tmp_path / "p.csv"), *extra)
+        r = run_cli("pacs", "predict", "--run", str(RUN_V1), *out, *extra)
         assert r.returncode == 2, (extra, r.stderr)
         assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    moved = run_cli("predict", "--run", str(RUN_V1), "--dicomweb", orthanc.dicomweb, *out)
+    assert moved.returncode == 2 and "pneumoscope pacs predict" in moved.stderr
+    assert moved.stderr.count("\n") == 1
 
 
 def test_local_pacs_export_gets_dicom_results(shared_data, tmp_path):

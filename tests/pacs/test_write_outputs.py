@@ -12,6 +12,7 @@ from pneumoscope.data.dicom import decode_dicom
 from pneumoscope.data.preprocess import load_image
 from pneumoscope.inference.explain import gradcam
 from pneumoscope.inference.predict import predict_rows
+from pneumoscope.inference.predictor import Predictor
 from pneumoscope.model.run import load_run
 from pneumoscope.pacs.results import ResultInfo, dicom_results, write_dicom_outputs
 from tests.helpers import REPO, dciodvfy, sr_probability, write_dicom, xray_dicom
@@ -56,7 +57,7 @@ def inputs(jpegs, tmp_path):
 @pytest.mark.realdata
 def test_writes_sr_and_capture_per_dicom_input(loaded, inputs, tmp_path, one_torch_thread):
     paths, study = inputs
-    preds = list(predict_rows(loaded, loaded, paths, batch_size=8, workers=1))
+    preds = list(predict_rows(Predictor.from_run(loaded), paths, batch_size=8, workers=1))
     assert [p.status == "ok" for p in preds] == [True, True, False, True, True]
     out = write_dicom_outputs(loaded, preds, tmp_path / "out")
     assert (out.images, len(out.written), out.not_dicom, out.no_result) == (2, 4, 1, 1)
@@ -87,7 +88,7 @@ def test_writes_sr_and_capture_per_dicom_input(loaded, inputs, tmp_path, one_tor
 @pytest.mark.realdata
 def test_capture_uses_explain_gradcam_or_given_heat(loaded, inputs, tmp_path, one_torch_thread):
     paths, _ = inputs
-    [pred] = predict_rows(loaded, loaded, paths[:1], batch_size=1, workers=1)
+    [pred] = predict_rows(Predictor.from_run(loaded), paths[:1], batch_size=1, workers=1)
     source, film = pydicom.dcmread(paths[0]), decode_dicom(paths[0])
     info = ResultInfo.from_prediction(pred, loaded.threshold_policy)
     heat = gradcam(loaded, load_image(paths[0], loaded.preprocess)[None])[0]
@@ -106,7 +107,7 @@ def test_our_own_results_fed_back_are_skipped_not_analysed(loaded, inputs, tmp_p
     """A folder holding pneumoscope's SR and capture next to the film: predicting it again
     analyses the film only; the capture (a chest picture) is recognised as our own output."""
     paths, _ = inputs
-    preds = list(predict_rows(loaded, loaded, paths[:1], batch_size=8, workers=1))
+    preds = list(predict_rows(Predictor.from_run(loaded), paths[:1], batch_size=8, workers=1))
     out = write_dicom_outputs(loaded, preds, tmp_path / "out")
     from pneumoscope.inference.intended_use import IntendedUse
 

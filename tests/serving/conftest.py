@@ -36,6 +36,7 @@ def make_client(engine, one_torch_thread):
     """make_client(runner_delay=0, **settings) -> a TestClient (lifespan run) on run_v1."""
     from fastapi.testclient import TestClient
 
+    from pneumoscope.inference.predictor import Predictor
     from pneumoscope.serving.app import create_app
     from pneumoscope.serving.engine import Engine
     from pneumoscope.serving.settings import ServeSettings
@@ -47,7 +48,8 @@ def make_client(engine, one_torch_thread):
         serve_settings = ServeSettings(run=RUN_V1, **settings)
         if runner_delay:
             slow = SlowRunner(engine.runner, runner_delay)
-            eng = Engine(engine.loaded, slow, **serve_settings.batching)
+            predictor = Predictor.from_run(engine.loaded, allow=serve_settings.allow, runner=slow)
+            eng = Engine(predictor, **serve_settings.batching)
         client = TestClient(create_app(serve_settings, eng), base_url="http://localhost")
         clients.append(client.__enter__())
         return client

@@ -57,7 +57,7 @@ def test_real_film_gets_exactly_the_probability_predict_writes(client, films, tm
 
 
 def test_same_numbers_as_predict_rows_raw_and_multipart(client, engine, films):
-    [expected] = predict_rows(engine.loaded, engine.runner, [str(films[0])], batch_size=1)
+    [expected] = predict_rows(engine.predictor, [str(films[0])], batch_size=1)
     raw = client.post("/v1/predict", content=films[0].read_bytes()).json()
     form = client.post("/v1/predict", files={"file": ("x.jpeg", films[0].read_bytes())}).json()
     assert raw["probability"] == expected.probability == form["probability"]
@@ -67,7 +67,7 @@ def test_same_numbers_as_predict_rows_raw_and_multipart(client, engine, films):
 
 def test_dicom_upload_equals_the_dicom_file(client, engine, tmp_path):
     path = write_dicom(dicom_dataset(dicom_ramp(0, 4000, np.uint16)), tmp_path / "a.dcm")
-    [expected] = predict_rows(engine.loaded, engine.runner, [str(path)], batch_size=1)
+    [expected] = predict_rows(engine.predictor, [str(path)], batch_size=1)
     body = client.post("/v1/predict", content=path.read_bytes()).json()
     assert body["status"] == "ok" and body["probability"] == expected.probability
 

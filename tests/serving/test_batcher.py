@@ -117,11 +117,13 @@ def test_the_window_gathers_requests_that_arrive_together():
 def test_engine_batches_concurrent_uploads_with_the_same_numbers(engine, films, one_torch_thread):
     """Real model: uploads scored together in one batch give each film the probability it
     gets alone (float tolerance: a batch may change the last bits of a sum)."""
+    from pneumoscope.inference.predictor import Predictor
     from pneumoscope.serving.engine import Engine, Upload
 
     uploads = [Upload(f.read_bytes(), f.name) for f in films]
     alone = [engine.predict([u])[0].prediction.probability for u in uploads]
-    batched = Engine(engine.loaded, engine.runner, max_batch=16, window_s=0.5, decoders=4)
+    predictor = Predictor.from_run(engine.loaded, runner=engine.runner)
+    batched = Engine(predictor, max_batch=16, window_s=0.5, decoders=4)
     try:
         with ThreadPoolExecutor(len(uploads)) as pool:
             outcomes = list(pool.map(lambda u: batched.predict([u])[0], uploads))

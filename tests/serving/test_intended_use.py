@@ -40,7 +40,7 @@ def _client(settings: ServeSettings, engine=None):
     from pneumoscope.serving.app import create_app
     from pneumoscope.serving.engine import Engine
 
-    eng = engine or Engine.load(settings.run, settings.backend, **settings.batching)
+    eng = engine or Engine.load(settings.run, settings.backend, settings.allow, **settings.batching)
     return TestClient(create_app(settings, eng), base_url="http://localhost")
 
 

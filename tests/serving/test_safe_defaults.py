@@ -93,12 +93,13 @@ class _Exploding:
 def test_an_unexpected_error_is_a_500_logged_by_type_only(engine, tmp_path, films, caplog):
     from fastapi.testclient import TestClient
 
+    from pneumoscope.inference.predictor import Predictor
     from pneumoscope.serving.app import create_app
     from pneumoscope.serving.engine import Engine
 
     audit = tmp_path / "audit.jsonl"
     settings = ServeSettings(run=RUN_V1, audit_log=audit)
-    broken = Engine(engine.loaded, _Exploding(), **settings.batching)
+    broken = Engine(Predictor.from_run(engine.loaded, runner=_Exploding()), **settings.batching)
     app = create_app(settings, broken)
     with caplog.at_level(logging.INFO), TestClient(app, base_url="http://localhost") as c:
         r = c.post("/v1/predict", content=films[0].read_bytes())

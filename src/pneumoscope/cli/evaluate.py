@@ -168,10 +168,9 @@ def evaluate(
 
     runner = None
     if backend != "torch":
-        from pneumoscope.inference.predict import make_runner
-        from pneumoscope.model.run import load_run
+        from pneumoscope.inference.predictor import Predictor
 
-        runner = make_runner(load_run(run), backend)
+        runner = Predictor.from_run(run, backend).runner
     m = run_eval(run, data, split, out, n_boot=bootstrap, seed=seed, runner=runner)
     ci = m.get("ci", {})
     rows = [

@@ -6,11 +6,12 @@ import sys
 
 import typer
 
-from pneumoscope.cli import data, evaluate, predict, serve, train
+from pneumoscope.cli import data, evaluate, pacs, predict, serve, train
 from pneumoscope.cli.base import app
 from pneumoscope.core.errors import UserError
 
-COMMAND_MODULES = (data, train, evaluate, predict, serve)  # importing one registers its commands
+# importing a module registers its commands
+COMMAND_MODULES = (data, train, evaluate, predict, pacs, serve)
 ORDER = (
     "train",
     "ensemble",

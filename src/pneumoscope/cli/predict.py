@@ -17,7 +17,7 @@ ALLOW_HELP = (
 )
 
 
-def _report_scan(not_images: list[str], listed: Path | None, notes: list[str]) -> None:
+def report_scan(not_images: list[str], listed: Path | None, notes: list[str]) -> None:
     """On stderr: the files a folder scan left out, and what could not be checked."""
     if not_images:
         shown = ", ".join(Path(p).name for p in not_images[:5])
@@ -29,7 +29,10 @@ def _report_scan(not_images: list[str], listed: Path | None, notes: list[str]) -
         typer.echo(f"note: {note}", err=True)
 
 
-DICOMWEB_HELP = "DICOMweb root of a PACS (e.g. http://pacs:8042/dicom-web): predict its studies."
+MOVED = (
+    "predicting from a PACS is its own command now: pneumoscope pacs predict --run RUN "
+    "--url URL --study UID (see 'pneumoscope pacs predict --help')"
+)
 ENGINE_HELP = (
     "local (this machine) | ray (a Ray Data job on a cluster: each worker decodes its files "
     "and runs the run's ONNX model, exported first when the run has none; the int8 model "
@@ -56,10 +59,6 @@ SHARD_HELP = (
     "\n\n  pneumoscope predict --run runs/r18 one.png --gradcam heatmaps/"
     "\n\n  pneumoscope predict --run runs/r18 /media/cdrom/DICOMDIR --allow age --out p.csv"
     "\n\n  pneumoscope predict --run runs/r18 pacs_export/ --dicom-out results/"
-    "\n\n  pneumoscope predict --run runs/r18 --dicomweb http://pacs:8042/dicom-web "
-    "--study 1.2.3.4 --store"
-    "\n\n  pneumoscope predict --run runs/r18 --dicomweb http://pacs:8042/dicom-web "
-    "--date 20261201-20261203 --modality CR,DX --out p.csv"
     "\n\n  pneumoscope predict --run runs/r18 /data/films --engine ray --ray-address auto "
     "--out p.parquet"
     "\n\n  pneumoscope predict --run runs/r18 /data/films --shard $SLURM_ARRAY_TASK_ID/8 "
@@ -96,19 +95,7 @@ def predict(
         help="For each DICOM film: a DICOM SR and a secondary capture (Grad-CAM, result burned "
         "in) joining its study, written as DIR/<StudyUID>/<SOPUID>.dcm.",
     ),
-    dicomweb: str = typer.Option(None, help=DICOMWEB_HELP),
-    study: list[str] = typer.Option(None, help="With --dicomweb: a Study Instance UID."),
-    date: str = typer.Option(
-        None, help="With --dicomweb: studies of a date or range (YYYYMMDD[-YYYYMMDD])."
-    ),
-    modality: str = typer.Option(
-        "CR,DX", help="With --dicomweb: modalities to fetch and to query (others: skipped rows)."
-    ),
-    store: bool = typer.Option(
-        False, help="With --dicomweb: send each film's SR and capture back (STOW-RS)."
-    ),
-    dicomweb_token_file: Path = typer.Option(None, help="File with a bearer token for the PACS."),
-    dicomweb_auth_file: Path = typer.Option(None, help="File with 'user:password' for the PACS."),
+    dicomweb: str = typer.Option(None, hidden=True),  # moved to `pacs predict`: says so
 ) -> None:
     """One CSV row per input: path, probability (calibrated), label, threshold, model_id,
     ood, ood_score, status, error.
@@ -118,30 +105,23 @@ def predict(
     skipped (a DICOM object that is no image: report, presentation state, DICOMDIR, ...)
     or out_of_scope (a DICOM the model was not made for: its modality, body part, view,
     frames or the patient's age; error says which rule and how to relax it). Files a
-    folder scan finds to be no image are listed in OUT.skipped.txt. With --dicomweb, the
-    studies come from a PACS and rows are named StudyUID/SOPUID. The exit status is 1
-    when any input failed."""
+    folder scan finds to be no image are listed in OUT.skipped.txt. Studies in a PACS:
+    'pneumoscope pacs predict'. The exit status is 1 when any input failed."""
     from pneumoscope.core.ray_session import check_engine
     from pneumoscope.inference.shards import parse_shard
     from pneumoscope.model.run import load_run
 
+    if dicomweb:
+        raise UserError(MOVED)
     check_engine(engine, ray_address)
     shard = parse_shard(shard)
-    if dicomweb:
-        if inputs:
-            raise UserError("give either input files or --dicomweb, not both")
-        if engine != "local" or shard:
-            raise UserError("--engine ray and --shard go with input files, not --dicomweb")
-        pacs = (dicomweb, study or [], date, modality, store, dicomweb_token_file,
-                dicomweb_auth_file)  # fmt: skip
-        counts = _predict_pacs(load_run(run), pacs, out, backend, allow, dicom_out)
-    elif not inputs:
-        raise UserError("no inputs: give image files, folders, globs or a CSV list, or --dicomweb")
-    elif study or date or store:
-        raise UserError("--study, --date and --store go with --dicomweb URL")
-    else:
-        options = (batch_size, workers, backend, gradcam, progress, engine, ray_address, shard)
-        counts = _predict_files(load_run(run), inputs, out, options, allow, dicom_out)
+    if not inputs:
+        raise UserError(
+            "no inputs: give image files, folders, globs or a CSV list "
+            "(studies in a PACS: pneumoscope pacs predict)"
+        )
+    options = (batch_size, workers, backend, gradcam, progress, engine, ray_address, shard)
+    counts = _predict_files(load_run(run), inputs, out, options, allow, dicom_out)
     if counts.failed:
         raise typer.Exit(1)
 
@@ -166,40 +146,16 @@ def _predict_files(loaded, inputs, out, options, allow, dicom_out):
         ray_address=ray_address,
         shard=shard,
     )
-    _echo_counts(counts, out)
-    _report_scan(counts.not_images, counts.skipped_list, counts.notes)
+    echo_counts(counts, out)
+    report_scan(counts.not_images, counts.skipped_list, counts.notes)
     if dicom_out:
         from pneumoscope.pacs.results import write_dicom_outputs
 
-        _echo_results(write_dicom_outputs(loaded, kept, dicom_out), dicom_out)
+        echo_results(write_dicom_outputs(loaded, kept, dicom_out), dicom_out)
     return counts
 
 
-def _predict_pacs(loaded, pacs, out, backend, allow, dicom_out):
-    from pneumoscope.pacs import dicomweb as dw
-    from pneumoscope.pacs.studies import predict_studies, study_uids
-
-    url, studies, date, modality, store, token_file, auth_file = pacs
-    creds = dw.load_credentials(token_file=token_file, basic_auth_file=auth_file)
-    with dw.connect(url, credentials=creds) as server:
-        uids = study_uids(server, studies, date, modality)
-        done = predict_studies(
-            loaded, server, uids, out, backend=backend, allow=allow or (),
-            modalities=dw.parse_modalities(modality), store=store, dicom_out=dicom_out,
-        )  # fmt: skip
-    typer.echo(f"{done.studies} studies from {url}")
-    _echo_counts(done.counts, out)
-    _report_scan([], None, done.counts.notes)
-    if store or dicom_out:
-        _echo_results(done.results, dicom_out)
-    if store:
-        typer.echo(f"stored {done.stored} DICOM results in their studies on {url}")
-        for line in done.store_errors:
-            typer.echo(f"not stored: {line}", err=True)
-    return done.counts
-
-
-def _echo_counts(counts, out: Path) -> None:
+def echo_counts(counts, out: Path) -> None:
     typer.echo(
         f"{counts.ok} predicted ({counts.flagged_ood} flagged out-of-distribution), "
         f"{counts.failed} failed, {counts.out_of_scope} out of scope, {counts.skipped} "
@@ -207,7 +163,7 @@ def _echo_counts(counts, out: Path) -> None:
     )
 
 
-def _echo_results(results, where: Path | None) -> None:
+def echo_results(results, where: Path | None) -> None:
     typer.echo(results.summary() + (f"; in {where}" if where else ""))
     for path, why in results.errors:
         typer.echo(f"no DICOM result for {path}: {why}", err=True)
@@ -230,8 +186,8 @@ def explain(
     """Grad-CAM heatmaps (pytorch-grad-cam) over each X-ray, for the PNEUMONIA logit.
     DICOM inputs meet the same intended-use rules as in 'predict'."""
     from pneumoscope.inference.explain import explain_files
+    from pneumoscope.inference.inputs import scan_inputs, write_skipped_list
     from pneumoscope.inference.intended_use import IntendedUse
-    from pneumoscope.inference.predict import scan_inputs, write_skipped_list
     from pneumoscope.model.run import load_run
 
     loaded = load_run(run)
@@ -245,7 +201,7 @@ def explain(
         f"{len(rows) - failed - refused} heatmaps, {failed} failed, {refused} skipped or out "
         f"of scope; written to {out}"
     )
-    _report_scan(found.not_images, listed, found.notes + scope.notes_for_inputs())
+    report_scan(found.not_images, listed, found.notes + scope.notes_for_inputs())
     if failed:
         raise typer.Exit(1)
 

@@ -121,7 +121,7 @@ def serve(
         tls_key=tls_key,
     )
     settings.read_token()  # a bad token file is one line, before the model loads
-    engine = Engine.load(run, backend, **settings.batching)
+    engine = Engine.load(run, backend, settings.allow, **settings.batching)
     scheme = "https" if tls_cert else "http"
     if insecure and not settings.is_loopback and settings.token_file is None:
         typer.echo(f"warning: serving on {host} to anyone who can reach it: no token", err=True)

@@ -10,8 +10,8 @@ object store: the workers need no access to the run folder.
 
 Each worker is an actor with one ONNX Runtime session (one CPU, one thread); for each
 batch of ``batch_size`` paths it screens and decodes every file exactly as the local
-engine does (:func:`pneumoscope.inference.intended_use.load_screened`) and scores the
-images together (:func:`pneumoscope.inference.scoring.score_screened`). Unreadable,
+engine does and scores the images together, through the driver's
+:class:`pneumoscope.inference.predictor.Predictor` rebuilt on the worker. Unreadable,
 skipped and out-of-scope inputs get their rows and reasons there. The rows come back to
 the driver in input order and are written by `predict` as usual (CSV or Parquet).
 
@@ -33,8 +33,9 @@ import numpy as np
 from pneumoscope.core.errors import UserError
 from pneumoscope.core.ray_session import cluster_cpus, data_job, ray_session
 from pneumoscope.inference.export_record import check_export, export_problem
-from pneumoscope.inference.intended_use import IntendedUse, load_screened
-from pneumoscope.inference.scoring import Prediction, model_id, score_screened
+from pneumoscope.inference.intended_use import IntendedUse
+from pneumoscope.inference.predictor import Predictor
+from pneumoscope.inference.scoring import Prediction
 from pneumoscope.model.ood import OodGuard
 from pneumoscope.model.run import LoadedRun
 
@@ -52,9 +53,11 @@ class RayModel:
     notes: list[str] = field(default_factory=list)  # for the user, said once
 
 
-def ray_model(loaded: LoadedRun, backend: str, scope: IntendedUse) -> RayModel:
-    """The model the workers run for ``backend`` (onnx-int8, or auto with a current int8
-    model: the int8 model; openvino: refused; anything else: float32 ONNX)."""
+def ray_model(predictor: Predictor) -> RayModel:
+    """The model the workers run for the predictor's backend (onnx-int8, or auto with a
+    current int8 model: the int8 model; openvino: refused; anything else: float32 ONNX),
+    with its guard, rules and model id."""
+    loaded, backend = predictor.loaded, predictor.backend
     if backend == "openvino":
         raise UserError(
             "--engine ray runs ONNX Runtime on its workers: use --backend onnx, onnx-int8 or "
@@ -66,9 +69,9 @@ def ray_model(loaded: LoadedRun, backend: str, scope: IntendedUse) -> RayModel:
     notes: list[str] = []
     onnx = _onnx_bytes(loaded, int8, notes)
     bare = dataclasses.replace(loaded, model=None)  # the torch network stays on the driver
-    guard = OodGuard.load(loaded.files)
     kind = "onnx-int8" if int8 else "onnx"
-    return RayModel(bare, onnx, kind, guard, scope.allow, model_id(loaded), notes)
+    allow = predictor.scope.allow
+    return RayModel(bare, onnx, kind, predictor.guard, allow, predictor.model_id, notes)
 
 
 def _onnx_bytes(loaded: LoadedRun, int8: bool, notes: list[str]) -> bytes:
@@ -110,18 +113,16 @@ class Scorer:
 
             model = ray.get(model)
         self.model = model
-        self.runner = model.loaded.scorer(_runner(model.onnx))  # + its test-time views
-        self.scope = IntendedUse.from_card(model.loaded.card, model.allow)
+        runner = model.loaded.scorer(_runner(model.onnx))  # + its test-time views
+        scope = IntendedUse.from_card(model.loaded.card, model.allow)
+        # the driver's predictor, rebuilt from what was shipped (no run folder here)
+        self.predictor = Predictor(model.loaded, scope, model.guard, model.model_id, runner=runner)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        m = self.model
-        cfg = m.loaded.preprocess
-        paths = [str(p) for p in batch["path"]]
-        screened = [(p, *load_screened(p, cfg, self.scope)) for p in paths]
-        rows = score_screened(m.loaded, self.runner, m.guard, m.model_id, screened)
+        rows = self.predictor.score_screened([self.predictor.screen(str(p)) for p in batch["path"]])
         cols = to_columns(rows)
         cols["i"] = np.asarray(batch["i"], np.int64)
-        cols["screened"] = np.full(len(rows), bool(self.scope.notes_for_inputs()))
+        cols["screened"] = np.full(len(rows), bool(self.predictor.scope.notes_for_inputs()))
         return cols
 
 

@@ -18,7 +18,7 @@ from pydicom.uid import UID, generate_uid
 
 from pneumoscope.core import __version__
 from pneumoscope.data.dicom import AI_MANUFACTURER
-from pneumoscope.inference.predict import Prediction
+from pneumoscope.inference.scoring import Prediction
 
 MANUFACTURER = AI_MANUFACTURER  # read back as "not a film" by the intended-use rules
 NOTICE = "AI RESULT - RESEARCH USE, NOT FOR DIAGNOSIS"

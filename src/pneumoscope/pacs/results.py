@@ -31,7 +31,7 @@ from pneumoscope.data.dicom import (
     is_dicom_bytes,
 )
 from pneumoscope.data.preprocess import load_image
-from pneumoscope.inference.predict import Prediction
+from pneumoscope.inference.scoring import Prediction
 from pneumoscope.model.run import LoadedRun
 from pneumoscope.pacs.capture import secondary_capture
 from pneumoscope.pacs.common import ResultInfo, Series, SourceError, sc_series, sr_series

@@ -1,4 +1,4 @@
-"""`predict --dicomweb`: studies fetched from a PACS, predicted, their results stored back.
+"""`pacs predict`: studies fetched from a PACS, predicted, their results stored back.
 
 Each study is fetched (WADO-RS) into a private folder removed afterwards, its films go
 through `predict`'s own path (``predict_rows``, the run's intended-use rules), and one CSV
@@ -19,15 +19,9 @@ from pathlib import Path
 import pydicom
 
 from pneumoscope.core.errors import UserError
-from pneumoscope.inference.intended_use import IntendedUse
-from pneumoscope.inference.predict import (
-    CSV_COLUMNS,
-    Counts,
-    Prediction,
-    make_runner,
-    model_id,
-    predict_rows,
-)
+from pneumoscope.inference.predict import Counts, predict_rows
+from pneumoscope.inference.predictor import Predictor
+from pneumoscope.inference.scoring import CSV_COLUMNS, Prediction
 from pneumoscope.model.run import LoadedRun
 from pneumoscope.pacs.dicomweb import (
     RADIOGRAPH_MODALITIES,
@@ -83,8 +77,7 @@ def predict_studies(
     dicom_out: str | Path | None = None,
 ) -> StudiesOutcome:
     """Predict every study in ``uids`` into one CSV; store and/or keep the DICOM results."""
-    runner = make_runner(loaded, backend)
-    scope = IntendedUse.from_card(loaded.card, allow)
+    predictor = Predictor.from_run(loaded, backend, allow).ready()
     outcome = StudiesOutcome()
     out_csv = Path(out_csv).expanduser()
     out_csv.parent.mkdir(parents=True, exist_ok=True)
@@ -93,25 +86,23 @@ def predict_studies(
         writer.writerow(CSV_COLUMNS)
         for uid in uids:
             with fetched_study(server, uid, modalities) as study:
-                rows = _predict_one(loaded, runner, scope, study)
+                rows = _predict_one(predictor, study)
                 _results(loaded, server, study, rows, outcome, store, dicom_out)
             for row in rows:
                 writer.writerow(row.csv_cells())
                 outcome.counts.add(row)
             fh.flush()
             outcome.studies += 1
-    outcome.counts.notes += scope.notes_for_inputs()
+    outcome.counts.notes += predictor.scope.notes_for_inputs()
     return outcome
 
 
-def _predict_one(loaded, runner, scope, study: RetrievedStudy) -> list[Prediction]:
+def _predict_one(predictor: Predictor, study: RetrievedStudy) -> list[Prediction]:
     """A row per fetched instance (its path still the private file) and per skipped one."""
-    rows = list(predict_rows(loaded, runner, [str(f) for f in study.files], scope=scope))
-    thr, mid = loaded.threshold, model_id(loaded)
+    rows = list(predict_rows(predictor, [str(f) for f in study.files]))
     uid = study.study.study_uid
     skipped = [
-        Prediction(f"{uid}/{s.sop_uid}", thr, mid, status="skipped", error=s.reason)
-        for s in study.skipped
+        predictor.refusal(f"{uid}/{s.sop_uid}", "skipped", s.reason) for s in study.skipped
     ]
     return rows + skipped
 

@@ -122,6 +122,10 @@ def _decode_in_worker(data: bytes) -> Decoded:
     return decode_upload(data, _WORKER["preprocess"], _WORKER["scope"])
 
 
+def _ready() -> bool:
+    return "preprocess" in _WORKER
+
+
 def _vm_size() -> int:
     """This process's virtual size in bytes (Linux /proc), the base of its limit."""
     try:
@@ -162,6 +166,7 @@ class PoolDecoder:
 
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb
+        self.workers = workers
         self.per_request = max(1, workers // 2)
         init = (int(memory_mb * 2**20), preprocess.to_dict(), scope_args(scope))
         self._pool = ProcessPool(
@@ -186,6 +191,13 @@ class PoolDecoder:
                 job.cancel()
             raise
         return out
+
+    def warm(self) -> None:
+        """Start every worker now (each imports the decoders once), not on the first
+        upload."""
+        jobs = [self._schedule(_ready) for _ in range(self.workers)]
+        for job in jobs:
+            job.result()
 
     def _schedule(self, fn, *args) -> futures.Future:
         return self._pool.schedule(fn, args, timeout=self.timeout_s)

@@ -22,10 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pneumoscope.inference.intended_use import IntendedUse
-from pneumoscope.inference.predict import Prediction, make_runner, model_id, score_batch
-from pneumoscope.model.ood import OodGuard
-from pneumoscope.model.run import LoadedRun, load_run
+from pneumoscope.inference.predictor import Predictor
+from pneumoscope.inference.scoring import Prediction
 from pneumoscope.serving.batcher import MicroBatcher
 from pneumoscope.serving.decoders import Decoded, InlineDecoder
 
@@ -65,41 +63,47 @@ def heatmap_rgba(heat: np.ndarray) -> np.ndarray:
 
 
 class Engine:
-    """A loaded run and its runner (torch or ONNX).
+    """The service's predictor (the run, its runner, guard, rules and model id), fed
+    decoded uploads.
 
-    Uploads are decoded on the caller's thread, at most ``decoders`` at once; their images
-    are then scored in micro-batches shared with concurrent requests (at most ``max_batch``
-    images, gathered for up to ``window_s``). Model work is serialised by a lock: Grad-CAM
-    hooks the shared network, and a concurrent forward pass would disturb it. ``allow``
-    names the intended-use rules relaxed (``--allow``).
+    Uploads are decoded by the decoder given to ``predict`` (the service's worker pool; by
+    default this process, at most ``decoders`` at once); their images are then scored in
+    micro-batches shared with concurrent requests (at most ``max_batch`` images, gathered
+    for up to ``window_s``). Model work is serialised by a lock: Grad-CAM hooks the shared
+    network, and a concurrent forward pass would disturb it.
     """
 
     def __init__(
         self,
-        loaded: LoadedRun,
-        runner,
-        backend: str = "torch",
+        predictor: Predictor,
         max_batch: int = 16,
         window_s: float = 0.002,
         decoders: int = 2,
-        allow: tuple[str, ...] = (),
     ):
-        self.loaded = loaded
-        self.runner = runner
-        self.backend = backend
-        self.scope = IntendedUse.from_card(loaded.card, allow)
-        self.guard = OodGuard.load(loaded.files)
-        self.model_id = model_id(loaded)
+        self.predictor = predictor.ready()
+        self.loaded = predictor.loaded
+        self.scope = predictor.scope
+        self.guard = predictor.guard
+        self.model_id = predictor.model_id
         self._lock = threading.Lock()
-        self.inline = InlineDecoder(loaded.preprocess, self.scope, decoders)
+        self.inline = InlineDecoder(predictor.preprocess, self.scope, decoders)
         self.batcher = MicroBatcher(self._score, max_batch, window_s)
 
     @classmethod
-    def load(cls, run: str | Path, backend: str = "torch", **options) -> Engine:
-        """What `pneumoscope.api.load` does, keeping the runner: raises UserError.
-        ``options``: batching and ``allow`` (ServeSettings.batching)."""
-        loaded = load_run(run)
-        return cls(loaded, make_runner(loaded, backend), backend, **options)
+    def load(
+        cls, run: str | Path, backend: str = "torch", allow: tuple[str, ...] = (), **batching
+    ) -> Engine:
+        """The predictor of ``run`` for ``backend`` with the rules ``allow`` relaxes,
+        batched as ``batching`` says (ServeSettings.batching): raises UserError."""
+        return cls(Predictor.from_run(run, backend, allow), **batching)
+
+    @property
+    def runner(self):
+        return self.predictor.runner
+
+    @property
+    def backend(self) -> str:
+        return self.predictor.backend
 
     def close(self) -> None:
         self.batcher.close()
@@ -166,7 +170,7 @@ class Engine:
         return Outcome(pred, digest, len(upload.data), 200, pictures, heat)
 
     def _prediction(self, filename: str, **values) -> Prediction:
-        return Prediction(filename, self.loaded.threshold, self.model_id, **values)
+        return Prediction(filename, self.predictor.threshold, self.model_id, **values)
 
     def _infer(
         self, pixels: np.ndarray, heatmap: bool, deadline: float | None
@@ -200,7 +204,7 @@ class Engine:
 
     def _score_unlocked(self, pixels: np.ndarray) -> list[Prediction]:
         names = [""] * len(pixels)
-        return score_batch(self.loaded, self.runner, self.guard, pixels, names, self.model_id)
+        return self.predictor.score(pixels, names)
 
     def _gradcam(self, pixels: np.ndarray) -> np.ndarray:
         from pneumoscope.inference.explain import gradcam

@@ -50,15 +50,17 @@ class Service:
         self._decoder_lock = threading.Lock()
 
     def load_in_background(self) -> None:
-        """Load the run on a thread, so /healthz answers and /readyz says 503 meanwhile."""
-        if self.engine is not None:
-            return
+        """Load the run (unless given) and start the decoding workers on a thread, so
+        /healthz answers and /readyz says 503 meanwhile, and the first upload does not
+        wait for the workers to start."""
 
         def load() -> None:
             try:
-                settings = self.settings
-                self.engine = Engine.load(settings.run, settings.backend, **settings.batching)
-                log.info("model %s ready (%s)", self.engine.model_id, self.settings.backend)
+                if self.engine is None:
+                    s = self.settings
+                    self.engine = Engine.load(s.run, s.backend, s.allow, **s.batching)
+                    log.info("model %s ready (%s)", self.engine.model_id, s.backend)
+                self.decoder(self.engine).warm()
             except Exception as exc:
                 self.load_error = f"cannot load the run: {exc}"
                 log.error("%s", self.load_error)

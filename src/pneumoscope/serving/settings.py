@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pneumoscope.core.errors import UserError
+from pneumoscope.inference.backends import BACKENDS
 from pneumoscope.inference.intended_use import parse_allow
-from pneumoscope.inference.predict import BACKENDS
 
 MIN_TOKEN_LENGTH = 16
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -119,12 +119,11 @@ class ServeSettings:
 
     @property
     def batching(self) -> dict:
-        """The Engine's options: its batching arguments and the intended-use rules relaxed."""
+        """The Engine's batching arguments."""
         return {
             "max_batch": self.max_batch,
             "window_s": self.batch_window_ms / 1000,
             "decoders": self.decode_workers or self.max_concurrency,
-            "allow": self.allow,
         }
 
     def read_token(self) -> str | None:
