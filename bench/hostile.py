@@ -13,7 +13,8 @@ and all its child processes (decoding workers) from /proc every 20 ms, and a pay
 payload is sent alone, one after the other, as the body of POST /v1/predict with a
 120 s client limit. `predict` runs once per payload in its own process (the payload
 written to a file), and its growth is that process's peak RSS (wait4) minus the peak of
-the same command on one real film. The lockout part opens 300 idle connections and 32
+the same command on one real film. Each server answers one real film before it is
+measured (its workers started). The lockout part opens 300 idle connections and 32
 uploads that send their body at 1 byte per second, then times /healthz and one real
 prediction on a fresh connection five times over 6 s. The server log's size, its
 tracebacks and any request data in it (payload names, the DICOM patient name the
@@ -45,6 +46,7 @@ from bench.hostile_payloads import PATIENT_MARKER, all_payloads  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "chest_xray_224" / "test" / "NORMAL"
+FILM = SHARED / "IM-0001-0001.jpeg"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -180,6 +182,7 @@ def serve_payloads(args, log_path: Path, audit: Path, payloads) -> list[dict]:
         if stack is None:
             stack = server(args, log_path, audit)
             proc, base, _ = stack.__enter__()
+            send(base, FILM.read_bytes())  # warm: the measured requests find it ready
             sampler = Sampler(proc.pid)
         with sampler.window() as mem:
             status, seconds, message = send(base, p.data)
@@ -301,8 +304,7 @@ def predict_one(args, path: Path, out: Path) -> tuple[dict, float, int]:
 
 
 def predict_payloads(args, payloads, work: Path) -> list[dict]:
-    film = sorted(SHARED.glob("*.jpeg"))[0]
-    _, _, base_rss = predict_one(args, film, work / "base.csv")
+    _, _, base_rss = predict_one(args, FILM, work / "base.csv")
     rows = []
     for p in payloads:
         path = work / f"{p.name}{p.suffix}"
@@ -370,12 +372,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     load_before = os.getloadavg()
     payloads = all_payloads()
-    film = sorted(SHARED.glob("*.jpeg"))[0].read_bytes()
+    film = FILM.read_bytes()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         log_path = work / "server.log"
         serve_rows = serve_payloads(args, log_path, work / "audit.jsonl", payloads)
         with server(args, log_path, work / "audit.jsonl") as (_, base, port):
+            send(base, film)  # warm
             logged = log_path.stat().st_size
             lock = asyncio.run(lockout(base, port, args, film))
             time.sleep(2)
