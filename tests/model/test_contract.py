@@ -72,6 +72,22 @@ def test_keys_this_version_does_not_know_are_kept():
     assert out["note"] == "made for the ward" and out["training"]["sampler_seed"] == 3
 
 
+def test_cards_of_runs_made_with_removed_features_load_and_keep_their_records():
+    """Runs refitted by `calibrate --refit-size` or shortened by fit_to_time (tried, not
+    adopted, removed) still load; what their cards recorded is kept and written back."""
+    d = _v1()
+    refit = {"trained_img_size": 160, "img_size": 192, "batch_norms": 20, "films": 1024}
+    d["size_refit"] = refit
+    d["training"]["schedule_note"] = "schedule fitted to the 30-minute cap: 6 of 12 epochs"
+    d["training"]["ema_decay"] = 0.995
+    card = ModelCard.from_dict(d)
+    assert card.training.ema_decay == 0.995  # what the run was trained with
+    out = card.to_dict()
+    assert out["size_refit"] == refit
+    assert out["training"]["schedule_note"] == d["training"]["schedule_note"]
+    assert ModelCard.from_dict(out).to_dict() == out
+
+
 def test_a_run_with_an_older_card_loads_and_predicts_the_same(tmp_path):
     old = tmp_path / "old"
     shutil.copytree(FIXTURE, old)

@@ -15,8 +15,7 @@ from pneumoscope.core.errors import UserError
     "  pneumoscope calibrate --run runs/r18 --data work/data128\n\n"
     "  pneumoscope calibrate --run runs/r18 --data work/data128 --policy sensitivity "
     "--target-sensitivity 0.95\n\n"
-    "  pneumoscope calibrate --run runs/r18 --data work/data128 --policy cost --cost-fn 10\n\n"
-    "  pneumoscope calibrate --run runs/r160 --data work/data192 --refit-size",
+    "  pneumoscope calibrate --run runs/r18 --data work/data128 --policy cost --cost-fn 10",
 )
 def calibrate(
     run: Path = typer.Option(..., help="Run folder made by 'pneumoscope train'."),
@@ -51,16 +50,6 @@ def calibrate(
         "ood.safetensors) on DATA's training images, its threshold on validation, as "
         "training does; --no-ood leaves the guard as it is.",
     ),
-    refit_size: bool = typer.Option(
-        False,
-        "--refit-size",
-        help="DATA holds the run's films prepared at another --img-size: first recompute "
-        "the batch-norm statistics on 1,024 of its training films, so the run scores films "
-        "at that size from now on (predict, evaluate, serve and export prepare them so; the "
-        "trained weights are kept as model.trained.safetensors), then calibrate and refit "
-        "the guard there. For a run trained at 160 px, 192 px was adopted on validation "
-        "(docs/results.md).",
-    ),
     ood_method: str = typer.Option(
         "mahalanobis",
         help="The guard's score: mahalanobis (the default, as training fits it) or "
@@ -79,8 +68,6 @@ def calibrate(
 
     if ood_method not in METHODS:
         raise UserError(f"--ood-method must be one of {', '.join(METHODS)}, got '{ood_method}'")
-    if refit_size:
-        _refit_size(run, data, ood)
     c = run_cal(
         run, data, policy, cost_fn, cost_fp, target_sensitivity, views=views, test_views=test_views
     )
@@ -89,20 +76,8 @@ def calibrate(
     _echo_calibration(c, policy, run / RunFiles.CALIBRATION)
 
 
-def _refit_size(run: Path, data: Path, ood: bool) -> None:
-    from pneumoscope.training.eval_size import refit_size
-
-    if not ood:
-        raise UserError("--refit-size changes the features the guard measures: drop --no-ood")
-    r = refit_size(run, data)
-    typer.echo(
-        f"{run}: trained at {r['trained_img_size']} px, now scores films at {r['img_size']} "
-        f"px ({r['batch_norms']} batch norms refitted on {r['films']} training films of {data})"
-    )
-
-
-# copies this much worse than the films: seen at 192 px on a run trained at 160 px, where the
-# threshold rose to 0.984 and sensitivity fell to 0.775 (docs/results.md)
+# augmented copies this much worse than the films (validation AUROC): Youden's threshold on
+# the pooled scores then sits where it trades sensitivity away (experiments/eval_size)
 COPIES_GAP = 0.02
 
 

@@ -67,7 +67,6 @@ def train(
     channels_last: bool = typer.Option(
         None, "--channels-last/--no-channels-last", help=HELP["channels_last"]
     ),
-    ema_decay: float = typer.Option(None, help=HELP["ema_decay"]),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train a one-logit classifier; the best epoch is chosen on validation AUROC and the
@@ -104,8 +103,6 @@ def train(
         f"validation{c.views_note()}); {t.train_seconds:.0f} s; stopped by "
         f"{t.stopped_by.replace('_', ' ')}; run in {cfg.out}"
     )
-    if t.schedule_note:
-        typer.echo(t.schedule_note)
     if t.initial_weights:
         typer.echo(f"initial weights: {describe(t.initial_weights)}")
     if c.temperature_warning_:

@@ -20,9 +20,6 @@ import torch.nn.functional as F
 from pneumoscope.core.errors import UserError
 
 FILLS = ("zeros", "border", "reflection")
-# settings added after release 0.1, written only when on, so that configs and cards saved
-# by 0.1 read back key for key
-WRITTEN_WHEN_ON = ("zoom_out",)
 
 
 @dataclass(frozen=True)
@@ -37,11 +34,6 @@ class AugmentConfig:
     # RandomResizedCrop: keep an area fraction uniform in [1 - crop, 1], aspect ratio
     # log-uniform in [3/4, 4/3], anywhere inside the image, resized back to full size
     crop: float = 0.0
-    # symmetric zoom-out: each image's box is, on a fair coin, larger than the image (area
-    # 1 / a, a uniform in [1 - zoom_out, 1]: the film shrunk inside the fill) or the crop's
-    # box; zoom_out = crop makes the two sides mirror images in log area, so a film is as
-    # often framed wider than it was taken as tighter (the field-of-view shortcut both ways)
-    zoom_out: float = 0.0
     # independent x and y scale, each uniform in [1 - a, 1 + a] (times the zoom): Keras's
     # zoom_range draws x and y independently, so zoom 0 + aspect 0.2 is Keras's zoom 0.2
     aspect: float = 0.0
@@ -49,16 +41,13 @@ class AugmentConfig:
     fill: str = "zeros"  # outside the image: zeros, border (Keras 'nearest') or reflection
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        for name in WRITTEN_WHEN_ON:
-            if not d[name]:
-                del d[name]
-        return d
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> AugmentConfig:
         """Unknown keys are ignored and missing ones take their defaults, so configs saved
-        by older and newer versions still load."""
+        by older and newer versions still load (``zoom_out`` among them: tried, not adopted
+        and removed; see experiments/fov_probe)."""
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
     def check(self) -> None:
@@ -67,7 +56,6 @@ class AugmentConfig:
             "zoom",
             "shift",
             "crop",
-            "zoom_out",
             "aspect",
             "gamma",
             "brightness",
@@ -90,25 +78,15 @@ def _uniform(n: int, lo: float, hi: float, gen: torch.Generator | None, device) 
     return torch.rand(n, generator=gen, device=device) * (hi - lo) + lo
 
 
-def _crop_boxes(b: int, crop: float, zoom_out: float, gen, dev) -> tuple[torch.Tensor, ...]:
-    """Per image: the box's half-sizes (w, h) and centre (cx, cy), in grid units. A crop
-    box lies inside the image; a zoom-out box (w or h above 1) holds the whole image,
-    which lands anywhere inside it."""
-    u, lo = torch.rand(b, generator=gen, device=dev), 1.0 - crop
-    area = u * (1.0 - lo) + lo  # uniform in [1 - crop, 1], as _uniform draws it
+def _crop_boxes(b: int, crop: float, gen, dev) -> tuple[torch.Tensor, ...]:
+    """Per image: the kept box's half-sizes (w, h) and centre (cx, cy), in grid units."""
+    area = _uniform(b, 1.0 - crop, 1.0, gen, dev)
     log_r = _uniform(b, math.log(3 / 4), math.log(4 / 3), gen, dev)
     r = torch.exp(log_r)
-    w, h = torch.sqrt(area * r), torch.sqrt(area / r)  # fractions of the width, height
-    out = torch.zeros(b, dtype=torch.bool, device=dev)
-    if zoom_out > 0:  # drawn only when on, so configs without it keep their random stream
-        out = torch.rand(b, generator=gen, device=dev) < 0.5
-        big = 1.0 / (1.0 - zoom_out * u)
-        w = torch.where(out, torch.sqrt(big * r), w)
-        h = torch.where(out, torch.sqrt(big / r), h)
-    w = torch.where(out, w, w.clamp(max=1.0))
-    h = torch.where(out, h, h.clamp(max=1.0))
-    cx = (torch.rand(b, generator=gen, device=dev) * 2.0 - 1.0) * (1.0 - w).abs()
-    cy = (torch.rand(b, generator=gen, device=dev) * 2.0 - 1.0) * (1.0 - h).abs()
+    w = torch.sqrt(area * r).clamp(max=1.0)  # fraction of the width kept
+    h = torch.sqrt(area / r).clamp(max=1.0)
+    cx = (torch.rand(b, generator=gen, device=dev) * 2.0 - 1.0) * (1.0 - w)
+    cy = (torch.rand(b, generator=gen, device=dev) * 2.0 - 1.0) * (1.0 - h)
     return w, h, cx, cy
 
 
@@ -141,8 +119,8 @@ def augment_batch(
         dim=1,
     )
     t = torch.stack([tx, ty], dim=1)
-    if cfg.crop > 0 or cfg.zoom_out > 0:
-        w, h, cx, cy = _crop_boxes(b, cfg.crop, cfg.zoom_out, gen, dev)
+    if cfg.crop > 0:
+        w, h, cx, cy = _crop_boxes(b, cfg.crop, gen, dev)
         box = torch.stack([w, h], dim=1)
         a = a * box[:, :, None]  # C @ A with C = diag(w, h)
         t = t * box + torch.stack([cx, cy], dim=1)

@@ -81,19 +81,7 @@ def _card_view(card: ModelCard) -> dict:
         "seed": card.training.seed,
         "val_auroc": card.val_metrics.get("val_auroc", float("nan")),
         "training_sources": list(card.training_data.sources),
-        "size_note": size_note(card),
     }
-
-
-def size_note(card: ModelCard) -> str:
-    """'' or ', trained at 160 px (batch norms refitted at this size on 1024 training films)'."""
-    refit = card.size_refit
-    if not refit:
-        return ""
-    return (
-        f", trained at {refit['trained_img_size']} px (batch norms refitted at this size on "
-        f"{refit['films']} training films)"
-    )
 
 
 # --- sections, in page order ----------------------------------------------------------------
@@ -131,11 +119,7 @@ def _model_rows(card: dict, result: dict) -> list[list]:
     )
     return [
         ["architecture", card["architecture"]],
-        [
-            "input",
-            f"{card['img_size']} px grayscale, CLAHE {'on' if card['clahe'] else 'off'}"
-            f"{card['size_note']}",
-        ],
+        ["input", f"{card['img_size']} px grayscale, CLAHE {'on' if card['clahe'] else 'off'}"],
         ["normalisation", norm],
         ["training", training],
         ["validation AUROC", card["val_auroc"]],

@@ -58,7 +58,6 @@ class RunFiles:
     root: Path
 
     WEIGHTS: ClassVar[str] = "model.safetensors"
-    TRAINED_WEIGHTS: ClassVar[str] = "model.trained.safetensors"  # kept by calibrate --refit-size
     CARD: ClassVar[str] = "model.json"
     CALIBRATION: ClassVar[str] = "calibration.json"
     OOD_CARD: ClassVar[str] = "ood.json"
@@ -88,7 +87,6 @@ class RunFiles:
         return run if isinstance(run, RunFiles) else cls(Path(run).expanduser())
 
     weights = _path("WEIGHTS")
-    trained_weights = _path("TRAINED_WEIGHTS")
     card = _path("CARD")
     calibration = _path("CALIBRATION")
     ood_card = _path("OOD_CARD")
@@ -318,7 +316,7 @@ class TrainingInfo:
     augment: dict[str, Any] | None = None
     threshold_views: int = 0
     test_views: int = 0  # logits averaged over the film and this many augmented views
-    ema_decay: float = 0.0
+    ema_decay: float = 0.0  # 0.1 runs could average their weights; 0 since (experiments/)
     batch_size_per_process: int | None = None
     processes: int = 1
     precision: str | None = None  # Lightning's name of what trained: 32-true, bf16-mixed, ...
@@ -327,13 +325,12 @@ class TrainingInfo:
     epochs_run: int | None = None
     train_seconds: float | None = None
     stopped_by: str | None = None
-    schedule_note: str = ""  # "schedule fitted to the 30-minute cap: 6 of 12 epochs ..."
     seed: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     # written only when set, so that older cards round-trip key for key
     _OMIT_EMPTY: ClassVar[frozenset[str]] = frozenset(
-        {"precision_reason", "test_views", "schedule_note"}
+        {"precision_reason", "test_views"}
     )
 
 
@@ -360,8 +357,6 @@ class ModelCard:
     training: TrainingInfo = field(default_factory=TrainingInfo)
     best_epoch: int | None = None
     val_metrics: dict[str, Any] = field(default_factory=dict)
-    # set by `calibrate --refit-size`: trained at one size, scores at input.img_size
-    size_refit: dict[str, Any] | None = None
     # set by `pneumoscope ensemble`: the member runs and how their logits combine
     ensemble: dict[str, Any] | None = None
     weights: str = RunFiles.WEIGHTS
@@ -438,7 +433,6 @@ class ModelCard:
             "training": _plain(self.training),
             "best_epoch": self.best_epoch,
             "val_metrics": self.val_metrics,
-            **({} if self.size_refit is None else {"size_refit": self.size_refit}),
             **({} if self.ensemble is None else {"ensemble": self.ensemble}),
             "weights": self.weights,
             "intended_use": self.intended_use,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -272,14 +272,5 @@ def check_compatible(cache, loaded: LoadedRun, data: str | Path) -> None:
         raise UserError(
             f"{data} was prepared with {cache.preprocess.to_dict()} but the run expects "
             f"{loaded.preprocess.to_dict()}; prepare the data again with the run's --img-size "
-            "and --clahe settings" + _refit_hint(cache.preprocess, loaded.preprocess)
+            "and --clahe settings"
         )
-
-
-def _refit_hint(have: PreprocessConfig, want: PreprocessConfig) -> str:
-    if have.img_size == want.img_size or replace(have, img_size=want.img_size) != want:
-        return ""
-    return (
-        f" (or, to score this run at {have.img_size} px, 'pneumoscope calibrate --run RUN "
-        "--data DATA --refit-size')"
-    )

@@ -1,5 +1,5 @@
 """Lightning callbacks of a training run: the run recorder, the resumable last checkpoint,
-backbone freezing, the weights' moving average, and atomic checkpoint writes.
+backbone freezing, and atomic checkpoint writes.
 
 Only the global-zero process writes files; every process runs the callbacks, so the
 collective calls (checkpoint saving) line up under DDP.
@@ -8,15 +8,13 @@ collective calls (checkpoint saving) line up under DDP.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import Callback, Checkpoint, WeightAveraging
+from lightning.pytorch.callbacks import Callback, Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from pneumoscope.core.errors import UserError
 from pneumoscope.core.io import atomic_write, write_json_atomic
@@ -71,92 +69,9 @@ class FreezeBackbone(Callback):
                 p.requires_grad_(not frozen)
 
 
-class WeightEMA(WeightAveraging):
-    """Exponential moving average of every weight and BatchNorm statistic, updated after
-    each optimiser step: ``avg = decay * avg + (1 - decay) * current``.
-
-    Lightning's WeightAveraging swaps the average in for each validation, keeps it in
-    checkpoints (the current weights too, so ``--resume`` continues both) and copies it
-    into the model when training ends. The fused multi-tensor update costs about 5 ms a
-    step for ResNet-18 on 2 cores (the per-tensor one about 35 ms)."""
-
-    def __init__(self, decay: float):
-        super().__init__(use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(decay))
-
-    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
-        return step_idx is not None
-
-    def averaged(self, pl_module):
-        """The module holding the averaged weights (``pl_module`` before fit starts)."""
-        return pl_module if self._average_model is None else self._average_model.module
-
-
-_now = time.perf_counter  # the clock FitScheduleToTime reads (tests replace it)
-
-
-class FitScheduleToTime(Callback):
-    """Shorten the run so that its cosine schedule ends within the time cap on this machine.
-
-    The configured epochs are timed on one CPU; on a slower one the time cap (max_minutes)
-    stops the run halfway down the cosine, the learning rate still high. After the first
-    epoch (training and validation) this counts how many epochs of that length fit in the
-    cap (with a 3% margin) and, when fewer than configured do, trains that many: the
-    schedule then decays to its end on the last of them (the module's
-    ``schedule_epochs``). The choice is part of the checkpoint, so a resumed run keeps it;
-    it is taken only by a run that timed its first epoch from the start.
-    """
-
-    MARGIN = 0.97
-
-    def __init__(self, max_seconds: float, clock: Callable[[], float] | None = None):
-        self.max_seconds = float(max_seconds)
-        self.clock = clock or (lambda: _now())
-        self.epochs: int | None = None  # the fitted count, once chosen (None: not shortened)
-        self.configured: int | None = None
-        self._t0: float | None = None
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.configured = self.configured or trainer.max_epochs
-        if self.epochs is not None:  # resumed: the choice made before the interruption
-            self._apply(trainer, pl_module)
-        elif trainer.current_epoch == 0:
-            self._t0 = self.clock()
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if self.epochs is not None or self._t0 is None or trainer.current_epoch != 1:
-            return
-        first = max(self.clock() - self._t0, 1e-9)
-        fit = max(2, int(self.max_seconds * self.MARGIN // first))
-        if fit < trainer.max_epochs:
-            self.epochs = fit
-            self._apply(trainer, pl_module)
-
-    def _apply(self, trainer, pl_module) -> None:
-        trainer.fit_loop.max_epochs = self.epochs
-        pl_module.schedule_epochs(self.epochs)
-
-    def note(self) -> str:
-        """One line for the card, or '' when the run kept its configured epochs."""
-        if self.epochs is None:
-            return ""
-        return (
-            f"schedule fitted to the {self.max_seconds / 60:g}-minute cap: {self.epochs} of "
-            f"{self.configured} epochs fit on this machine (from its first epoch's time)"
-        )
-
-    def state_dict(self) -> dict:
-        return {"epochs": self.epochs, "configured": self.configured}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epochs = state.get("epochs")
-        self.configured = state.get("configured")
-
-
 class RunRecorder(Callback):
     """After each epoch's validation: append to history.csv and, when validation AUROC
     improves, save the weights atomically, so a killed run still leaves its best model.
-    With a WeightEMA callback, the saved weights are the average that validation scored
-    (Lightning has swapped the current weights back by ``on_validation_end``).
 
     Its state (history rows, best epoch, best validation predictions) is part of the
     checkpoint, so a resumed run's history continues where it stopped."""
@@ -197,10 +112,8 @@ class RunRecorder(Callback):
             return
         df = pd.DataFrame(self.rows)
         atomic_write(self.files.history, lambda tmp: df.to_csv(tmp, index=False))
-        if improved:  # the weights validation scored: the average when there is one
-            ema = next((c for c in trainer.callbacks if isinstance(c, WeightEMA)), None)
-            scored = pl_module if ema is None else ema.averaged(pl_module)
-            save_weights(scored.net, self.files.weights)
+        if improved:
+            save_weights(pl_module.net, self.files.weights)
             self._save_best_val()
 
     def on_fit_end(self, trainer, pl_module) -> None:
@@ -213,14 +126,12 @@ class RunRecorder(Callback):
             stopped = "max_epochs"
         else:
             stopped = "max_time"
-        fitted = next((c for c in trainer.callbacks if isinstance(c, FitScheduleToTime)), None)
         write_json_atomic(
             self.files.summary,
             {
                 "stopped_by": stopped,
                 "init": self.init,
                 "train_seconds": self._elapsed(),
-                "schedule": fitted.note() if fitted else "",
             },
         )
 

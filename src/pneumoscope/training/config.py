@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from pneumoscope.core.errors import UserError
 from pneumoscope.core.settings import (
@@ -55,15 +55,47 @@ def _augment_defaults() -> dict[str, Any]:
 
 # settings added after release 0.1, written to config.yaml only when switched on, so that
 # a run's config from before them reads back and writes out unchanged
-LATER_SWITCHES = ("fit_to_time", "test_views")
+LATER_SWITCHES = ("test_views",)
+# settings that were tried and not adopted (experiments/), with the value that meant "off":
+# a saved config.yaml that has them still loads; they are dropped, and train says so when
+# one was on, since the run then trains without it
+RETIRED = {"fit_to_time": False, "ema_decay": 0.0}
+RETIRED_AUGMENT = {"zoom_out": 0.0}
+
+
+def drop_retired(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``values`` without the retired settings, and a note for each one that was on."""
+    notes: list[str] = []
+    out = {k: v for k, v in values.items() if k not in RETIRED}
+    notes += [f"{k}: {values[k]}" for k, off in RETIRED.items() if values.get(k, off) != off]
+    augment = out.get("augment")
+    if isinstance(augment, dict):
+        out["augment"] = {k: v for k, v in augment.items() if k not in RETIRED_AUGMENT}
+        notes += [
+            f"augment.{k}: {augment[k]}"
+            for k, off in RETIRED_AUGMENT.items()
+            if augment.get(k, off) != off
+        ]
+    return out, notes
 
 
 class TrainConfig(Settings):
     default_in_help = True
+    # retired settings that were on in the file this config was read from (drop_retired)
+    _retired: list[str] = PrivateAttr(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
         return {k: v for k, v in d.items() if k not in LATER_SWITCHES or v}
+
+    def retired_note(self) -> str:
+        """One line naming the retired settings that were on, or ''."""
+        if not self._retired:
+            return ""
+        return (
+            f"ignored: {', '.join(self._retired)} (tried and not adopted, no longer in "
+            "pneumoscope; the run trains without it)"
+        )
 
     data: Text = Field(description="A folder made by 'pneumoscope data prepare'.")
     out: Text = Field(description="Run folder to write (weights, model.json, history).")
@@ -142,13 +174,6 @@ class TrainConfig(Settings):
         description="Stop training after this many minutes (0 = no limit); the best epoch "
         "so far is kept and --resume can continue.",
     )
-    fit_to_time: bool = Field(
-        False,
-        description="With --max-minutes and the cosine schedule: time the first epoch and, "
-        "when fewer epochs than configured fit in the cap on this machine, train that many, "
-        "the cosine ending on the last (rather than the cap cutting the run halfway down "
-        "the schedule); the card says so.",
-    )
     seed: Whole = Field(
         0,
         description="Seed for weights, order and augmentation (a CPU run repeats bit for bit).",
@@ -199,12 +224,6 @@ class TrainConfig(Settings):
         description="Channels-last (NHWC) memory layout for the network: faster convolutions "
         "on CPU and GPU (equal up to float rounding; a seeded run still repeats bit for bit).",
     )
-    ema_decay: Number = Field(
-        0.0,
-        description="Keep an exponential moving average of the weights, updated after every "
-        "optimiser step with this decay (e.g. 0.995; 0 = off); validation, checkpoint "
-        "choice and the saved model use the average.",
-    )
 
     @model_validator(mode="before")
     @classmethod
@@ -238,13 +257,6 @@ class TrainConfig(Settings):
     def _crop_range(cls, v: float) -> float:
         if not 1.0 <= v <= 2.0:
             raise ValueError(f"must be in [1, 2] (1 = no crop), got {v}")
-        return v
-
-    @field_validator("ema_decay")
-    @classmethod
-    def _decay_range(cls, v: float) -> float:
-        if not 0.0 <= v < 1.0:
-            raise ValueError(f"must be in [0, 1) (0 = off), got {v}")
         return v
 
     @field_validator("threshold_views", "test_views")
@@ -330,12 +342,15 @@ def resolve_config(config: str | Path | None, overrides: dict) -> TrainConfig:
     if config is not None:
         path = find_config(config)
         values, where = read_yaml(path), str(path)
+    values, retired = drop_retired(values)
     over = {str(k).replace("-", "_"): v for k, v in overrides.items()}
     if over.get("weights") and "pretrained" not in over:
         over["pretrained"] = False  # a weights file given by flag replaces a preset's download
     if "augment" in over and isinstance(values.get("augment"), dict):
         over["augment"] = {**values["augment"], **over["augment"]}
-    return TrainConfig.layered(values, over, where)
+    cfg = TrainConfig.layered(values, over, where)
+    cfg._retired = retired
+    return cfg
 
 
 def resume_config(run: str | Path, overrides: dict) -> TrainConfig:
@@ -354,7 +369,10 @@ def resume_config(run: str | Path, overrides: dict) -> TrainConfig:
             f"with --resume the run's saved config is used; {flags} cannot change "
             f"(only {ok} can); start a new run with --config {path} to change them"
         )
-    return TrainConfig.layered(read_yaml(path), {**overrides, "out": str(run)}, str(path))
+    values, retired = drop_retired(read_yaml(path))
+    cfg = TrainConfig.layered(values, {**overrides, "out": str(run)}, str(path))
+    cfg._retired = retired
+    return cfg
 
 
 TRAIN_EPILOG = (

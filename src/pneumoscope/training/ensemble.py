@@ -46,11 +46,6 @@ def check_members(members: list[LoadedRun], names: list[str]) -> None:
                 "ensemble members must share the training cache, or one member's training "
                 "films would be another's validation films"
             )
-        if (card.size_refit is not None) or (first.size_refit is not None):
-            raise UserError(
-                "merge the runs as trained, then refit the ensemble's size (calibrate "
-                "--refit-size); a member here was already refitted"
-            )
 
 
 def member_record(path: Path, loaded: LoadedRun) -> dict:

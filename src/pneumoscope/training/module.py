@@ -192,12 +192,6 @@ class Classifier(L.LightningModule):
             return None
         return logits, y, loss_sum / len(y)
 
-    def schedule_epochs(self, epochs: int) -> None:
-        """End the cosine decay after ``epochs`` epochs instead of the configured count
-        (callbacks.FitScheduleToTime); the steps already taken keep their rates."""
-        if hasattr(self, "_per_epoch"):
-            self._total_steps = max(1, epochs * self._per_epoch)
-
     def configure_optimizers(self):
         hp = self.hparams
         params = list(self.parameters())

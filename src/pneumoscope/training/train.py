@@ -1,8 +1,7 @@
 """Train a classifier on a prepared cache and write a self-contained run directory.
 
 RUN/
-    model.safetensors  best weights (highest validation AUROC), written when they improve;
-                       with --ema-decay, the weights' moving average (what validation scored)
+    model.safetensors  best weights (highest validation AUROC), written when they improve
     model.json         model card: architecture, preprocessing, input channels,
                        normalisation, evaluation crop, threshold, training data and
                        population (ages, views, sources), initial weights, validation
@@ -54,11 +53,9 @@ from pneumoscope.model.contract import (
 )
 from pneumoscope.training.callbacks import (
     AtomicCheckpointIO,
-    FitScheduleToTime,
     FreezeBackbone,
     LastCheckpoint,
     RunRecorder,
-    WeightEMA,
 )
 from pneumoscope.training.config import IMBALANCE_CHOICES, TrainConfig  # noqa: F401  (re-exported)
 from pneumoscope.training.module import Classifier, quiet_warnings
@@ -274,16 +271,12 @@ def _trainer(
     precision: str,
 ) -> L.Trainer:
     """The Lightning Trainer with the run's callbacks (recorder, early stopping, last
-    checkpoint, freezing, EMA, progress bar) and then ``callbacks``."""
+    checkpoint, freezing, progress bar) and then ``callbacks``."""
     recorder = RunRecorder(files.root, init, precision)
     early = EarlyStopping(monitor="val_auroc", mode="max", patience=cfg.patience, verbose=False)
     cbs: list[Callback] = [recorder, early, LastCheckpoint(files.last_ckpt)]
-    if cfg.fit_to_time and cfg.max_minutes and cfg.scheduler == "cosine":
-        cbs.append(FitScheduleToTime(cfg.max_minutes * 60.0))
     if cfg.freeze_epochs:
         cbs.append(FreezeBackbone(cfg.freeze_epochs))
-    if cfg.ema_decay:
-        cbs.append(WeightEMA(cfg.ema_decay))
     if progress:
         from lightning.pytorch.callbacks import TQDMProgressBar
 
@@ -332,6 +325,8 @@ def train(
     out = Path(cfg.out).expanduser()
     rank0 = _launch_rank(cfg) == 0
     say = echo if (echo and rank0) else (lambda _msg: None)
+    if cfg.retired_note():
+        say(cfg.retired_note())
     ckpt = _check_resumable(out) if resume else None
 
     pp = cache.preprocess
@@ -484,7 +479,6 @@ def _training_info(
         augment=cfg.augment,
         threshold_views=cfg.threshold_views,
         test_views=cfg.test_views,
-        ema_decay=cfg.ema_decay,
         batch_size_per_process=cfg.batch_size,
         processes=cfg.devices * cfg.num_nodes,
         precision=choice.lightning,
@@ -493,7 +487,6 @@ def _training_info(
         epochs_run=int(epochs_run),
         train_seconds=round(float(summary.get("train_seconds", seconds)), 1),
         stopped_by=summary.get("stopped_by", "max_time"),
-        schedule_note=summary.get("schedule", ""),
         seed=cfg.seed,
     )
 
