@@ -6,9 +6,10 @@
 # The data: IMAGE_FOLDER, else $PNEUMOSCOPE_DATA, else a download (`pneumoscope data download
 # pediatric`, or `pneumoniamnist` with QUICK=1) into ~/.cache/pneumoscope ($PNEUMOSCOPE_CACHE).
 # IMAGE_FOLDER holds NORMAL/ and PNEUMONIA/, or train|test/ holding them (Kaggle layout).
-# Environment overrides: IMG_SIZE, MODEL, EPOCHS, MAX_MINUTES, EVAL_SIZE (defaults: the fast-cpu preset's,
-# src/pneumoscope/presets/train/fast-cpu.yaml, shipped in the package; with QUICK=1: 64 px,
-# 6 epochs, 5 minutes at most). PNEUMOSCOPE_NO_SETUP=1 skips scripts/setup_env.sh.
+# Environment overrides: IMG_SIZE, MODEL, EPOCHS, MAX_MINUTES (defaults: the fast-cpu preset's,
+# src/pneumoscope/presets/train/fast-cpu.yaml, shipped in the package, or on a CPU without
+# bf16 units fast-cpu-fp32.yaml's; with QUICK=1: 64 px, 6 epochs, 5 minutes at most).
+# PNEUMOSCOPE_NO_SETUP=1 skips scripts/setup_env.sh.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 src="${1:-${PNEUMOSCOPE_DATA:-}}"
@@ -30,37 +31,26 @@ if [[ -z "$src" && "${QUICK:-0}" == 1 ]]; then
 elif [[ -z "$src" ]]; then
   src="$("$ps" data download pediatric)"
 fi
-set -x
-# The cache is prepared at the preset's own image size, read from the preset, so the two
-# cannot drift apart when the recipe changes; on a CPU without bf16 units, at the size of
-# the float32 recipe (training/precision.py, FLOAT32_FAST_CPU), which trains with it.
-{ set +x; } 2>/dev/null
-# EVAL_SIZE: score the trained run at that size (`calibrate --refit-size` on a second cache);
-# the recipe's own when it has one and IMG_SIZE/EPOCHS are not overridden.
-read -r preset_size preset_epochs preset_eval < <("$py" -c 'import sys; from pneumoscope.training.precision import machine_fast_cpu_recipe as r; x, note = r(); print(x["img_size"], x["epochs"], x["eval_size"] or 0); note and print("note:", note, file=sys.stderr)')
+# The preset: fast-cpu, or fast-cpu-fp32 on a CPU without bf16 units (it says so); with
+# IMG_SIZE or EPOCHS given, fast-cpu with them. The cache is prepared at the preset's own
+# image size, read from the preset file, so the two cannot drift apart.
+preset=fast-cpu
 if [[ -z "${IMG_SIZE:-}" && -z "${EPOCHS:-}" ]]; then
-  IMG_SIZE="$preset_size" EPOCHS="$preset_epochs" EVAL_SIZE="${EVAL_SIZE:-$preset_eval}"
+  preset="$("$py" -m pneumoscope.training.precision)"
 fi
-size="${IMG_SIZE:-$preset_size}" eval_size="${EVAL_SIZE:-0}"
-[[ "$eval_size" == "$size" ]] && eval_size=0
+preset_size="$(sed -n 's/^img_size: *\([0-9][0-9]*\).*/\1/p' "$root/src/pneumoscope/presets/train/$preset.yaml")"
+size="${IMG_SIZE:-$preset_size}"
 set -x
 "$ps" data prepare --source "$src" --out "$work/data" --img-size "$size"
-# The fast-cpu preset (pneumoscope/presets/train/fast-cpu.yaml): ResNet-18 from scratch, at
-# most 30 minutes on 2 CPU cores. MODEL / EPOCHS / MAX_MINUTES override it.
+# The preset (pneumoscope/presets/train/PRESET.yaml): ResNet-18 from scratch, at most 30
+# minutes on 2 CPU cores. IMG_SIZE / MODEL / EPOCHS / MAX_MINUTES override it.
 extra=()
 [[ -n "${IMG_SIZE:-}" ]] && extra+=(--img-size "$IMG_SIZE")
 [[ -n "${MODEL:-}" ]] && extra+=(--model "$MODEL")
 [[ -n "${EPOCHS:-}" ]] && extra+=(--epochs "$EPOCHS")
 [[ -n "${MAX_MINUTES:-}" ]] && extra+=(--max-minutes "$MAX_MINUTES")
-"$ps" train --config fast-cpu --data "$work/data" --out "$work/run" --no-progress "${extra[@]}"
-data="$work/data"
-if [[ "$eval_size" != 0 ]]; then
-  # The same films at the evaluation size; the run is refitted and recalibrated there.
-  data="$work/data$eval_size"
-  "$ps" data prepare --source "$src" --out "$data" --img-size "$eval_size"
-  "$ps" calibrate --run "$work/run" --data "$data" --refit-size
-fi
-"$ps" evaluate --run "$work/run" --data "$data" --split test
+"$ps" train --config "$preset" --data "$work/data" --out "$work/run" --no-progress "${extra[@]}"
+"$ps" evaluate --run "$work/run" --data "$work/data" --split test
 # Predict on the source's test folder; a source without one (a MedMNIST file) gives the
 # folder of its test images, as the manifest lists them.
 target="$src"

@@ -5,6 +5,8 @@ validation pass, and a resume that refuses to continue in another precision."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -88,25 +90,38 @@ def test_cpu_signals_fall_back_to_proc_cpuinfo_flags(monkeypatch, tmp_path):
     assert P.cpu_signals()["avx512_bf16"] is False
 
 
-def test_fast_cpu_falls_back_to_the_float32_recipe_on_a_cpu_without_bf16(monkeypatch, tmp_path):
-    """What the quickstart trains: fast-cpu's own size and epochs where bf16 runs natively,
-    the measured float32 recipe (160 px, 12 epochs) with a note where it would be emulated."""
+def test_fast_cpu_falls_back_to_the_float32_preset_on_a_cpu_without_bf16(monkeypatch, tmp_path):
+    """What the quickstart trains: fast-cpu where bf16 runs natively, the fast-cpu-fp32
+    preset (float32, 160 px, 12 epochs; otherwise fast-cpu's) with a note where it would be
+    emulated; `python -m pneumoscope.training.precision` names it for the script."""
     from pneumoscope.core.settings import read_preset
 
-    preset = read_preset("train", "fast-cpu")
-    own = {"img_size": preset["img_size"], "epochs": preset["epochs"], "eval_size": None}
-    assert P.fast_cpu_recipe(preset, "AVX512-BF16") == (own, "")
-    assert P.fast_cpu_recipe(preset, "AMX-BF16") == (own, "")
-    recipe, note = P.fast_cpu_recipe(preset, None)
-    assert recipe == {"img_size": 160, "epochs": 12, "eval_size": P.FLOAT32_FAST_CPU["eval_size"]}
-    assert recipe != own
+    assert P.fast_cpu_preset("AVX512-BF16") == ("fast-cpu", "")
+    assert P.fast_cpu_preset("AMX-BF16") == ("fast-cpu", "")
+    name, note = P.fast_cpu_preset(None)
+    assert name == "fast-cpu-fp32"
     assert "no bf16 matrix units" in note and "160 px for 12 epochs" in note
+    assert "fast-cpu's 192 px for 14" in note
+    own, fp32 = read_preset("train", "fast-cpu"), read_preset("train", "fast-cpu-fp32")
+    assert (fp32["img_size"], fp32["epochs"], fp32["precision"]) == (160, 12, "fp32")
+    differ = {k for k in own.keys() | fp32.keys() if own.get(k) != fp32.get(k)}
+    assert differ == {"img_size", "epochs", "precision"}  # everything else is fast-cpu's
     info = tmp_path / "cpuinfo"  # this machine made into an older x86 CPU
     info.write_text("flags\t\t: fpu sse avx2\n")
     monkeypatch.setattr(H, "CPUINFO", info)
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
-    assert P.machine_fast_cpu_recipe() == (recipe, note)
+    assert P.machine_fast_cpu_preset() == (name, note)
+
+
+def test_the_quickstart_asks_the_module_for_its_preset():
+    r = subprocess.run(
+        [sys.executable, "-m", "pneumoscope.training.precision"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    unit = P.cpu_bf16_unit(P.cpu_signals())
+    assert r.stdout == f"{P.fast_cpu_preset(unit)[0]}\n"
+    assert ("note:" in r.stderr) == (unit is None)
 
 
 def test_this_machines_signals_agree_with_its_cpu_flags():
@@ -120,6 +135,8 @@ def test_auto_is_the_default_and_presets_keep_it(tmp_path):
     assert TrainConfig(data="d", out="o").precision == "auto"
     for name in ("fast-cpu", "seed1-cnn", "seed2-efficientnet"):
         assert resolve_config(name, {"data": "d", "out": str(tmp_path)}).precision == "auto"
+    # the float32 recipe says so
+    assert resolve_config("fast-cpu-fp32", {"data": "d", "out": "o"}).precision == "fp32"
     cfg = resolve_config(None, {"data": "d", "out": "o", "precision": "fp32"})
     assert cfg.precision == "fp32"
     with pytest.raises(UserError, match="--precision must be one of auto, bf16, fp32"):

@@ -24,6 +24,7 @@ validation pass (which picks the best epoch and the threshold) run in float32.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from pneumoscope.model.hardware import cpu_signals
@@ -126,32 +127,40 @@ def machine_precision(asked: str, device: str) -> PrecisionChoice:
     return choose_precision(asked, device, unit, gpu_bf16() if device == "cuda" else False)
 
 
-# fast-cpu where bf16 would be emulated: the float32 recipe it replaced, measured at 25 minutes
-# on 2 cores (docs/results.md, "bf16: what the saved CPU time bought"); in float32 the bf16
-# recipe (192 px, 14 epochs) runs about 1.7x longer and the 30-minute cap would cut it short.
-# eval_size: the size the trained run is refitted to score at (calibrate --refit-size; None:
-# its training size), decided on validation by the rule in docs/results.md.
-FLOAT32_FAST_CPU = {"img_size": 160, "epochs": 12, "eval_size": None}
+# fast-cpu where bf16 would be emulated: the float32 recipe, a preset of its own (160 px,
+# 12 epochs); in float32 fast-cpu's 192 px for 14 epochs would run about 1.7x longer and
+# the 30-minute cap would cut it short.
+FAST_CPU, FAST_CPU_FP32 = "fast-cpu", "fast-cpu-fp32"
 
 
-def fast_cpu_recipe(preset: dict, cpu_unit: str | None) -> tuple[dict, str]:
-    """The fast-cpu image size, epochs and evaluation size for a CPU with this bf16 unit
-    (``cpu_bf16_unit``), and a note for the user ('' when the preset's own recipe applies)."""
-    own = {"img_size": preset["img_size"], "epochs": preset["epochs"], "eval_size": None}
+def fast_cpu_preset(cpu_unit: str | None) -> tuple[str, str]:
+    """The fast-cpu preset for a CPU with this bf16 unit (``cpu_bf16_unit``): fast-cpu where
+    bf16 runs natively, fast-cpu-fp32 elsewhere, and a note for the user ('' for fast-cpu)."""
     if cpu_unit:
-        return own, ""
-    note = (
-        "this CPU has no bf16 matrix units (AMX-BF16, AVX512-BF16): training the float32 "
-        f"recipe, {FLOAT32_FAST_CPU['img_size']} px for {FLOAT32_FAST_CPU['epochs']} epochs, "
-        f"instead of fast-cpu's {own['img_size']} px for {own['epochs']}"
-    )
-    if FLOAT32_FAST_CPU["eval_size"]:
-        note += f", then scoring at {FLOAT32_FAST_CPU['eval_size']} px (batch norms refitted)"
-    return dict(FLOAT32_FAST_CPU), note
-
-
-def machine_fast_cpu_recipe() -> tuple[dict, str]:
-    """``fast_cpu_recipe`` for this machine's CPU and the shipped preset."""
+        return FAST_CPU, ""
     from pneumoscope.core.settings import read_preset
 
-    return fast_cpu_recipe(read_preset("train", "fast-cpu"), cpu_bf16_unit(cpu_signals()))
+    own, fp32 = read_preset("train", FAST_CPU), read_preset("train", FAST_CPU_FP32)
+    return FAST_CPU_FP32, (
+        "this CPU has no bf16 matrix units (AMX-BF16, AVX512-BF16): training the float32 "
+        f"recipe ({FAST_CPU_FP32}), {fp32['img_size']} px for {fp32['epochs']} epochs, "
+        f"instead of {FAST_CPU}'s {own['img_size']} px for {own['epochs']}"
+    )
+
+
+def machine_fast_cpu_preset() -> tuple[str, str]:
+    """``fast_cpu_preset`` for this machine's CPU."""
+    return fast_cpu_preset(cpu_bf16_unit(cpu_signals()))
+
+
+def main() -> None:
+    """``python -m pneumoscope.training.precision``: the fast-cpu preset for this machine
+    on stdout (what scripts/quickstart.sh trains), the note on stderr."""
+    name, note = machine_fast_cpu_preset()
+    print(name)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
