@@ -519,3 +519,23 @@ def sr_probability(sr) -> float:
         if item.ConceptNameCodeSequence[0].CodeValue == "122157":
             return float(item.MeasuredValueSequence[0].FloatingPointValue)
     raise AssertionError("no probability in the SR")
+
+
+def invoke_cli(*args: str, env: dict[str, str] | None = None):
+    """The same command in this process (Typer's CliRunner), for tests where a subprocess
+    adds nothing but a second or two of imports: the exit status, stdout and stderr
+    ``main()`` gives (a UserError: one ``error:`` line, status 2), as ``run_cli``'s."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from pneumoscope.cli.main import app
+    from pneumoscope.core.errors import UserError
+
+    r = CliRunner().invoke(app, list(args), env=env, prog_name="pneumoscope")
+    stdout, stderr, code = r.stdout, r.stderr, r.exit_code
+    if isinstance(r.exception, UserError):
+        stderr, code = f"{stderr}error: {r.exception}\n", 2
+    elif r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return SimpleNamespace(returncode=code, stdout=stdout, stderr=stderr)
