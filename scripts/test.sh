@@ -1,18 +1,29 @@
 #!/usr/bin/env bash
-# Set up (if needed), lint, check the import layers, and run the whole test suite.
-# Extra arguments go to pytest.
+# Set up (if needed), lint, check the import layers, and run the test suite.
+#   bash scripts/test.sh            everything (what CI runs): about 20 minutes on 2 cores
+#   bash scripts/test.sh --quick    the edit-test loop: tests not marked slow (no training,
+#                                   no servers, clusters, browsers or PACS), under 3 minutes
+# Other arguments go to pytest (bash scripts/test.sh --quick tests/data -k dicom).
 # The real-data tests read ../shared/data beside the repository and fail if it is missing.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+quick=0
+args=()
+for a in "$@"; do
+  if [[ "$a" == "--quick" ]]; then quick=1; else args+=("$a"); fi
+done
 bash "$root/scripts/setup_env.sh"
-# Debian programs the tests start for real: Chromium (the browser test, driven headless
+# Debian programs the slow tests start for real: Chromium (the browser test, driven headless
 # through Playwright, no browser download), dciodvfy from dicom3tools (validates the DICOM
 # files pneumoscope writes) and Orthanc with its DICOMweb plugin (the PACS round trip).
+# The quick tier needs dciodvfy only.
 need=()
-command -v chromium >/dev/null || need+=(chromium)
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
-command -v Orthanc >/dev/null || need+=(orthanc)
-[[ -n "$(ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so* 2>/dev/null)" ]] || need+=(orthanc-dicomweb)
+if ((!quick)); then
+  command -v chromium >/dev/null || need+=(chromium)
+  command -v Orthanc >/dev/null || need+=(orthanc)
+  [[ -n "$(ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so* 2>/dev/null)" ]] || need+=(orthanc-dicomweb)
+fi
 if ((${#need[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
     echo "installing ${need[*]} for the tests (apt-get)" >&2
@@ -26,4 +37,8 @@ fi
 cd "$root"
 .venv/bin/ruff check src tests bench
 .venv/bin/lint-imports
-.venv/bin/python -m pytest "$@"
+if ((quick)); then
+  .venv/bin/python -m pytest -m "not slow" ${args[@]+"${args[@]}"}
+else
+  .venv/bin/python -m pytest ${args[@]+"${args[@]}"}
+fi
