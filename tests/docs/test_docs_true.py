@@ -27,45 +27,9 @@ FLAG = re.compile(r"--[a-z0-9][a-z0-9-]*")
 # Flags of other programs that a page names in passing.
 OTHER_PROGRAMS = {"--src": "bench/hostile.py (docs/security.md)"}
 
-# Issue 32 removes these training features in its own change (src/pneumoscope/training,
-# cli/train.py, cli/evaluate.py); their pages go with them. Until then a page may show them
-# whether or not the flag is still there.
-BEING_REMOVED = {
-    "--fit-to-time": "fit-to-time is removed by issue 32's training clean-up",
-    "--ema-decay": "the weight EMA is removed by issue 32's training clean-up",
-    "--refit-size": "calibrate --refit-size is removed by issue 32's training clean-up",
-}
-
-# The inference rewrite of issue 32 moves DICOMweb from `predict` to `pneumoscope pacs`,
-# and its pages with it.
-MOVING_TO_PACS = {
-    "--dicomweb", "--study", "--date", "--modality", "--store", "--dicomweb-token-file",
-    "--dicomweb-auth-file",
-}  # fmt: skip
-
-
-def _pending(path, flag) -> str | None:
-    """Why a documented flag may be missing for now, or None."""
-    if flag in BEING_REMOVED:
-        return BEING_REMOVED[flag]
-    if flag in MOVING_TO_PACS and path in (None, ("predict",)):
-        return "the inference rewrite moves DICOMweb to `pneumoscope pacs` (issue 32)"
-    return None
-
-
-# Modules the inference rewrite of issue 32 is replacing; it documents them.
-BEING_REWRITTEN = {
-    "api.py",
-    "cli/pacs.py",
-    "inference/backends.py",
-    "inference/inputs.py",
-    "inference/predictor.py",
-    "inference/ray_predict.py",
-    "pacs/studies.py",
-    "serving/engine.py",
-}
-# Modules issue 32's training clean-up removes: the layout may still name them.
-MAY_BE_GONE = {"training/eval_size.py", "training/callbacks.py"}
+# Modules the inference rewrite of issue 32 is changing and documents itself (its other
+# modules, predictor.py, inputs.py, backends.py, pacs/studies.py, cli/pacs.py, are in).
+BEING_REWRITTEN = {"api.py", "inference/ray_predict.py", "serving/engine.py"}
 
 
 # --- flags -------------------------------------------------------------------------------
@@ -143,10 +107,8 @@ def _documented_flags():
 def _flag_cases():
     cases = []
     for where, path, flag in _documented_flags():
-        why = _pending(path, flag)
-        marks = [pytest.mark.xfail(reason=why, strict=False)] if why else []
         name = f"{where} {' '.join(path) if path else '*'} {flag}"
-        cases.append(pytest.param(path, flag, id=name, marks=marks))
+        cases.append(pytest.param(path, flag, id=name))
     return cases
 
 
@@ -278,7 +240,7 @@ def test_architecture_names_no_module_that_is_gone():
             stack.append((indent, m.group(2).rstrip("/")))
             continue
         rel = Path(*(d for _, d in stack), m.group(2))
-        if not (SRC / rel).is_file() and rel.as_posix() not in MAY_BE_GONE:
+        if not (SRC / rel).is_file():
             gone.append(rel.as_posix())
     assert stack or lines, "the layout was not parsed"
     assert gone == []
