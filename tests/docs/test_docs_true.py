@@ -27,9 +27,6 @@ FLAG = re.compile(r"--[a-z0-9][a-z0-9-]*")
 # Flags of other programs that a page names in passing.
 OTHER_PROGRAMS = {"--src": "bench/hostile.py (docs/security.md)"}
 
-# Modules the inference rewrite of issue 32 is changing and documents itself (its other
-# modules, predictor.py, inputs.py, backends.py, pacs/studies.py, cli/pacs.py, are in).
-BEING_REWRITTEN = {"api.py", "inference/ray_predict.py", "serving/engine.py"}
 
 
 # --- flags -------------------------------------------------------------------------------
@@ -206,10 +203,7 @@ def _modules() -> list[Path]:
 def _module_cases():
     cases = []
     for rel in _modules():
-        marks = []
-        if rel.as_posix() in BEING_REWRITTEN:
-            marks = [pytest.mark.xfail(reason="the inference rewrite documents it", strict=False)]
-        cases.append(pytest.param(rel, id=rel.as_posix(), marks=marks))
+        cases.append(pytest.param(rel, id=rel.as_posix()))
     return cases
 
 
