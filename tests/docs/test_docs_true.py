@@ -238,3 +238,8 @@ def test_architecture_names_no_module_that_is_gone():
             gone.append(rel.as_posix())
     assert stack or lines, "the layout was not parsed"
     assert gone == []
+
+
+def test_the_readme_is_a_guide_not_a_log():
+    """Tables of measurements and machine notes belong in docs/; the README stays short."""
+    assert len((REPO / "README.md").read_text().splitlines()) <= 250
