@@ -156,9 +156,10 @@ def server(args: argparse.Namespace, log_path: Path, audit: Path):
     finally:
         proc.terminate()
         try:
-            proc.wait(30)
+            proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
 
 
 def send(base: str, data: bytes, timeout: float = 120) -> tuple[str, float, str]:
@@ -176,7 +177,9 @@ def send(base: str, data: bytes, timeout: float = 120) -> tuple[str, float, str]
 
 
 def serve_payloads(args, log_path: Path, audit: Path, payloads) -> list[dict]:
-    """Each payload alone; a server that dies on one is noted and started again."""
+    """Each payload alone; a server that dies on one, or is still busy with it after the
+    client gave up, is noted and started again, so that the next payload meets a
+    server at rest."""
     rows, stack = [], None
     for p in payloads:
         if stack is None:
@@ -186,8 +189,10 @@ def serve_payloads(args, log_path: Path, audit: Path, payloads) -> list[dict]:
             sampler = Sampler(proc.pid)
         with sampler.window() as mem:
             status, seconds, message = send(base, p.data)
-        if proc.poll() is not None:
+        died = proc.poll() is not None
+        if died:
             status, message = f"server died ({proc.returncode})", "the server process ended"
+        if died or status in ("504", "no answer"):  # dead or still busy: a fresh one next
             sampler.stop()
             stack.__exit__(None, None, None)
             stack = None
