@@ -133,14 +133,28 @@ def evaluate(name: str, f: Films, args) -> dict:
 
 
 def sheets(name: str, df, sel: dict, t: float, adult_key: str, out: Path) -> None:
-    """Errors and near misses, highest-scored children and lowest-scored adults."""
+    """The films the check gets wrong and its near misses: every flagged child (validation,
+    test, copies, training), every missed adult (validation/test or the held-out source),
+    the 12 highest-scored official test films, the 32 highest-scored children and the 32
+    lowest-scored adults."""
     def cap(r):
-        return f"{r.score:.3f} {Path(r.path).name}"[:30]
-    kids = df[sel["A ped_test (official)"] | sel["B copy_ped all"] | sel["ped_val"]].sort_values("score", ascending=False).head(32)
-    write_sheet(kids["path"].tolist(), [cap(r) for r in kids.itertuples()], out / f"{name}_children_highest.png")
-    ad = df[sel[adult_key]].sort_values("score").head(32)
-    write_sheet(ad["path"].tolist(), [cap(r) for r in ad.itertuples()], out / f"{name}_adults_lowest.png")
-    print(f"  t = {t:.4f}; children flagged in the sheet: {(kids['score'] > t).sum()}; adults missed in the sheet: {(ad['score'] <= t).sum()}")
+        return f"{r.score:.3f} {r.set} {r.split_of_group} {Path(r.path).stem}"[:38]
+
+    kids_all = df[sel["ped_val"] | sel["ped_train (trained on)"] | sel["A ped_test (official)"] | sel["B copy_ped all"]]
+    kids_all = kids_all.sort_values("score", ascending=False)
+    adult_sets = [k for k in sel if k.startswith(("adult_val (", "D adult_test", "C held-out", "adult_test: Covid", "adult_val: Covid"))]
+    adults = df[np.logical_or.reduce([sel[k] for k in adult_sets])].sort_values("score")
+    groups = {
+        "children_flagged": (kids_all[kids_all["score"] > t], 6, 220),
+        "adults_missed": (adults[adults["score"] <= t], 6, 220),
+        "test_highest": (df[sel["A ped_test (official)"]].sort_values("score", ascending=False).head(12), 6, 220),
+        "children_highest": (kids_all.head(32), 8, 160),
+        "adults_lowest": (adults.head(32), 8, 160),
+    }
+    for tag, (rows, cols, size) in groups.items():
+        if len(rows):
+            write_sheet(rows["path"].tolist(), [cap(r) for r in rows.itertuples()], out / f"{name}_{tag}.png", cols, size)
+    print(f"  t = {t:.4f}; children flagged: {len(groups['children_flagged'][0])}; adults missed: {len(groups['adults_missed'][0])}")
 
 
 def main() -> None:
