@@ -86,25 +86,42 @@ def list_films() -> pd.DataFrame:
     for split in ("train", "test"):
         for p in sorted((ped / split).glob("*/*.jpeg")):
             rows.append(
-                dict(path=str(p), set=f"ped_{split}", population="child", source="kermany",
-                     patient="kermany:" + pediatric_patient(p.name), label=p.parent.name)
+                dict(
+                    path=str(p),
+                    set=f"ped_{split}",
+                    population="child",
+                    source="kermany",
+                    patient="kermany:" + pediatric_patient(p.name),
+                    label=p.parent.name,
+                )
             )
     cov = DATA / "chest_xray_covid19_pneumonia_256/Data"
     for p in sorted(cov.glob("*/*/*.jpg")):
         adult = p.parent.name == "COVID19"
         rows.append(
-            dict(path=str(p), set="copy_adult" if adult else "copy_ped",
-                 population="adult" if adult else "child",
-                 source="figure1" if adult else "kermany",
-                 patient=f"copy:{p.parent.parent.name}/{p.parent.name}/{p.stem}", label=p.parent.name)
+            dict(
+                path=str(p),
+                set="copy_adult" if adult else "copy_ped",
+                population="adult" if adult else "child",
+                source="figure1" if adult else "kermany",
+                patient=f"copy:{p.parent.parent.name}/{p.parent.name}/{p.stem}",
+                label=p.parent.name,
+            )
         )
     adults = pd.read_csv(DATA / "adult_public/adults.csv")
     for r in adults.itertuples():
         pid = figure1_case(r.patient_id) if r.source == "figure1" else r.patient_id
         rows.append(
-            dict(path=str(DATA / "adult_public" / r.path), set="adult", population="adult",
-                 source=r.source, patient=f"{r.source}:{pid}", label=r.label,
-                 age=r.age, view=r.view)
+            dict(
+                path=str(DATA / "adult_public" / r.path),
+                set="adult",
+                population="adult",
+                source=r.source,
+                patient=f"{r.source}:{pid}",
+                label=r.label,
+                age=r.age,
+                view=r.view,
+            )
         )
     return pd.DataFrame(rows)
 
@@ -113,7 +130,75 @@ def jpeg_quality(path: str) -> float:
     """Estimated IJG quality from the luminance quantisation table (nan if not a JPEG)."""
     from PIL import Image
 
-    std = np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99], float)  # noqa: E501
+    std = np.array(
+        [
+            16,
+            11,
+            10,
+            16,
+            24,
+            40,
+            51,
+            61,
+            12,
+            12,
+            14,
+            19,
+            26,
+            58,
+            60,
+            55,
+            14,
+            13,
+            16,
+            24,
+            40,
+            57,
+            69,
+            56,
+            14,
+            17,
+            22,
+            29,
+            51,
+            87,
+            80,
+            62,
+            18,
+            22,
+            37,
+            56,
+            68,
+            109,
+            103,
+            77,
+            24,
+            35,
+            55,
+            64,
+            81,
+            104,
+            113,
+            92,
+            49,
+            64,
+            78,
+            87,
+            103,
+            121,
+            120,
+            101,
+            72,
+            92,
+            95,
+            98,
+            112,
+            100,
+            103,
+            99,
+        ],
+        float,
+    )  # noqa: E501
     try:
         with Image.open(path) as im:
             q = getattr(im, "quantization", None)
@@ -144,10 +229,14 @@ def shrink(gray: np.ndarray, long_side: int = RAW_LONG) -> np.ndarray:
     s = long_side / max(h, w)
     if s >= 1:
         return gray
-    return cv2.resize(gray, (max(8, round(w * s)), max(8, round(h * s))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(
+        gray, (max(8, round(w * s)), max(8, round(h * s))), interpolation=cv2.INTER_AREA
+    )
 
 
-def split_groups(groups: list[str], fractions: tuple[float, ...], names: tuple[str, ...], seed: int) -> dict:
+def split_groups(
+    groups: list[str], fractions: tuple[float, ...], names: tuple[str, ...], seed: int
+) -> dict:
     """Seeded shuffle of the groups, cut by the fractions (of groups)."""
     rng = np.random.default_rng(seed)
     order = sorted(groups)
@@ -162,7 +251,9 @@ def split_groups(groups: list[str], fractions: tuple[float, ...], names: tuple[s
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--work", type=Path, default=Path("/work/pop_work"))
     ap.add_argument("--sizes", type=int, nargs="+", default=[128])
     args = ap.parse_args()
@@ -179,9 +270,16 @@ def main() -> None:
             pre[s][i] = preprocess_gray(gray, PreprocessConfig(img_size=s))
         raws.append(shrink(gray))
         stats.append(
-            dict(height=gray.shape[0], width=gray.shape[1], exact=exact_hash(gray),
-                 phash=perceptual_hash(gray), jpeg_q=jpeg_quality(path),
-                 border=border_fraction(gray), mean=float(gray.mean()), std=float(gray.std()))
+            dict(
+                height=gray.shape[0],
+                width=gray.shape[1],
+                exact=exact_hash(gray),
+                phash=perceptual_hash(gray),
+                jpeg_q=jpeg_quality(path),
+                border=border_fraction(gray),
+                mean=float(gray.mean()),
+                std=float(gray.std()),
+            )
         )
         if i % 2000 == 0:
             print(f"  {i}/{len(df)} decoded, {time.time() - t0:.0f} s")
@@ -214,10 +312,19 @@ def main() -> None:
     ped_train_groups = sorted({g for g, s in gsets.items() if "ped_train" in s} - ped_test_groups)
     for g in ped_test_groups:
         split_of_group[g] = "ped_test"
-    split_of_group.update(split_groups(ped_train_groups, (1 - PED_VAL_FRACTION, PED_VAL_FRACTION), ("train", "val"), SEED))
+    split_of_group.update(
+        split_groups(
+            ped_train_groups, (1 - PED_VAL_FRACTION, PED_VAL_FRACTION), ("train", "val"), SEED
+        )
+    )
     for src in ("ieee8023", "figure1"):
-        groups = sorted(set(df.loc[(df["set"] == "adult") & (df["source"] == src), "group"]) - set(split_of_group))
-        split_of_group.update(split_groups(groups, ADULT_FRACTIONS, ("train", "val", "test"), SEED + 1))
+        groups = sorted(
+            set(df.loc[(df["set"] == "adult") & (df["source"] == src), "group"])
+            - set(split_of_group)
+        )
+        split_of_group.update(
+            split_groups(groups, ADULT_FRACTIONS, ("train", "val", "test"), SEED + 1)
+        )
     for g in mixed_groups:  # a child's film filed as an adult's: used nowhere
         split_of_group[g] = "excluded"
     df["split_of_group"] = df["group"].map(split_of_group).fillna("none")
@@ -230,7 +337,12 @@ def main() -> None:
         np.save(args.work / f"pre{s}.npy", arr)
     shapes = np.array([r.shape for r in raws], np.int32)
     offsets = np.concatenate([[0], np.cumsum([r.size for r in raws])]).astype(np.int64)
-    np.savez(args.work / "raw.npz", pixels=np.concatenate([r.ravel() for r in raws]), shapes=shapes, offsets=offsets)
+    np.savez(
+        args.work / "raw.npz",
+        pixels=np.concatenate([r.ravel() for r in raws]),
+        shapes=shapes,
+        offsets=offsets,
+    )
 
     summary = summarise(df, pairs, mixed_groups)
     (HERE / "data_summary.json").write_text(json.dumps(summary, indent=1))
@@ -248,29 +360,54 @@ def summarise(df: pd.DataFrame, pairs: pd.DataFrame, mixed_groups: list[str]) ->
     stat_cols = ["width", "height", "aspect", "jpeg_q", "border", "mean", "std"]
     by_source = {}
     for (s, src), rows in df.groupby(["set", "source"]):
-        desc = {c: dict(median=float(rows[c].median()), p10=float(rows[c].quantile(0.1)),
-                        p90=float(rows[c].quantile(0.9))) for c in stat_cols}
+        desc = {
+            c: dict(
+                median=float(rows[c].median()),
+                p10=float(rows[c].quantile(0.1)),
+                p90=float(rows[c].quantile(0.9)),
+            )
+            for c in stat_cols
+        }
         desc["share_with_flat_border_over_2pct"] = float((rows["border"] > 0.02).mean())
         by_source[f"{s}/{src}"] = desc
     return dict(
         films=int(len(df)),
-        by_set_split={f"{k[0]}/{k[1]}": int(v) for k, v in df.groupby(["set", "split"]).size().items()},
-        copy_split_of_group={f"{k[0]}/{k[1]}": int(v) for k, v in
-                             df[df["set"].str.startswith("copy")].groupby(["set", "split_of_group"]).size().items()},
-        adult_groups_by_source_split={f"{k[0]}/{k[1]}": int(v) for k, v in
-                                      df[df["set"] == "adult"].groupby(["source", "split"])["group"].nunique().items()},
+        by_set_split={
+            f"{k[0]}/{k[1]}": int(v) for k, v in df.groupby(["set", "split"]).size().items()
+        },
+        copy_split_of_group={
+            f"{k[0]}/{k[1]}": int(v)
+            for k, v in df[df["set"].str.startswith("copy")]
+            .groupby(["set", "split_of_group"])
+            .size()
+            .items()
+        },
+        adult_groups_by_source_split={
+            f"{k[0]}/{k[1]}": int(v)
+            for k, v in df[df["set"] == "adult"]
+            .groupby(["source", "split"])["group"]
+            .nunique()
+            .items()
+        },
         near_pairs_total=int(len(pairs)),
         near_pairs_across_sets={f"{a}~{b}": int(v) for (a, b), v in kinds.items()},
         near_pairs_within_adult_between_patients=int(
-            ((pairs["set_a"] == "adult") & (pairs["set_b"] == "adult")).sum()),
+            ((pairs["set_a"] == "adult") & (pairs["set_b"] == "adult")).sum()
+        ),
         copy_adult_matched_to_adult_public=int(matched.sum()),
         copy_adult_unmatched=copy_adult.loc[~matched, "path"].map(lambda p: Path(p).name).tolist(),
-        copy_ped_matched_to_kermany=int(copy_ped["group"].isin(
-            df.loc[df["set"].str.startswith("ped"), "group"]).sum()),
+        copy_ped_matched_to_kermany=int(
+            copy_ped["group"].isin(df.loc[df["set"].str.startswith("ped"), "group"]).sum()
+        ),
         mixed_child_adult_groups=[
-            df.loc[df["group"] == g, ["set", "path"]].assign(path=lambda x: x["path"].map(lambda p: Path(p).name))
-            .to_dict("records") for g in mixed_groups],
-        ped_train_excluded_for_test_overlap=int(((df["set"] == "ped_train") & (df["split"] == "excluded")).sum()),
+            df.loc[df["group"] == g, ["set", "path"]]
+            .assign(path=lambda x: x["path"].map(lambda p: Path(p).name))
+            .to_dict("records")
+            for g in mixed_groups
+        ],
+        ped_train_excluded_for_test_overlap=int(
+            ((df["set"] == "ped_train") & (df["split"] == "excluded")).sum()
+        ),
         image_stats_by_set_source=by_source,
     )
 

@@ -19,8 +19,34 @@ from pneumoscope.data.preprocess import PreprocessConfig, preprocess_gray
 
 cv2.setNumThreads(1)
 TRAIN_FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_PLAIN)
-WORDS = ("R", "L", "A", "B", "C", "D", "a", "b", "c", "AP", "PA", "PORTABLE", "SUPINE", "ERECT",
-         "DX", "SX", "MOBILE", "1", "2", "3", "Day 1", "12 h", "Fig. 2", "UPRIGHT", "LEFT", "RIGHT")
+WORDS = (
+    "R",
+    "L",
+    "A",
+    "B",
+    "C",
+    "D",
+    "a",
+    "b",
+    "c",
+    "AP",
+    "PA",
+    "PORTABLE",
+    "SUPINE",
+    "ERECT",
+    "DX",
+    "SX",
+    "MOBILE",
+    "1",
+    "2",
+    "3",
+    "Day 1",
+    "12 h",
+    "Fig. 2",
+    "UPRIGHT",
+    "LEFT",
+    "RIGHT",
+)
 
 
 def _fill(rng: np.random.Generator, img: np.ndarray) -> int:
@@ -31,10 +57,12 @@ def crop_zoom(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random crop (55-100% of the area, aspect 0.75-1.33) or, p 0.25, a zoom out."""
     h, w = img.shape
     if rng.random() < 0.25:
-        t, b, l, r = (int(rng.uniform(0, 0.2) * s) for s in (h, h, w, w))
+        top, bot, lft, rgt = (int(rng.uniform(0, 0.2) * s) for s in (h, h, w, w))
         if rng.random() < 0.25:
-            return cv2.copyMakeBorder(img, t, b, l, r, cv2.BORDER_REPLICATE)
-        return cv2.copyMakeBorder(img, t, b, l, r, cv2.BORDER_CONSTANT, value=_fill(rng, img))
+            return cv2.copyMakeBorder(img, top, bot, lft, rgt, cv2.BORDER_REPLICATE)
+        return cv2.copyMakeBorder(
+            img, top, bot, lft, rgt, cv2.BORDER_CONSTANT, value=_fill(rng, img)
+        )
     area = rng.uniform(0.55, 1.0) * h * w
     ar = np.exp(rng.uniform(np.log(0.75), np.log(1.33)))
     ch = int(min(h, round(np.sqrt(area / ar))))
@@ -79,8 +107,13 @@ def _corner_point(rng: np.random.Generator, h: int, w: int) -> tuple[int, int]:
     return x, y
 
 
-def marks(img: np.ndarray, rng: np.random.Generator, fonts=TRAIN_FONTS, filled_arrows: bool = False,
-          boxed: bool = False) -> np.ndarray:
+def marks(
+    img: np.ndarray,
+    rng: np.random.Generator,
+    fonts=TRAIN_FONTS,
+    filled_arrows: bool = False,
+    boxed: bool = False,
+) -> np.ndarray:
     """1-3 letters/words, arrows (p 0.4), a filled text box (p 0.15), burnt into the film."""
     img = img.copy()
     h, w = img.shape
@@ -106,14 +139,27 @@ def marks(img: np.ndarray, rng: np.random.Generator, fonts=TRAIN_FONTS, filled_a
             if filled_arrows:
                 _filled_arrow(img, (x0, y0), (x1, y1), color, th)
             else:
-                cv2.arrowedLine(img, (x0, y0), (x1, y1), color, th, cv2.LINE_AA, tipLength=rng.uniform(0.2, 0.4))
+                cv2.arrowedLine(
+                    img, (x0, y0), (x1, y1), color, th, cv2.LINE_AA, tipLength=rng.uniform(0.2, 0.4)
+                )
     if not boxed and rng.random() < 0.15:
         bw, bh = int(rng.uniform(0.15, 0.4) * w), int(rng.uniform(0.04, 0.08) * h)
-        x, y = int(rng.uniform(0, w - bw)), int(rng.choice([rng.uniform(0, 0.1), rng.uniform(0.85, 0.95)]) * h)
+        x, y = (
+            int(rng.uniform(0, w - bw)),
+            int(rng.choice([rng.uniform(0, 0.1), rng.uniform(0.85, 0.95)]) * h),
+        )
         bg = 0 if rng.random() < 0.5 else 255
         cv2.rectangle(img, (x, y), (x + bw, y + bh), bg, -1)
-        cv2.putText(img, str(rng.choice(WORDS)), (x + 2, y + bh - 3), cv2.FONT_HERSHEY_SIMPLEX,
-                    bh / 30.0, 255 - bg, 1, cv2.LINE_AA)
+        cv2.putText(
+            img,
+            str(rng.choice(WORDS)),
+            (x + 2, y + bh - 3),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            bh / 30.0,
+            255 - bg,
+            1,
+            cv2.LINE_AA,
+        )
     return img
 
 
@@ -141,8 +187,14 @@ def resolution(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     h, w = img.shape
     if rng.random() < 0.5:
         f = rng.uniform(0.3, 1.0)
-        small = cv2.resize(img, (max(16, int(w * f)), max(16, int(h * f))), interpolation=cv2.INTER_AREA)
-        img = cv2.resize(small, (w, h), interpolation=int(rng.choice([cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_NEAREST])))
+        small = cv2.resize(
+            img, (max(16, int(w * f)), max(16, int(h * f))), interpolation=cv2.INTER_AREA
+        )
+        img = cv2.resize(
+            small,
+            (w, h),
+            interpolation=int(rng.choice([cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_NEAREST])),
+        )
     if rng.random() < 0.3:
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.5))
     if rng.random() < 0.25:
@@ -189,7 +241,9 @@ def stress(img: np.ndarray, kind: str, seed: int) -> np.ndarray:
         return marks(img, rng, fonts=STRESS_FONTS, filled_arrows=True, boxed=True)
     if kind == "pad_border":
         k = int(0.1 * max(h, w))
-        return cv2.copyMakeBorder(img, k, k, k, k, cv2.BORDER_CONSTANT, value=int(rng.choice([0, 255, 128])))
+        return cv2.copyMakeBorder(
+            img, k, k, k, k, cv2.BORDER_CONSTANT, value=int(rng.choice([0, 255, 128]))
+        )
     if kind == "center_crop_80":
         dy, dx = int(0.1 * h), int(0.1 * w)
         return img[dy : h - dy, dx : w - dx]

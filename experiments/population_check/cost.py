@@ -41,11 +41,23 @@ def cpu_name() -> dict:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
     except Exception:
         out = ""
-    model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), platform.processor())
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in out.splitlines()
+            if line.startswith("Model name")
+        ),
+        platform.processor(),
+    )
     flags_line = next((line for line in out.splitlines() if line.startswith("Flags")), "")
     flags = set(flags_line.split())
-    return dict(model=model, avx2="avx2" in flags, avx512_bf16="avx512_bf16" in flags,
-                amx="amx_tile" in flags or "amx_bf16" in flags, logical_cpus=os.cpu_count())
+    return dict(
+        model=model,
+        avx2="avx2" in flags,
+        avx512_bf16="avx512_bf16" in flags,
+        amx="amx_tile" in flags or "amx_bf16" in flags,
+        logical_cpus=os.cpu_count(),
+    )
 
 
 def flops(model: torch.nn.Module, size: int) -> float:
@@ -54,11 +66,17 @@ def flops(model: torch.nn.Module, size: int) -> float:
 
     def hook(m, inp, out):
         if isinstance(m, torch.nn.Conv2d):
-            total[0] += out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+            total[0] += (
+                out.numel() * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+            )
         elif isinstance(m, torch.nn.Linear):
             total[0] += m.in_features * m.out_features
 
-    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hs = [
+        m.register_forward_hook(hook)
+        for m in model.modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
     with torch.inference_mode():
         model(torch.zeros(1, 1, size, size))
     for h in hs:
@@ -67,14 +85,21 @@ def flops(model: torch.nn.Module, size: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--size", type=int, default=128, help="the check's input size")
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--out", type=Path, default=HERE / "cost.json")
     args = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    entries = [("resnet18", 160), ("resnet18", 192), ("popnet", args.size), ("mobilenetv3_small_050", args.size)]
+    entries = [
+        ("resnet18", 160),
+        ("resnet18", 192),
+        ("popnet", args.size),
+        ("mobilenetv3_small_050", args.size),
+    ]
     models = {}
     for name, size in entries:
         m = build(name).eval()
@@ -97,26 +122,48 @@ def main() -> None:
                     results[k][b].append((time.perf_counter() - t) / n / b)
     rows = []
     for (name, size), r in results.items():
-        rows.append(dict(model=name, size=size, params=n_params(models[(name, size)]),
-                         macs=flops(models[(name, size)], size),
-                         ms_per_film_b1=1e3 * float(np.median(r[1])), ms_per_film_b32=1e3 * float(np.median(r[32]))))
+        rows.append(
+            dict(
+                model=name,
+                size=size,
+                params=n_params(models[(name, size)]),
+                macs=flops(models[(name, size)], size),
+                ms_per_film_b1=1e3 * float(np.median(r[1])),
+                ms_per_film_b32=1e3 * float(np.median(r[32])),
+            )
+        )
     base = next(r for r in rows if r["model"] == "resnet18" and r["size"] == 160)
     for r in rows:
         r["ratio_b1"] = r["ms_per_film_b1"] / base["ms_per_film_b1"]
         r["ratio_b32"] = r["ms_per_film_b32"] / base["ms_per_film_b32"]
         r["ratio_macs"] = r["macs"] / base["macs"]
 
-    extra = {"load_image_ms": preprocessing_ms(args.size), "onnxruntime_popnet": onnx_ms(models[("popnet", args.size)], args.size)}
+    extra = {
+        "load_image_ms": preprocessing_ms(args.size),
+        "onnxruntime_popnet": onnx_ms(models[("popnet", args.size)], args.size),
+    }
     cpu = cpu_name()
     print(f"CPU: {cpu}; torch {torch.__version__}, 1 thread, float32")
-    print(f"{'model':24s} {'px':>4s} {'params':>9s} {'MMAC':>8s} {'ms/film b1':>11s} {'x b1':>6s} {'ms/film b32':>12s} {'x b32':>6s}")
+    print(
+        f"{'model':24s} {'px':>4s} {'params':>9s} {'MMAC':>8s} {'ms/film b1':>11s} {'x b1':>6s} "
+        f"{'ms/film b32':>12s} {'x b32':>6s}"
+    )
     for r in rows:
-        print(f"{r['model']:24s} {r['size']:4d} {r['params']:9d} {r['macs'] / 1e6:8.1f} {r['ms_per_film_b1']:11.3f} "
-              f"{r['ratio_b1']:6.3f} {r['ms_per_film_b32']:12.3f} {r['ratio_b32']:6.3f}")
-    print(f"load_image at {args.size} px (224 px JPEG): {extra['load_image_ms']:.3f} ms/film; "
-          f"popnet in ONNX Runtime (1 thread): {extra['onnxruntime_popnet']}")
-    args.out.write_text(json.dumps(dict(cpu=cpu, torch=torch.__version__, threads=1, reps=args.reps,
-                                        rows=rows, **extra), indent=1))
+        print(
+            f"{r['model']:24s} {r['size']:4d} {r['params']:9d} {r['macs'] / 1e6:8.1f} "
+            f"{r['ms_per_film_b1']:11.3f} "
+            f"{r['ratio_b1']:6.3f} {r['ms_per_film_b32']:12.3f} {r['ratio_b32']:6.3f}"
+        )
+    print(
+        f"load_image at {args.size} px (224 px JPEG): {extra['load_image_ms']:.3f} ms/film; "
+        f"popnet in ONNX Runtime (1 thread): {extra['onnxruntime_popnet']}"
+    )
+    args.out.write_text(
+        json.dumps(
+            dict(cpu=cpu, torch=torch.__version__, threads=1, reps=args.reps, rows=rows, **extra),
+            indent=1,
+        )
+    )
     print(f"wrote {args.out}")
 
 
@@ -140,8 +187,15 @@ def onnx_ms(model: torch.nn.Module, size: int) -> dict | str:
         return "onnxruntime not installed"
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "popnet.onnx")
-        torch.onnx.export(model, torch.zeros(1, 1, size, size), path, input_names=["x"], output_names=["logit"],
-                          dynamic_axes={"x": {0: "n"}, "logit": {0: "n"}}, dynamo=False)
+        torch.onnx.export(
+            model,
+            torch.zeros(1, 1, size, size),
+            path,
+            input_names=["x"],
+            output_names=["logit"],
+            dynamic_axes={"x": {0: "n"}, "logit": {0: "n"}},
+            dynamo=False,
+        )
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
         so.inter_op_num_threads = 1

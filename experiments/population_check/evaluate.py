@@ -19,7 +19,6 @@ check gets wrong and of its near misses to ``--work``/sheets/NAME_*.png.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -93,7 +92,8 @@ def evaluate(name: str, f: Films, args) -> dict:
         "ped_train (trained on)": (df["set"] == "ped_train") & (df["split"] == "train"),
         "A ped_test (official)": df["set"] == "ped_test",
         "B copy_ped all": (df["set"] == "copy_ped") & (df["split_of_group"] != "excluded"),
-        "B copy_ped never trained on": (df["set"] == "copy_ped") & df["split_of_group"].isin(["val", "ped_test"]),
+        "B copy_ped never trained on": (df["set"] == "copy_ped")
+        & df["split_of_group"].isin(["val", "ped_test"]),
     }
     held = HELD_OUT.get(name)
     adult = (df["set"] == "adult") & (df["split"] != "excluded")
@@ -105,7 +105,9 @@ def evaluate(name: str, f: Films, args) -> dict:
         sel["adult films trained on"] = trained_adult
     else:
         for split in ("val", "test"):
-            sel[f"{'D ' if split == 'test' else ''}adult_{split} (both sources)"] = adult & (df["split"] == split)
+            sel[f"{'D ' if split == 'test' else ''}adult_{split} (both sources)"] = adult & (
+                df["split"] == split
+            )
             for src in ("ieee8023", "figure1"):
                 sel[f"adult_{split} {src}"] = adult & (df["split"] == split) & (df["source"] == src)
         sel["adult_test: Covid-19 set copies"] = copy_adult & (df["split_of_group"] == "test")
@@ -116,17 +118,39 @@ def evaluate(name: str, f: Films, args) -> dict:
     adult_key = f"C held-out source {held} (all)" if held else "D adult_test (both sources)"
     ped_test = df.loc[sel["A ped_test (official)"], "score"].to_numpy()
     adult_scores = df.loc[sel[adult_key], "score"].to_numpy()
-    auroc = float(roc_auc_score(np.r_[np.zeros(len(ped_test)), np.ones(len(adult_scores))], np.r_[ped_test, adult_scores]))
+    auroc = float(
+        roc_auc_score(
+            np.r_[np.zeros(len(ped_test)), np.ones(len(adult_scores))],
+            np.r_[ped_test, adult_scores],
+        )
+    )
     stress_out = {
-        "A ped_test": stress_rates(model, f, np.where(sel["A ped_test (official)"])[0], t, cfg["size"]),
+        "A ped_test": stress_rates(
+            model, f, np.where(sel["A ped_test (official)"])[0], t, cfg["size"]
+        ),
         adult_key: stress_rates(model, f, np.where(sel[adult_key])[0], t, cfg["size"]),
     }
-    res = dict(run=name, threshold=t, rule="flag if p(adult) > t; t = the (floor(0.005 n)+1)-th highest "
-               "pediatric validation score", train=dict(n_child=cfg["n_child"], n_adult=cfg["n_adult"],
-               adult_sources=cfg["adult_sources"], adult_splits=cfg["adult_splits"], steps=cfg["steps_done"],
-               minutes=round(cfg["minutes"], 1), cut_by_cap=cfg["cut_by_cap"]),
-               sets=sets, auroc_ped_test_vs=dict(set=adult_key, auroc=auroc), stress=stress_out)
-    (run / "scores.csv").write_text(df[["path", "set", "source", "split", "split_of_group", "score"]].to_csv(index=False))
+    res = dict(
+        run=name,
+        threshold=t,
+        rule="flag if p(adult) > t; t = the (floor(0.005 n)+1)-th highest "
+        "pediatric validation score",
+        train=dict(
+            n_child=cfg["n_child"],
+            n_adult=cfg["n_adult"],
+            adult_sources=cfg["adult_sources"],
+            adult_splits=cfg["adult_splits"],
+            steps=cfg["steps_done"],
+            minutes=round(cfg["minutes"], 1),
+            cut_by_cap=cfg["cut_by_cap"],
+        ),
+        sets=sets,
+        auroc_ped_test_vs=dict(set=adult_key, auroc=auroc),
+        stress=stress_out,
+    )
+    (run / "scores.csv").write_text(
+        df[["path", "set", "source", "split", "split_of_group", "score"]].to_csv(index=False)
+    )
     if args.sheets:
         sheets(name, df, sel, t, adult_key, args.work / "sheets")
     return res
@@ -137,24 +161,49 @@ def sheets(name: str, df, sel: dict, t: float, adult_key: str, out: Path) -> Non
     test, copies, training), every missed adult (validation/test or the held-out source),
     the 12 highest-scored official test films, the 32 highest-scored children and the 32
     lowest-scored adults."""
+
     def cap(r):
         return f"{r.score:.3f} {r.set} {r.split_of_group} {Path(r.path).stem}"[:38]
 
-    kids_all = df[sel["ped_val"] | sel["ped_train (trained on)"] | sel["A ped_test (official)"] | sel["B copy_ped all"]]
+    kids_all = df[
+        sel["ped_val"]
+        | sel["ped_train (trained on)"]
+        | sel["A ped_test (official)"]
+        | sel["B copy_ped all"]
+    ]
     kids_all = kids_all.sort_values("score", ascending=False)
-    adult_sets = [k for k in sel if k.startswith(("adult_val (", "D adult_test", "C held-out", "adult_test: Covid", "adult_val: Covid"))]
+    adult_sets = [
+        k
+        for k in sel
+        if k.startswith(
+            ("adult_val (", "D adult_test", "C held-out", "adult_test: Covid", "adult_val: Covid")
+        )
+    ]
     adults = df[np.logical_or.reduce([sel[k] for k in adult_sets])].sort_values("score")
     groups = {
         "children_flagged": (kids_all[kids_all["score"] > t], 6, 220),
         "adults_missed": (adults[adults["score"] <= t], 6, 220),
-        "test_highest": (df[sel["A ped_test (official)"]].sort_values("score", ascending=False).head(12), 6, 220),
+        "test_highest": (
+            df[sel["A ped_test (official)"]].sort_values("score", ascending=False).head(12),
+            6,
+            220,
+        ),
         "children_highest": (kids_all.head(32), 8, 160),
         "adults_lowest": (adults.head(32), 8, 160),
     }
     for tag, (rows, cols, size) in groups.items():
         if len(rows):
-            write_sheet(rows["path"].tolist(), [cap(r) for r in rows.itertuples()], out / f"{name}_{tag}.png", cols, size)
-    print(f"  t = {t:.4f}; children flagged: {len(groups['children_flagged'][0])}; adults missed: {len(groups['adults_missed'][0])}")
+            write_sheet(
+                rows["path"].tolist(),
+                [cap(r) for r in rows.itertuples()],
+                out / f"{name}_{tag}.png",
+                cols,
+                size,
+            )
+    print(
+        f"  t = {t:.4f}; children flagged: {len(groups['children_flagged'][0])}; "
+        f"adults missed: {len(groups['adults_missed'][0])}"
+    )
 
 
 def main() -> None:
@@ -177,10 +226,22 @@ def main() -> None:
         print(f"\n== {name}: threshold {res['threshold']:.4f} (train: {res['train']})")
         print(f"{'set':52s} {'n':>6s} {'flagged':>8s} {'rate':>7s}  95% CI")
         for k, v in res["sets"].items():
-            print(f"{k:52s} {v['n']:6d} {v['flagged']:8d} {100 * v['rate']:6.2f}%  [{100 * v['ci95'][0]:.2f}, {100 * v['ci95'][1]:.2f}]")
-        print(f"AUROC official test vs {res['auroc_ped_test_vs']['set']}: {res['auroc_ped_test_vs']['auroc']:.4f}")
+            print(
+                f"{k:52s} {v['n']:6d} {v['flagged']:8d} {100 * v['rate']:6.2f}%  "
+                f"[{100 * v['ci95'][0]:.2f}, {100 * v['ci95'][1]:.2f}]"
+            )
+        print(
+            f"AUROC official test vs {res['auroc_ped_test_vs']['set']}: "
+            f"{res['auroc_ped_test_vs']['auroc']:.4f}"
+        )
         for k, v in res["stress"].items():
-            print(f"stress on {k}: " + "; ".join(f"{kind} {100 * r['rate']:.1f}% ({r['flagged']}/{r['n']})" for kind, r in v.items()))
+            print(
+                f"stress on {k}: "
+                + "; ".join(
+                    f"{kind} {100 * r['rate']:.1f}% ({r['flagged']}/{r['n']})"
+                    for kind, r in v.items()
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--name", default="main")
     ap.add_argument("--work", type=Path, default=Path("/work/pop_work"))
     ap.add_argument("--size", type=int, default=128)
@@ -39,8 +41,15 @@ def main() -> None:
     model.load_state_dict(load_file(str(run / "popnet.safetensors")))
     model.eval()
     path = run / "popnet.onnx"
-    torch.onnx.export(model, torch.zeros(1, 1, args.size, args.size), str(path), input_names=["x"],
-                      output_names=["logit"], dynamic_axes={"x": {0: "n"}, "logit": {0: "n"}}, dynamo=False)
+    torch.onnx.export(
+        model,
+        torch.zeros(1, 1, args.size, args.size),
+        str(path),
+        input_names=["x"],
+        output_names=["logit"],
+        dynamic_axes={"x": {0: "n"}, "logit": {0: "n"}},
+        dynamo=False,
+    )
     f = Films(args.work, args.size)
     idx = np.where(f.df["set"].isin(["ped_test", "adult"]))[0]
     p_torch = score(model, f.pre, idx)
@@ -52,8 +61,12 @@ def main() -> None:
     t = json.loads((HERE / f"results_{args.name}.json").read_text())["threshold"]
     diff = float(np.abs(p_onnx - p_torch).max())
     changed = int(((p_onnx > t) != (p_torch > t)).sum())
-    print(f"{path} ({path.stat().st_size / 1e6:.2f} MB); safetensors {(run / 'popnet.safetensors').stat().st_size / 1e6:.2f} MB; "
-          f"max |p_onnx - p_torch| over {len(idx)} films = {diff:.2e}; films changing side of t = {changed}")
+    print(
+        f"{path} ({path.stat().st_size / 1e6:.2f} MB); "
+        f"safetensors {(run / 'popnet.safetensors').stat().st_size / 1e6:.2f} MB; "
+        f"max |p_onnx - p_torch| over {len(idx)} films = {diff:.2e}; "
+        f"films changing side of t = {changed}"
+    )
 
 
 if __name__ == "__main__":

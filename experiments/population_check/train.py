@@ -77,7 +77,9 @@ def lr_at(step: int, steps: int, warmup: int, lr: float) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--name", required=True)
     ap.add_argument("--work", type=Path, default=Path("/work/pop_work"))
     ap.add_argument("--adult-sources", nargs="+", default=["ieee8023", "figure1"])
@@ -101,16 +103,26 @@ def main() -> None:
     f = Films(args.work, args.size)
     df = f.df
     child = f.rows((df["set"] == "ped_train") & (df["split"] == "train"))
-    adult = f.rows((df["set"] == "adult") & df["source"].isin(args.adult_sources) & df["split"].isin(args.adult_splits))
+    adult = f.rows(
+        (df["set"] == "adult")
+        & df["source"].isin(args.adult_sources)
+        & df["split"].isin(args.adult_splits)
+    )
     ped_val = f.rows((df["set"] == "ped_train") & (df["split"] == "val"))
     adult_val = f.rows((df["set"] == "adult") & (df["split"] == "val") & ~df.index.isin(adult))
-    print(f"[{args.name}] train: {len(child)} child films, {len(adult)} adult films "
-          f"({df.loc[adult, 'source'].value_counts().to_dict()}); logged: {len(ped_val)} ped val, {len(adult_val)} adult val")
+    print(
+        f"[{args.name}] train: {len(child)} child films, {len(adult)} adult films "
+        f"({df.loc[adult, 'source'].value_counts().to_dict()}); "
+        f"logged: {len(ped_val)} ped val, {len(adult_val)} adult val"
+    )
 
     model = build("popnet")
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.wd}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+    )
     loss_fn = torch.nn.BCEWithLogitsLoss()
     half = args.batch // 2
     y = torch.cat([torch.zeros(half), torch.ones(args.batch - half)])
@@ -131,9 +143,18 @@ def main() -> None:
         if (step + 1) % args.log_every == 0 or last:
             sv, sa = score(model, f.pre, ped_val), score(model, f.pre, adult_val)
             t = rule_threshold(sv)
-            rec = dict(step=step + 1, minutes=(time.time() - t0) / 60, loss=float(np.mean(losses[-args.log_every:])),
-                       ped_val_auroc=float(roc_auc_score(np.r_[np.zeros(len(sv)), np.ones(len(sa))], np.r_[sv, sa])) if len(sa) else None,
-                       threshold=t, adult_val_flagged=float((sa > t).mean()) if len(sa) else None)
+            rec = dict(
+                step=step + 1,
+                minutes=(time.time() - t0) / 60,
+                loss=float(np.mean(losses[-args.log_every :])),
+                ped_val_auroc=float(
+                    roc_auc_score(np.r_[np.zeros(len(sv)), np.ones(len(sa))], np.r_[sv, sa])
+                )
+                if len(sa)
+                else None,
+                threshold=t,
+                adult_val_flagged=float((sa > t).mean()) if len(sa) else None,
+            )
             history.append(rec)
             print(json.dumps(rec), flush=True)
         if (time.time() - t0) / 60 > args.max_minutes and not last:
@@ -142,13 +163,23 @@ def main() -> None:
             break
     model.eval()
     save_file(model.state_dict(), str(out / "popnet.safetensors"))
-    cfg = dict(vars(args), work=str(args.work), n_child=len(child), n_adult=len(adult), params=n_params(model),
-               minutes=(time.time() - t0) / 60, cut_by_cap=cut, steps_done=len(losses),
-               preprocess=dict(img_size=args.size, clahe=True, clahe_clip_limit=2.0, clahe_tile_grid=8))
+    cfg = dict(
+        vars(args),
+        work=str(args.work),
+        n_child=len(child),
+        n_adult=len(adult),
+        params=n_params(model),
+        minutes=(time.time() - t0) / 60,
+        cut_by_cap=cut,
+        steps_done=len(losses),
+        preprocess=dict(img_size=args.size, clahe=True, clahe_clip_limit=2.0, clahe_tile_grid=8),
+    )
     (out / "config.json").write_text(json.dumps(cfg, indent=1))
     (out / "history.json").write_text(json.dumps(history, indent=1))
-    print(f"[{args.name}] done in {cfg['minutes']:.1f} min; weights {out / 'popnet.safetensors'} "
-          f"({(out / 'popnet.safetensors').stat().st_size / 1e6:.2f} MB)")
+    print(
+        f"[{args.name}] done in {cfg['minutes']:.1f} min; weights {out / 'popnet.safetensors'} "
+        f"({(out / 'popnet.safetensors').stat().st_size / 1e6:.2f} MB)"
+    )
 
 
 if __name__ == "__main__":
