@@ -88,3 +88,14 @@ def test_prepare_all_unreadable_is_a_user_error(tmp_path):
 def test_open_cache_on_a_wrong_folder(tmp_path):
     with pytest.raises(UserError, match="data prepare"):
         open_cache(tmp_path)
+
+
+def test_an_old_cache_json_reads_with_defaults(tmp_path):
+    """cache.json from an older release lacks counts, split note and data: typed defaults."""
+    import json
+
+    from pneumoscope.data.cache import CacheInfo
+
+    info = CacheInfo.from_dict(json.loads(json.dumps({"preprocess": {"img_size": 64}})))
+    assert info.preprocess.img_size == 64
+    assert (info.counts, info.split_note, info.n_rejected, info.data) == ({}, "", 0, {})

@@ -12,6 +12,8 @@ import jinja2
 import numpy as np
 import pytest
 
+from pneumoscope.data.cache import CacheInfo
+from pneumoscope.data.preprocess import PreprocessConfig
 from pneumoscope.evaluation.report import _templates, write_report
 from pneumoscope.model.contract import ModelCard, RunFiles
 
@@ -63,7 +65,8 @@ def _card(**changes) -> dict:
 def _page(tmp_path: Path, result: dict | None = None, card: dict | None = None) -> str:
     run = RunFiles(tmp_path / "run")
     loaded = SimpleNamespace(card=ModelCard.from_dict(card or _card()), root=run.root, files=run)
-    info = {"counts": {"test": {"NORMAL": 2, "PNEUMONIA": 2, "total": 4}}, "split_note": "given"}
+    counts = {"test": {"NORMAL": 2, "PNEUMONIA": 2, "total": 4}}
+    info = CacheInfo(PreprocessConfig(img_size=8), counts=counts, split_note="given")
     cache = SimpleNamespace(info=info, images=np.full((1, 8, 8), 128, np.uint8))
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)

@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 
 from pneumoscope.core.errors import UserError
-from pneumoscope.data.cache import Cache
+from pneumoscope.data.cache import Cache, CacheInfo
 from pneumoscope.data.dicom import DicomHeader
+from pneumoscope.data.preprocess import PreprocessConfig
 from pneumoscope.inference.explain import explain_files
 from pneumoscope.inference.intended_use import RULES, IntendedUse, parse_allow
 from pneumoscope.inference.predict import predict_to_csv
@@ -151,9 +152,8 @@ def _cache(rows: list[dict], sources: list[dict]) -> Cache:
     for col, default in (("age_group", ""), ("age", np.nan), ("view", "")):
         if col not in manifest:
             manifest[col] = default
-    return Cache(
-        Path("."), np.zeros((len(rows), 2, 2), np.uint8), manifest, {"data": {"sources": sources}}
-    )
+    info = CacheInfo(PreprocessConfig(img_size=2), data={"sources": sources})
+    return Cache(Path("."), np.zeros((len(rows), 2, 2), np.uint8), manifest, info)
 
 
 def test_training_population_from_the_manifest_and_the_known_sets():

@@ -157,3 +157,14 @@ def test_the_digest_is_cached_until_the_file_changes(tmp_path, monkeypatch):
     assert contract.file_sha256(path) == first and len(calls) == 1
     path.write_bytes(b"b" * 11)
     assert contract.file_sha256(path) != first and len(calls) == 2
+
+
+def test_validation_metrics_are_typed_and_missing_figures_are_none():
+    from pneumoscope.model.contract import ValidationMetrics
+
+    v = ValidationMetrics.from_dict(
+        {"val_auroc": 0.98, "val_loss": 0.2, "at_threshold": {"sensitivity": 0.95}}
+    )
+    assert (v.auroc, v.loss, v.accuracy) == (0.98, 0.2, None)
+    assert v.at_threshold["sensitivity"] == 0.95
+    assert ValidationMetrics.from_dict({}).auroc is None  # an ensemble's card has none

@@ -98,7 +98,7 @@ def train(
         return
     c, t = card.calibration, card.training
     typer.echo(
-        f"best epoch {card.best_epoch}: val AUROC {card.val_metrics['val_auroc']:.4f}; "
+        f"best epoch {card.best_epoch}: val AUROC {card.validation.auroc:.4f}; "
         f"temperature {c.temperature_:.3f}, threshold {c.threshold_:.3f} (youden on "
         f"validation{c.views_note()}); {t.train_seconds:.0f} s; stopped by "
         f"{t.stopped_by.replace('_', ' ')}; run in {cfg.out}"

@@ -306,17 +306,45 @@ def counts_table(manifest: pd.DataFrame) -> dict[str, dict[str, int]]:
 
 
 @dataclass
+class CacheInfo:
+    """cache.json, typed: how the images were preprocessed, how many were kept and
+    rejected, how the splits were made, the counts per split and class, and what
+    ``data prepare`` was told (``data``: its config and sources). Caches written by older
+    releases lack some keys; this is the one place that gives them their defaults."""
+
+    preprocess: PreprocessConfig
+    n_images: int = 0
+    n_rejected: int = 0
+    split_note: str = ""
+    counts: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    pneumoscope_version: str = "unknown"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CacheInfo:
+        return cls(
+            preprocess=PreprocessConfig.from_dict(d["preprocess"]),
+            n_images=int(d.get("n_images", 0)),
+            n_rejected=int(d.get("n_rejected", 0)),
+            split_note=str(d.get("split_note", "")),
+            counts=dict(d.get("counts") or {}),
+            data=dict(d.get("data") or {}),
+            pneumoscope_version=str(d.get("pneumoscope_version", "unknown")),
+        )
+
+
+@dataclass
 class Cache:
     """A prepared dataset directory, opened read-only."""
 
     root: Path
     images: np.ndarray  # memory-mapped (N, S, S) uint8
     manifest: pd.DataFrame
-    info: dict
+    info: CacheInfo
 
     @property
     def preprocess(self) -> PreprocessConfig:
-        return PreprocessConfig.from_dict(self.info["preprocess"])
+        return self.info.preprocess
 
     def split(self, name: str) -> pd.DataFrame:
         sub = self.manifest[self.manifest["split"] == name]
@@ -333,7 +361,12 @@ def open_cache(root: str | Path) -> Cache:
             f"not a prepared dataset: {root} (run 'pneumoscope data prepare "
             f"--source IMAGES --out {root}' first)"
         )
-    info = json.loads((root / "cache.json").read_text())
+    try:
+        info = CacheInfo.from_dict(json.loads((root / "cache.json").read_text()))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(
+            f"{root}/cache.json is unreadable ({exc}); prepare the dataset again"
+        ) from None
     images = np.load(root / "images.npy", mmap_mode="r")
     manifest = pd.read_csv(root / "manifest.csv", dtype={c: str for c in STRING_COLUMNS})
     for col in STRING_COLUMNS:  # older caches lack the newer columns

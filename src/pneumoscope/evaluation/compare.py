@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from pneumoscope.core.errors import UserError
 from pneumoscope.core.io import write_text_atomic
+from pneumoscope.evaluation.record import EvaluationRecord
 from pneumoscope.model.contract import RunFiles, read_card
 
 COLUMNS = (
@@ -23,11 +23,11 @@ COLUMNS = (
 )
 
 
-def _cell(m: dict, key: str) -> str:
-    v = m.get(key, float("nan"))
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+def _cell(m: EvaluationRecord, key: str) -> str:
+    v = m.figure(key)
+    if v is None:
         return "n/a"
-    lo, hi = m.get("ci", {}).get(key, [float("nan"), float("nan")])
+    lo, hi = m.ci.get(key, (float("nan"), float("nan")))
     return f"{v:.3f}" if math.isnan(lo) else f"{v:.3f} ({lo:.3f}-{hi:.3f})"
 
 
@@ -41,13 +41,13 @@ def collect(runs: list[str | Path], metrics_name: str = RunFiles.METRICS) -> lis
             raise UserError(
                 f"{mpath} not found: run 'pneumoscope evaluate --run {run} --data DATA' first"
             )
-        m = json.loads(mpath.read_text())
+        m = EvaluationRecord.read(mpath)
         rows.append(
             {
                 "run": run.name,
                 "model": f"{card.architecture} {card.input.img_size}px",
-                "split": f"{m.get('split')} (n={m.get('n')})",
-                "threshold": f"{m['threshold']:.3f} {m.get('threshold_policy', '').split(' ')[0]}",
+                "split": f"{m.split} (n={m.n})",
+                "threshold": f"{m.threshold:.3f} {m.threshold_policy.split(' ')[0]}",
                 **{k: _cell(m, k) for k in COLUMNS},
             }
         )

@@ -79,7 +79,7 @@ def _card_view(card: ModelCard) -> dict:
         "best_epoch": card.best_epoch,
         "imbalance": card.training.imbalance,
         "seed": card.training.seed,
-        "val_auroc": card.val_metrics.get("val_auroc", float("nan")),
+        "val_auroc": _or_nan(card.validation.auroc),
         "training_sources": list(card.training_data.sources),
     }
 
@@ -99,14 +99,14 @@ def _heading(result: dict) -> dict:
 
 
 def _data_section(cache) -> dict:
-    counts = cache.info.get("counts", {})
+    counts = cache.info.counts
     return {
         "data_rows": [
             [s, c.get("NORMAL", 0), c.get("PNEUMONIA", 0), c.get("total", 0)]
             for s, c in counts.items()
         ],
-        "split_note": cache.info.get("split_note", ""),
-        "n_rejected": cache.info.get("n_rejected", 0),
+        "split_note": cache.info.split_note,
+        "n_rejected": cache.info.n_rejected,
     }
 
 
@@ -245,3 +245,7 @@ def _img(path: Path, caption: str) -> dict | None:
 def _thumb(img, caption: str) -> dict | None:
     ok, png = cv2.imencode(".png", np.asarray(img))
     return _figure(png.tobytes(), caption) if ok else None
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value

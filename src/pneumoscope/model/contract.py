@@ -334,6 +334,28 @@ class TrainingInfo:
     )
 
 
+@dataclass(frozen=True)
+class ValidationMetrics:
+    """The card's validation figures (``val_metrics`` in model.json), typed: loss,
+    accuracy and AUROC of the best epoch, and every figure at the run's threshold. An
+    ensemble's card has none (its members' are in ``ensemble``); a figure a card lacks is
+    None, never a default that could pass for a measurement."""
+
+    auroc: float | None = None
+    loss: float | None = None
+    accuracy: float | None = None
+    at_threshold: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ValidationMetrics:
+        def number(key: str) -> float | None:
+            value = d.get(key)
+            return None if value is None else float(value)
+
+        at = d.get("at_threshold") or {}
+        return cls(number("val_auroc"), number("val_loss"), number("val_accuracy"), dict(at))
+
+
 @dataclass
 class ModelCard:
     """model.json: what the run is, what it expects, how it was made and how well it did.
@@ -409,6 +431,11 @@ class ModelCard:
             extra={k: v for k, v in d.items() if k not in plain | cls._STRUCTURED},
             calibration=None if calibration is None else TemperatureScaler.from_dict(calibration),
         )
+
+    @property
+    def validation(self) -> ValidationMetrics:
+        """``val_metrics``, typed."""
+        return ValidationMetrics.from_dict(self.val_metrics)
 
     def to_dict(self) -> dict[str, Any]:
         """model.json's content, in the order train has always written it."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import threading
 import time
 from concurrent import futures
@@ -22,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from pneumoscope.evaluation.record import EvaluationRecord
 from pneumoscope.inference.predictor import Predictor
 from pneumoscope.inference.scoring import Prediction
 from pneumoscope.serving.batcher import MicroBatcher
@@ -126,17 +126,10 @@ class Engine:
     def _test_metrics(self) -> dict | None:
         """The run's own evaluation (RUN/metrics.json from `pneumoscope evaluate`), its scalar
         figures and 95% intervals only; None when the run was never evaluated."""
-        path = self.loaded.files.metrics
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, ValueError):
+        record = EvaluationRecord.read_if_any(self.loaded.files.metrics)
+        if record is None or record.figure("auroc") is None:
             return None
-        keep = {
-            k: v
-            for k, v in result.items()
-            if isinstance(v, int | float | str) and k not in ("run", "data")  # server paths
-        }
-        return {**keep, "ci": result.get("ci", {})} if "auroc" in keep else None
+        return record.public()
 
     def predict(
         self,

@@ -56,7 +56,7 @@ def member_record(path: Path, loaded: LoadedRun) -> dict:
         "weights_sha256": file_sha256(loaded.files.weights),
         "seed": card.training.seed,
         "best_epoch": card.best_epoch,
-        "val_auroc": card.val_metrics.get("val_auroc"),
+        "val_auroc": card.validation.auroc,
         "train_seconds": card.training.train_seconds,
     }
 

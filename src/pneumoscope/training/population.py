@@ -54,7 +54,7 @@ def training_population(cache: Cache, split: str = "train") -> TrainingPopulatio
 
 
 def _source_info(cache: Cache) -> list[dict]:
-    data = cache.info.get("data") or {}
+    data = cache.info.data
     return [s for s in data.get("sources", []) if isinstance(s, dict)]
 
 

@@ -450,7 +450,7 @@ def _training_data(cfg: TrainConfig, cache: Cache) -> TrainingData:
         cache=str(Path(cfg.data).expanduser().resolve()),
         sources=sorted(cache.manifest["source"].unique().tolist()),
         counts=counts_table(cache.manifest),
-        split_note=cache.info.get("split_note", ""),
+        split_note=cache.info.split_note,
     )
 
 
