@@ -25,15 +25,9 @@ from pneumoscope.core.errors import UserError
 from pneumoscope.core.io import write_json_atomic
 from pneumoscope.data.preprocess import PreprocessConfig
 from pneumoscope.model.calibration import TemperatureScaler
+from pneumoscope.model.statements import INTENDED_USE
 
 CARD_VERSION = 1
-INTENDED_USE = (
-    "Research and decision support, not a medical device: the probability of pneumonia on "
-    "one frontal (AP or PA) chest radiograph (CR, DX or a digitised film) of a patient like "
-    "those the model was trained on (see its training population). Not for CT, MR or other "
-    "modalities, lateral views, other body parts, multi-frame objects or ages outside the "
-    "training population: DICOM inputs that are so are refused unless allowed (--allow)."
-)
 FRONTAL_VIEWS = ("AP", "PA", "FRONTAL")
 
 
@@ -290,13 +284,6 @@ class TrainingPopulation:
 
 def _years(value: float) -> str:
     return f"{value:g}" if value >= 1 else f"{value:.2g}"
-
-
-def intended_use_text(population: TrainingPopulation | None) -> str:
-    """The card's intended-use statement, naming the training population when known."""
-    if population is None:
-        return INTENDED_USE
-    return f"{INTENDED_USE} Trained on {population.summary()}."
 
 
 @dataclass

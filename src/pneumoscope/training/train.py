@@ -49,8 +49,8 @@ from pneumoscope.model.contract import (
     RunFiles,
     TrainingData,
     TrainingInfo,
-    intended_use_text,
 )
+from pneumoscope.model.statements import intended_use_text
 from pneumoscope.training.callbacks import (
     AtomicCheckpointIO,
     FreezeBackbone,
