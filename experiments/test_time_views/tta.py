@@ -7,7 +7,7 @@ Applies the rule in README.md beside it ("Test-time views: the rule").
 
 Measures a property of trained runs, not speed. Per run, on the validation split: the
 plain logits (the run's own inference path) and ``max(views)`` augmented views of each
-film (``calibration.augmented_view_logits``: the run's training augmentation, seeded);
+film (``calibration.augmented_logits``: the run's training augmentation, seeded);
 the averaged logit for K views is the mean of the plain logit and the first K views'.
 The rule takes the smaller K whose validation AUROC gain, averaged over the runs, is at
 least 0.002 and which raises every run's AUROC. Only when a K is adopted are the test
@@ -28,7 +28,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from pneumoscope.core.io import write_json_atomic
 from pneumoscope.data.cache import open_cache
-from pneumoscope.evaluation.calibration import augmented_view_logits
+from pneumoscope.evaluation.calibration import augmented_logits
 from pneumoscope.model.run import load_run
 
 HERE = Path(__file__).resolve().parent
@@ -57,7 +57,7 @@ def split_logits(run: Path, cache, split: str, views: int, seed: int) -> dict:
     rows = part["index"].to_numpy()
     plain = loaded.predict_logits(cache.images, rows=rows).astype(np.float64)
     augment = loaded.card.training.augment or {}
-    aug = augmented_view_logits(loaded, augment, cache.images, rows, views, seed)
+    aug = augmented_logits(loaded, augment, cache.images, rows, views, seed)
     return {"y": part["label"].to_numpy(), "plain": plain, "views": aug}
 
 

@@ -238,67 +238,70 @@ def test_calibrate_policies_and_stale_calibration(run_dir, data_dir, tmp_path):
         load_run(run)
 
 
-def test_threshold_on_augmented_validation_views(run_dir, data_dir, tmp_path):
+def test_threshold_tta_on_augmented_validation_copies(run_dir, data_dir, tmp_path):
     import shutil
 
-    from pneumoscope.evaluation.calibration import augmented_view_logits, calibrate
+    from pneumoscope.evaluation.calibration import augmented_logits, calibrate
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     plain = json.loads((run / "calibration.json").read_text())
-    c = calibrate(run, data_dir, views=3, views_seed=7)
+    c = calibrate(run, data_dir, threshold_tta=3, threshold_tta_seed=7)
     n_val = c.validation_.n
-    tv = c.threshold_views_
-    assert tv.views == 3 and tv.n_scored == 4 * n_val and 0 <= tv.views_auroc <= 1
+    tv = c.threshold_tta_
+    assert tv.copies == 3 and tv.n_scored == 4 * n_val and 0 <= tv.copies_auroc <= 1
     assert tv.augment == json.loads((run / "model.json").read_text())["training"]["augment"]
-    # the temperature is fitted on the plain images only; the same seed gives the same views
+    # the temperature is fitted on the plain images only; the same seed gives the same copies
     assert c.temperature_ == pytest.approx(plain["temperature"], rel=1e-9)
-    assert calibrate(run, data_dir, views=3, views_seed=7).threshold_ == c.threshold_
-    assert "3 augmented views" in load_run(run).threshold_policy
-    # without views, calibrate takes the run's training setting from its card
+    again = calibrate(run, data_dir, threshold_tta=3, threshold_tta_seed=7)
+    assert again.threshold_ == c.threshold_
+    assert "3 augmented copies" in load_run(run).threshold_policy
+    # without threshold_tta, calibrate takes the run's training setting from its card
     card_path = run / "model.json"
     card = json.loads(card_path.read_text())
-    assert card["training"]["threshold_views"] == 0
-    card["training"]["threshold_views"] = 2
+    assert card["training"]["threshold_tta"] == 0 and "threshold_views" not in card["training"]
+    card["training"]["threshold_tta"] = 2
     card_path.write_text(json.dumps(card))
-    assert calibrate(run, data_dir).threshold_views_.n_scored == 3 * n_val
-    # views under an identity augmentation are the plain predictions
+    assert calibrate(run, data_dir).threshold_tta_.n_scored == 3 * n_val
+    # a card from before the rename says threshold_views: the same setting
+    card["training"]["threshold_views"] = card["training"].pop("threshold_tta")
+    card_path.write_text(json.dumps(card))
+    assert calibrate(run, data_dir).threshold_tta_.n_scored == 3 * n_val
+    # copies under an identity augmentation are the plain predictions
     loaded = load_run(run, use_calibration=False)
     loaded.card.training.augment = {
         k: 0.0 for k in ("rotation", "zoom", "shift", "brightness", "contrast")
     }
     cache = open_cache(data_dir)
     rows = cache.split("val")["index"].to_numpy()
-    z = augmented_view_logits(loaded, loaded.card.training.augment, cache.images, rows, views=2)
+    z = augmented_logits(loaded, loaded.card.training.augment, cache.images, rows, copies=2)
     np.testing.assert_allclose(z[0], loaded.predict_logits(cache.images, rows=rows), atol=1e-4)
     np.testing.assert_array_equal(z[0], z[1])
-    with pytest.raises(UserError, match="--views"):
-        calibrate(run, data_dir, views=-1)
+    with pytest.raises(UserError, match="--threshold-tta"):
+        calibrate(run, data_dir, threshold_tta=-1)
 
 
-def test_test_time_views_are_how_every_command_scores(
-    run_dir, data_dir, synthetic_source, tmp_path
-):
-    """A run calibrated with test-time views: calibrate fits on the averaged logits, and
+def test_tta_is_how_every_command_scores(run_dir, data_dir, synthetic_source, tmp_path):
+    """A run calibrated with test-time augmentation: calibrate fits on the averaged logits, and
     evaluate, predict and the service give each film the same averaged probability."""
     import shutil
 
     from pneumoscope.data.augment import AugmentConfig
     from pneumoscope.evaluation.calibration import calibrate
-    from pneumoscope.model.views import view_stack
+    from pneumoscope.model.tta import copy_stack
     from pneumoscope.serving.engine import Engine, Upload
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
-    c = calibrate(run, data_dir, test_views=2)
-    assert json.loads((run / "calibration.json").read_text())["test_views"]["views"] == 2
+    c = calibrate(run, data_dir, tta=2)
+    assert json.loads((run / "calibration.json").read_text())["tta"]["copies"] == 2
     loaded = load_run(run)
-    assert loaded.test_views.views == 2 and "2 augmented views of it" in loaded.threshold_policy
-    # by hand: the mean of the film's logit and its two views' logits
+    assert loaded.tta.copies == 2 and "2 augmented copies of it" in loaded.threshold_policy
+    # by hand: the mean of the film's logit and its two copies' logits
     cache = open_cache(data_dir)
     test = cache.split("test")
     imgs = cache.images[test["index"].to_numpy()]
-    copies = view_stack(imgs, 2, AugmentConfig.from_dict(loaded.card.training.augment), 0)
+    copies = copy_stack(imgs, 2, AugmentConfig.from_dict(loaded.card.training.augment), 0)
     z = (loaded.predict_logits(imgs) + loaded.predict_logits(copies).reshape(-1, 2).sum(1)) / 3
     expect = dict(
         zip(test["path"].map(lambda p: Path(p).name), loaded.proba_from_logits(z), strict=True)
@@ -306,7 +309,7 @@ def test_test_time_views_are_how_every_command_scores(
     # calibrate fitted on the averaged validation logits: its AUROC is theirs, by hand
     val = cache.split("val")
     vimgs = cache.images[val["index"].to_numpy()]
-    vcopies = view_stack(vimgs, 2, AugmentConfig.from_dict(loaded.card.training.augment), 0)
+    vcopies = copy_stack(vimgs, 2, AugmentConfig.from_dict(loaded.card.training.augment), 0)
     vz = (loaded.predict_logits(vimgs) + loaded.predict_logits(vcopies).reshape(-1, 2).sum(1)) / 3
     assert c.validation_.after["auroc"] == pytest.approx(roc_auc_score(val["label"], vz), abs=1e-9)
     m = evaluate(run, data_dir, "test", out=tmp_path / "ev", n_boot=0)
@@ -321,10 +324,10 @@ def test_test_time_views_are_how_every_command_scores(
     for f, s in zip(files, served, strict=True):
         assert by_name[f.name] == pytest.approx(expect[f.name], abs=1e-5)
         assert s.prediction.probability == pytest.approx(by_name[f.name], abs=1e-5)
-    # recalibrated with --test-views 0, the run scores the plain film again
-    calibrate(run, data_dir, test_views=0)
-    assert load_run(run).test_views is None
-    assert "test_views" not in json.loads((run / "calibration.json").read_text())
+    # recalibrated with --tta 0, the run scores the plain film again
+    calibrate(run, data_dir, tta=0)
+    assert load_run(run).tta is None
+    assert "tta" not in json.loads((run / "calibration.json").read_text())
 
 
 def test_evaluate_writes_every_image_and_names_the_most_confident_errors(

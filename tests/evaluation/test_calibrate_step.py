@@ -85,21 +85,23 @@ def test_calibrate_warns_when_the_copies_score_much_worse_than_the_films(capsys)
     from types import SimpleNamespace
 
     from pneumoscope.cli.evaluate import _echo_calibration
-    from pneumoscope.model.calibration import ThresholdViews
+    from pneumoscope.model.calibration import ThresholdAugmentation
 
     def fitted(copies_auroc: float):
         d = {"nll": 0.1, "ece": 0.02, "brier": 0.03, "auroc": 0.990}
         at = {"sensitivity": 0.775, "specificity": 1.0}
-        tv = ThresholdViews(views=4, seed=0, augment={}, n_scored=10, views_auroc=copies_auroc)
+        tv = ThresholdAugmentation(
+            copies=4, seed=0, augment={}, n_scored=10, copies_auroc=copies_auroc
+        )
         v = SimpleNamespace(n=5, before=d, after=d, at_threshold=at)
         return SimpleNamespace(
-            validation_=v, temperature_=0.55, test_views_=None, threshold_views_=tv,
+            validation_=v, temperature_=0.55, tta_=None, threshold_tta_=tv,
             threshold_=0.98, temperature_warning_="",
         )  # fmt: skip
 
     _echo_calibration(fitted(0.954), "youden", RunFiles.of(".").calibration)
     err = capsys.readouterr().err
     assert "copies score much worse than the films (AUROC 0.954 against 0.990)" in err
-    assert "--views 0" in err
+    assert "--threshold-tta 0" in err
     _echo_calibration(fitted(0.985), "youden", RunFiles.of(".").calibration)
     assert "copies" not in capsys.readouterr().err

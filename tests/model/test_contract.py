@@ -29,7 +29,7 @@ def test_the_v1_fixture_card_round_trips_key_for_key():
     assert card.architecture == "test_efficientnet" and card.input.img_size == 32
     assert card.input.preprocess.clahe is True and card.input.in_chans == 1
     assert card.input.normalization.kind == "dataset" and card.input.eval_crop == 1.0
-    assert card.training.augment["rotation"] == 10.0 and card.training.threshold_views == 0
+    assert card.training.augment["rotation"] == 10.0 and card.training.threshold_tta == 0
     out = card.to_dict()
     assert out.pop("card_version") == 1
     # the same keys in the same order with the same values: tools reading model.json see
@@ -59,7 +59,7 @@ def test_cards_of_older_shape_get_their_defaults_in_one_place():
     assert card.input.normalization.kind == "dataset"  # the only normalisation back then
     assert card.threshold_policy == "0.5" and card.pneumoscope_version == "unknown"
     t = card.training
-    assert t.augment is None and t.threshold_views == 0 and t.ema_decay == 0.0
+    assert t.augment is None and t.threshold_tta == 0 and t.ema_decay == 0.0
     assert t.freeze_epochs == 0 and t.processes == 1 and t.initial_weights is None
     assert t.optimizer is None and t.epochs_run == 2
 

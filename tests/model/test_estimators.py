@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from pneumoscope.core.errors import UserError
-from pneumoscope.model.calibration import TemperatureScaler, ThresholdViews, ValidationCheck
+from pneumoscope.model.calibration import TemperatureScaler, ThresholdAugmentation, ValidationCheck
 from pneumoscope.model.contract import RunFiles
 from pneumoscope.model.ood import OodGuard
 
@@ -30,8 +30,10 @@ def _fitted_scaler() -> TemperatureScaler:
     z = rng.normal(0, 2, 300)
     y = (rng.random(300) < 1 / (1 + np.exp(-z))).astype(int)
     scaler = TemperatureScaler().fit(3 * z, y)
-    views = ThresholdViews(views=2, seed=7, augment={"zoom": 0.1}, n_scored=900, views_auroc=0.8)
-    scaler.set_threshold("f1", {"youden": 0.4, "f1": 0.3}, {"cost_fn": 5.0}, views)
+    copies = ThresholdAugmentation(
+        copies=2, seed=7, augment={"zoom": 0.1}, n_scored=900, copies_auroc=0.8
+    )
+    scaler.set_threshold("f1", {"youden": 0.4, "f1": 0.3}, {"cost_fn": 5.0}, copies)
     check = ValidationCheck(300, {"nll": 0.6}, {"nll": 0.5}, {"sensitivity": 0.9})
     return scaler.set_provenance(check, "/data", "abc")
 
@@ -59,7 +61,7 @@ def test_temperature_scaler_save_load_round_trip(run):
         "temperature_warning",
         "policy",
         "policy_params",
-        "threshold_views",
+        "threshold_tta",
         "threshold",
         "thresholds_by_policy",
         "validation",
@@ -71,15 +73,19 @@ def test_temperature_scaler_save_load_round_trip(run):
     assert d["weights_sha256"] == run.weights_sha256() and d["threshold"] == 0.3
     back = TemperatureScaler.load(run)
     assert back.to_dict() == scaler.to_dict()
-    assert back.temperature_ == scaler.temperature_ and back.threshold_views_.views == 2
-    assert back.views_note() == " + 2 augmented views of each image"
+    assert back.temperature_ == scaler.temperature_ and back.threshold_tta_.copies == 2
+    assert back.tta_note() == " + 2 augmented copies of each image"
 
 
 def test_the_fixtures_calibration_loads_as_written(run):
     on_disk = json.loads(run.calibration.read_text())
     scaler = TemperatureScaler.load(run)
-    assert scaler.to_dict() == on_disk
-    assert scaler.threshold_ == on_disk["threshold"] and scaler.threshold_views_ is None
+    # written before the rename: threshold_views is written back as threshold_tta, the
+    # rest key for key and in order
+    assert "threshold_views" in on_disk and "threshold_tta" not in on_disk
+    renamed = {"threshold_tta" if k == "threshold_views" else k: v for k, v in on_disk.items()}
+    assert list(scaler.to_dict().items()) == list(renamed.items())
+    assert scaler.threshold_ == on_disk["threshold"] and scaler.threshold_tta_ is None
 
 
 def test_a_calibration_of_other_weights_is_refused(run):

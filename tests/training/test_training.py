@@ -80,8 +80,8 @@ def test_presets_load_and_agree_with_the_page_that_describes_them(tmp_path):
         assert ("CLAHE" in what) == cfg.clahe, name
     fc = resolve_config("fast-cpu", over)  # the reference recipe of the README
     what = table["fast-cpu"][0]
-    assert f"+ {fc.threshold_views} augmented views" in what
-    assert f"{fc.test_views} augmented views (test-time views)" in what
+    assert f"+ {fc.threshold_tta} augmented copies" in what
+    assert f"{fc.tta} augmented copies (test-time augmentation)" in what
     assert f"at most {fc.max_minutes:g} minutes" in what
     assert resolve_config(str(preset_folder("train") / "seed2-efficientnet.yaml"), over) == (
         resolve_config("seed2-efficientnet", over)
@@ -129,9 +129,12 @@ def test_config_precedence_and_one_line_errors(tmp_path):
 def test_a_run_config_written_by_release_0_1_loads_back_unchanged(tmp_path):
     saved = REPO / "tests" / "fixtures" / "run_v1" / "config.yaml"
     cfg = resolve_config(saved.parent, {})  # a run folder stands for its config.yaml
-    # unchanged but for the weight average, which 0.1 wrote off and which is gone since
+    # unchanged but for the weight average, which 0.1 wrote off and which is gone since,
+    # and threshold_views, renamed threshold_tta (same value, same place)
     assert "ema_decay: 0.0\n" in saved.read_text() and cfg.retired_note() == ""
-    assert cfg.to_yaml() == saved.read_text().replace("ema_decay: 0.0\n", "")
+    assert "threshold_views: 0\n" in saved.read_text() and cfg.threshold_tta == 0
+    expect = saved.read_text().replace("ema_decay: 0.0\n", "")
+    assert cfg.to_yaml() == expect.replace("threshold_views: 0\n", "threshold_tta: 0\n")
     f = tmp_path / "c.yaml"
     f.write_text("data: d\nout: o\noptimizer: adam\n")  # a value from a file names the file
     with pytest.raises(UserError, match=f"'optimizer' in {f} must be one of adamw, rmsprop"):

@@ -28,21 +28,23 @@ def calibrate(
     target_sensitivity: float = typer.Option(
         0.95, help="Minimum sensitivity (policy sensitivity)."
     ),
-    views: int = typer.Option(
+    threshold_tta: int = typer.Option(
         None,
-        help="Also score this many copies of each validation image under the run's training "
-        "augmentation (seeded) and choose the threshold on all of them, so it holds up when "
-        "field of view, position or exposure vary. The temperature is still fitted on the "
-        "plain images. Default: the run's training setting (threshold_views), else 0.",
+        help="Also score this many augmented copies of each validation image under the run's "
+        "training augmentation (seeded) and choose the threshold on all of them, so it holds "
+        "up when field of view, position or exposure vary. The temperature is still fitted on "
+        "the plain images. Default: the run's training setting (threshold_tta), else 0.",
     ),
-    test_views: int = typer.Option(
+    tta: int = typer.Option(
         None,
-        help="Test-time views: score every film as the mean logit of the film and this many "
-        "copies under the run's training augmentation (seeded); the temperature and the "
+        help="Test-time augmentation: score every film as the mean logit of the film and this "
+        "many copies under the run's training augmentation (seeded); the temperature and the "
         "threshold are fitted on those scores, and predict, evaluate, explain and serve then "
         "score the same way (K + 1 forward passes a film; 0 = the plain film). Default: the "
-        "run's training setting (test_views), else 0.",
+        "run's training setting (tta), else 0.",
     ),
+    views: int = typer.Option(None, hidden=True),  # before the rename: --threshold-tta
+    test_views: int = typer.Option(None, hidden=True),  # before the rename: --tta
     ood: bool = typer.Option(
         True,
         "--ood/--no-ood",
@@ -69,7 +71,14 @@ def calibrate(
     if ood_method not in METHODS:
         raise UserError(f"--ood-method must be one of {', '.join(METHODS)}, got '{ood_method}'")
     c = run_cal(
-        run, data, policy, cost_fn, cost_fp, target_sensitivity, views=views, test_views=test_views
+        run,
+        data,
+        policy,
+        cost_fn,
+        cost_fp,
+        target_sensitivity,
+        threshold_tta=views if threshold_tta is None else threshold_tta,
+        tta=test_views if tta is None else tta,
     )
     if ood:
         fit_ood_guard(run, data, method=ood_method)
@@ -92,13 +101,13 @@ def _echo_calibration(c, policy: str, written: Path) -> None:
             for name, d in (("before", v.before), ("after", v.after))
         ],
     )
-    if c.test_views_:
-        typer.echo(f"every score: {c.test_views_.note()} (seed {c.test_views_.seed})")
-    tv = c.threshold_views_
+    if c.tta_:
+        typer.echo(f"every score: {c.tta_.note()} (seed {c.tta_.seed})")
+    tv = c.threshold_tta_
     if tv:
         typer.echo(
             f"threshold chosen on {tv.n_scored} scores: the validation images plus "
-            f"{tv.views} augmented views of each (views AUROC {tv.views_auroc:.4f})"
+            f"{tv.copies} augmented copies of each (copies AUROC {tv.copies_auroc:.4f})"
         )
     typer.echo(
         f"threshold {c.threshold_:.4f} ({policy}): validation sensitivity "
@@ -107,12 +116,12 @@ def _echo_calibration(c, policy: str, written: Path) -> None:
     )
     if c.temperature_warning_:
         typer.echo(f"warning: {c.temperature_warning_}", err=True)
-    if tv and tv.views_auroc < v.after["auroc"] - COPIES_GAP:
+    if tv and tv.copies_auroc < v.after["auroc"] - COPIES_GAP:
         typer.echo(
             f"warning: the augmented copies score much worse than the films (AUROC "
-            f"{tv.views_auroc:.3f} against {v.after['auroc']:.3f}), so a threshold chosen on "
+            f"{tv.copies_auroc:.3f} against {v.after['auroc']:.3f}), so a threshold chosen on "
             "both may trade away sensitivity; check the figures above, or calibrate with "
-            "--views 0",
+            "--threshold-tta 0",
             err=True,
         )
 

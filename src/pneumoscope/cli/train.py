@@ -9,6 +9,7 @@ import typer
 from pneumoscope.cli.base import app
 from pneumoscope.core.errors import UserError
 from pneumoscope.training.config import (
+    RENAMED,
     TRAIN_EPILOG,
     TrainConfig,
     parse_augment,
@@ -62,8 +63,10 @@ def train(
     num_nodes: int = typer.Option(None, help=HELP["num_nodes"]),
     strategy: str = typer.Option(None, help=HELP["strategy"]),
     precision: str = typer.Option(None, help=HELP["precision"]),
-    threshold_views: int = typer.Option(None, help=HELP["threshold_views"]),
-    test_views: int = typer.Option(None, help=HELP["test_views"]),
+    threshold_tta: int = typer.Option(None, help=HELP["threshold_tta"]),
+    tta: int = typer.Option(None, help=HELP["tta"]),
+    threshold_views: int = typer.Option(None, hidden=True),  # before the rename: threshold_tta
+    test_views: int = typer.Option(None, hidden=True),  # before the rename: tta
     channels_last: bool = typer.Option(
         None, "--channels-last/--no-channels-last", help=HELP["channels_last"]
     ),
@@ -79,6 +82,9 @@ def train(
         for name, value in ctx.params.items()
         if name not in ("ctx", "config", "resume", "progress", "augment") and value is not None
     }
+    for old, new in RENAMED.items():  # the flags' names before the rename still work
+        if old in given:
+            given.setdefault(new, given.pop(old))
     if given.get("max_minutes") == 0:
         given["max_minutes"] = None
     if given.get("threads") == 0:
@@ -100,7 +106,7 @@ def train(
     typer.echo(
         f"best epoch {card.best_epoch}: val AUROC {card.validation.auroc:.4f}; "
         f"temperature {c.temperature_:.3f}, threshold {c.threshold_:.3f} (youden on "
-        f"validation{c.views_note()}); {t.train_seconds:.0f} s; stopped by "
+        f"validation{c.tta_note()}); {t.train_seconds:.0f} s; stopped by "
         f"{t.stopped_by.replace('_', ' ')}; run in {cfg.out}"
     )
     if t.initial_weights:

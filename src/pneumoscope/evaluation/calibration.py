@@ -6,7 +6,7 @@ policy, RUN/calibration.json (which predict and evaluate read) and the validatio
 reliability plot. It never touches the OOD guard: that is its own step
 (``model.ood.fit_ood_guard``), which ``train`` and ``pneumoscope calibrate --ood`` run after.
 
-``views`` K > 0 chooses the threshold on the validation images plus K randomly
+``threshold_tta`` K > 0 chooses the threshold on the validation images plus K randomly
 transformed copies of each, drawn from the run's own training augmentation (seeded).
 The training augmentation states the variation the model is meant to be indifferent to
 (field of view, position, exposure); a threshold chosen on plain validation images alone
@@ -29,7 +29,7 @@ from pneumoscope.evaluation import plots
 from pneumoscope.evaluation.metrics import POLICIES, binary_metrics, choose_threshold
 from pneumoscope.model.calibration import (
     TemperatureScaler,
-    ThresholdViews,
+    ThresholdAugmentation,
     ValidationCheck,
     nll,
     sigmoid,
@@ -40,7 +40,7 @@ from pneumoscope.model.run import (
     load_run,
     row_batches,
 )
-from pneumoscope.model.views import TestViews, with_views
+from pneumoscope.model.tta import TestTimeAugmentation, with_tta
 
 
 def data_digest(cache: Cache, rows: np.ndarray, labels: np.ndarray) -> str:
@@ -52,27 +52,27 @@ def data_digest(cache: Cache, rows: np.ndarray, labels: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def augmented_view_logits(
+def augmented_logits(
     runner,
     augment: dict,
     images: np.ndarray,
     rows: np.ndarray,
-    views: int,
+    copies: int,
     seed: int = 0,
     batch_size: int = 128,
 ) -> np.ndarray:
-    """Logits (views, N) of ``views`` copies of each image, transformed by the training
+    """Logits (copies, N) of ``copies`` augmented copies of each image, transformed by the training
     augmentation ``augment`` as training fed them, with a generator seeded by ``seed``,
     rounded to uint8 and scored by ``runner`` (anything with ``logits_and_features``:
-    a LoadedRun, a backend, one wrapped in test-time views)."""
+    a LoadedRun, a backend, one wrapped in test-time augmentation)."""
     import torch
 
     from pneumoscope.data.augment import AugmentConfig, augment_batch
 
     aug = AugmentConfig.from_dict(augment)
     gen = torch.Generator().manual_seed(seed)
-    out = np.empty((views, len(rows)), dtype=np.float64)
-    for v in range(views):
+    out = np.empty((copies, len(rows)), dtype=np.float64)
+    for v in range(copies):
         for start, chunk in row_batches(images, rows, batch_size):
             x = torch.from_numpy(chunk).unsqueeze(1).float().div_(255.0)
             x = augment_batch(x, aug, gen).mul_(255.0).round_().squeeze(1).to(torch.uint8)
@@ -102,31 +102,31 @@ def _threshold_scores(
     y: np.ndarray,
     p_cal: np.ndarray,
     scaler: TemperatureScaler,
-    views: int,
-    views_seed: int,
-) -> tuple[np.ndarray, np.ndarray, ThresholdViews | None]:
-    """(labels, calibrated probabilities, views note) the threshold is chosen on: the
-    validation images (``p_cal``), plus ``views`` augmented copies of each when asked,
-    each scored by ``scorer`` as every film is (with the test-time views, if any)."""
-    if not views:
+    copies: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, ThresholdAugmentation | None]:
+    """(labels, calibrated probabilities, copies note) the threshold is chosen on: the
+    validation images (``p_cal``), plus ``copies`` augmented copies of each when asked,
+    each scored by ``scorer`` as every film is (with test-time augmentation, if any)."""
+    if not copies:
         return y, p_cal, None
     augment = loaded.card.training.augment or {}
-    z_views = augmented_view_logits(scorer, augment, cache.images, rows, views, views_seed)
-    p_views = sigmoid(z_views / scaler.temperature_)
-    y_thr = np.concatenate([y] + [y] * views)
-    note = ThresholdViews(
-        views=views,
-        seed=views_seed,
+    z_copies = augmented_logits(scorer, augment, cache.images, rows, copies, seed)
+    p_copies = sigmoid(z_copies / scaler.temperature_)
+    y_thr = np.concatenate([y] + [y] * copies)
+    note = ThresholdAugmentation(
+        copies=copies,
+        seed=seed,
         augment=loaded.card.training.augment,
         n_scored=int(len(y_thr)),
-        views_auroc=binary_metrics(np.tile(y, views), p_views.ravel(), 0.5)["auroc"],
+        copies_auroc=binary_metrics(np.tile(y, copies), p_copies.ravel(), 0.5)["auroc"],
     )
-    return y_thr, np.concatenate([p_cal, p_views.ravel()]), note
+    return y_thr, np.concatenate([p_cal, p_copies.ravel()]), note
 
 
-def _test_views(loaded: LoadedRun, k: int) -> TestViews | None:
-    """K views drawn from the run's training augmentation, seed 0; None for K = 0."""
-    return TestViews(k, 0, dict(loaded.card.training.augment or {})) if k else None
+def _tta(loaded: LoadedRun, k: int) -> TestTimeAugmentation | None:
+    """K copies drawn from the run's training augmentation, seed 0; None for K = 0."""
+    return TestTimeAugmentation(k, 0, dict(loaded.card.training.augment or {})) if k else None
 
 
 def calibrate(
@@ -136,26 +136,26 @@ def calibrate(
     cost_fn: float = 5.0,
     cost_fp: float = 1.0,
     target_sensitivity: float = 0.95,
-    views: int | None = None,
-    views_seed: int = 0,
-    test_views: int | None = None,
+    threshold_tta: int | None = None,
+    threshold_tta_seed: int = 0,
+    tta: int | None = None,
 ) -> TemperatureScaler:
     """Fit the temperature and choose the threshold on validation; write
     RUN/calibration.json and RUN/reliability_val.png; return the fitted scaler.
 
-    ``views`` None: the run's training setting (model.json training.threshold_views;
-    0 for runs made before it existed). ``test_views`` K > 0 averages every logit over
-    the film and K augmented views (model.views): the temperature and the threshold are
-    then fitted on those averaged logits, and every command scores that way; None: the
-    run's training setting (training.test_views, 0 for runs made before it existed)."""
+    ``threshold_tta`` None: the run's training setting (model.json training.threshold_tta;
+    0 for runs made before it existed). ``tta`` K > 0 averages every logit over the film
+    and K augmented copies (model.tta): the temperature and the threshold are then fitted
+    on those averaged logits, and every command scores that way; None: the run's training
+    setting (training.tta, 0 for runs made before it existed)."""
     _check_settings(policy, cost_fn, cost_fp, target_sensitivity)
     loaded = load_run(run, use_calibration=False)
-    if views is None:
-        views = int(loaded.card.training.threshold_views or 0)
-    if test_views is None:
-        test_views = int(loaded.card.training.test_views or 0)
-    if views < 0 or test_views < 0:
-        raise UserError(f"--views and --test-views must be 0 or more, got {views}, {test_views}")
+    if threshold_tta is None:
+        threshold_tta = int(loaded.card.training.threshold_tta or 0)
+    if tta is None:
+        tta = int(loaded.card.training.tta or 0)
+    if threshold_tta < 0 or tta < 0:
+        raise UserError(f"--threshold-tta and --tta must be 0 or more, got {threshold_tta}, {tta}")
     cache = open_cache(data)
     check_compatible(cache, loaded, data)
     val = cache.split("val")
@@ -163,14 +163,14 @@ def calibrate(
     if len(np.unique(y)) < 2:
         raise UserError(f"the validation split of {data} holds one class only: cannot calibrate")
     rows = val["index"].to_numpy()
-    tv = _test_views(loaded, test_views)
-    scorer = with_views(loaded, tv)
+    tv = _tta(loaded, tta)
+    scorer = with_tta(loaded, tv)
     logits = scorer.predict_logits(cache.images, rows=rows).astype(np.float64)
     scaler = TemperatureScaler().fit(logits, y, tv)
     p_cal = sigmoid(logits / scaler.temperature_)
     params = {"cost_fn": cost_fn, "cost_fp": cost_fp, "target_sensitivity": target_sensitivity}
     y_thr, p_thr, note = _threshold_scores(
-        loaded, scorer, cache, rows, y, p_cal, scaler, views, views_seed
+        loaded, scorer, cache, rows, y, p_cal, scaler, threshold_tta, threshold_tta_seed
     )
     thresholds = {pol: choose_threshold(y_thr, p_thr, pol, **params) for pol in POLICIES}
     scaler.set_threshold(policy, thresholds, params, note)

@@ -92,7 +92,7 @@ def evaluate(
     """Metrics of ``run`` on a split. ``runner`` computes the logits (anything with
     ``logits_and_features(images, rows=...)``, e.g. ``inference.predict.make_runner``'s
     bf16 or int8 backends); default the run's float32 torch model. Either is wrapped in
-    the run's test-time views when its calibration has them."""
+    the run's test-time augmentation when its calibration has it."""
     loaded = load_run(run)
     cache = open_cache(data)
     check_compatible(cache, loaded, data)

@@ -13,8 +13,8 @@ BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8", "openvino", "auto")
 def make_runner(loaded: LoadedRun, backend: str):
     """Whatever computes (logits, features) from uint8 images: torch (float32 or bf16),
     ONNX Runtime (float32 or static int8) or OpenVINO (int8); "auto" picks the fastest
-    this run and CPU allow (:func:`resolve_backend`). Wrapped in the run's test-time views
-    when its calibration has them (``LoadedRun.scorer``), as every command scores."""
+    this run and CPU allow (:func:`resolve_backend`). Wrapped in the run's test-time
+    augmentation when its calibration has it (``LoadedRun.scorer``), as every command scores."""
     return loaded.scorer(_backend_runner(loaded, resolve_backend(loaded, backend)))
 
 
@@ -60,5 +60,3 @@ def _openvino_checked(loaded: LoadedRun) -> bool:
     from pneumoscope.inference.ov_runner import openvino_checked
 
     return openvino_checked(loaded.files)
-
-

@@ -113,7 +113,7 @@ class Scorer:
 
             model = ray.get(model)
         self.model = model
-        runner = model.loaded.scorer(_runner(model.onnx))  # + its test-time views
+        runner = model.loaded.scorer(_runner(model.onnx))  # + its test-time augmentation
         scope = IntendedUse.from_card(model.loaded.card, model.allow)
         # the driver's predictor, rebuilt from what was shipped (no run folder here)
         self.predictor = Predictor(model.loaded, scope, model.guard, model.model_id, runner=runner)

@@ -25,7 +25,7 @@ from scipy.optimize import minimize_scalar
 
 from pneumoscope.core.errors import UserError
 from pneumoscope.core.io import write_json_atomic
-from pneumoscope.model.views import TestViews
+from pneumoscope.model.tta import TestTimeAugmentation
 
 LOG_T_BOUND = 4.0  # T is searched in [e^-4, e^4] = [0.018, 54.6]
 
@@ -76,14 +76,27 @@ def temperature_warning(t: float, log_t_bound: float = LOG_T_BOUND) -> str | Non
 
 
 @dataclass(frozen=True)
-class ThresholdViews:
-    """How the threshold also saw K augmented copies of each validation image."""
+class ThresholdAugmentation:
+    """How the threshold also saw K augmented copies of each validation image: their
+    count, seed, augmentation, the scores pooled and the copies' own AUROC."""
 
-    views: int
+    copies: int
     seed: int
     augment: dict[str, Any] | None
     n_scored: int
-    views_auroc: float
+    copies_auroc: float
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ThresholdAugmentation:
+        """From calibration.json's ``threshold_tta``, or the ``threshold_views`` of files
+        written before the rename (``views``, ``views_auroc``)."""
+        return cls(
+            copies=int(d["copies"] if "copies" in d else d["views"]),
+            seed=int(d["seed"]),
+            augment=d.get("augment"),
+            n_scored=int(d["n_scored"]),
+            copies_auroc=float(d["copies_auroc"] if "copies_auroc" in d else d["views_auroc"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -101,8 +114,8 @@ class TemperatureScaler:
     """sigmoid(logit / T) with T fitted on validation, and the run's operating threshold.
 
     Fitted state: ``temperature_`` and ``temperature_warning_`` (``fit``); ``policy_``,
-    ``policy_params_``, ``threshold_``, ``thresholds_by_policy_``, ``threshold_views_``
-    (``set_threshold``); ``test_views_`` (the test-time views the logits were averaged
+    ``policy_params_``, ``threshold_``, ``thresholds_by_policy_``, ``threshold_tta_``
+    (``set_threshold``); ``tta_`` (the test-time augmentation the logits were averaged
     over, None for plain logits; ``fit``); ``validation_``, ``validation_data_sha256_``, ``data_``
     (``set_provenance``); ``weights_sha256_`` and ``created_`` (stamped by ``save``).
     """
@@ -110,14 +123,14 @@ class TemperatureScaler:
     def __init__(self, log_t_bound: float = LOG_T_BOUND, xatol: float = 1e-6):
         self.log_t_bound = log_t_bound
         self.xatol = xatol
-        self.test_views_: TestViews | None = None
+        self.tta_: TestTimeAugmentation | None = None
 
     def fit(
-        self, logits: np.ndarray, y: np.ndarray, test_views: TestViews | None = None
+        self, logits: np.ndarray, y: np.ndarray, tta: TestTimeAugmentation | None = None
     ) -> TemperatureScaler:
         """The T > 0 minimising the NLL of ``y``, searched on log T within the bound;
-        ``test_views``: how ``logits`` were made (None: one plain view per image)."""
-        self.test_views_ = test_views
+        ``tta``: how ``logits`` were made (None: the plain image alone)."""
+        self.tta_ = tta
         y = np.asarray(y, dtype=np.float64)
         res = minimize_scalar(
             lambda lt: nll(logits, y, float(np.exp(lt))),
@@ -138,12 +151,12 @@ class TemperatureScaler:
         policy: str,
         thresholds_by_policy: dict[str, float],
         policy_params: dict[str, float],
-        views: ThresholdViews | None = None,
+        threshold_tta: ThresholdAugmentation | None = None,
     ) -> TemperatureScaler:
         """Record the thresholds chosen on the calibrated probabilities, and the policy used."""
         self.policy_ = policy
         self.policy_params_ = dict(policy_params)
-        self.threshold_views_ = views
+        self.threshold_tta_ = threshold_tta
         self.thresholds_by_policy_ = dict(thresholds_by_policy)
         self.threshold_ = self.thresholds_by_policy_[policy]
         return self
@@ -157,25 +170,27 @@ class TemperatureScaler:
         self.validation_data_sha256_ = data_sha256
         return self
 
-    def views_note(self) -> str:
-        """' + K augmented views of each image' when the threshold used them, and what
-        every score averages when the calibration has test-time views."""
-        v, tv = self.threshold_views_, self.test_views_
-        note = f" + {v.views} augmented views of each image" if v and v.views else ""
-        return note + (f"; each score is {tv.note()}" if tv and tv.views else "")
+    def tta_note(self) -> str:
+        """' + K augmented copies of each image' when the threshold used them, and what
+        every score averages when the calibration has test-time augmentation."""
+        v, tv = self.threshold_tta_, self.tta_
+        note = f" + {v.copies} augmented copies of each image" if v and v.copies else ""
+        return note + (f"; each score is {tv.note()}" if tv and tv.copies else "")
 
     # ----------------------------------------------------------------- persistence
 
     def to_dict(self) -> dict[str, Any]:
-        """calibration.json's content, keys in the order they have always been written."""
-        views = self.threshold_views_
+        """calibration.json's content, keys in the order they have always been written
+        (``threshold_tta`` and ``tta`` were ``threshold_views`` and ``test_views`` before
+        the rename; ``from_dict`` reads both)."""
+        thr = self.threshold_tta_
         return {
             "temperature": self.temperature_,
             "temperature_warning": self.temperature_warning_,
             "policy": self.policy_,
             "policy_params": self.policy_params_,
-            "threshold_views": None if views is None else asdict(views),
-            **({} if self.test_views_ is None else {"test_views": self.test_views_.to_dict()}),
+            "threshold_tta": None if thr is None else asdict(thr),
+            **({} if self.tta_ is None else {"tta": self.tta_.to_dict()}),
             "threshold": self.threshold_,
             "thresholds_by_policy": self.thresholds_by_policy_,
             "validation": asdict(self.validation_),
@@ -188,18 +203,20 @@ class TemperatureScaler:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TemperatureScaler:
         """A fitted scaler from calibration.json's content. Files of the first release
-        have no temperature_warning and no threshold_views: they get None."""
+        have no temperature_warning and no threshold copies: they get None. Files written
+        before the rename say ``threshold_views`` and ``test_views`` for ``threshold_tta``
+        and ``tta``: read the same."""
         self = cls()
         self.temperature_ = float(d["temperature"])
         self.temperature_warning_ = d.get("temperature_warning")
-        tv = d.get("test_views")
-        self.test_views_ = None if tv is None else TestViews.from_dict(tv)
-        views = d.get("threshold_views")
+        tv = d["tta"] if "tta" in d else d.get("test_views")
+        self.tta_ = None if tv is None else TestTimeAugmentation.from_dict(tv)
+        thr = d["threshold_tta"] if "threshold_tta" in d else d.get("threshold_views")
         self.set_threshold(
             d["policy"],
             d.get("thresholds_by_policy", {d["policy"]: d["threshold"]}),
             d.get("policy_params", {}),
-            None if views is None else ThresholdViews(**views),
+            None if thr is None else ThresholdAugmentation.from_dict(thr),
         )
         self.threshold_ = float(d["threshold"])
         v = d.get("validation", {})

@@ -301,8 +301,8 @@ class TrainingInfo:
     scheduler: str | None = None
     freeze_epochs: int = 0
     augment: dict[str, Any] | None = None
-    threshold_views: int = 0
-    test_views: int = 0  # logits averaged over the film and this many augmented views
+    threshold_tta: int = 0  # threshold also chosen on this many augmented copies of each
+    tta: int = 0  # logits averaged over the film and this many augmented copies
     ema_decay: float = 0.0  # 0.1 runs could average their weights; 0 since (experiments/)
     batch_size_per_process: int | None = None
     processes: int = 1
@@ -314,11 +314,17 @@ class TrainingInfo:
     stopped_by: str | None = None
     seed: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # field -> the older key it was read from (_RENAMED), written back under that key so
+    # that a card from before the rename round-trips key for key; new cards: empty
+    written_as: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     # written only when set, so that older cards round-trip key for key
-    _OMIT_EMPTY: ClassVar[frozenset[str]] = frozenset(
-        {"precision_reason", "test_views"}
-    )
+    _OMIT_EMPTY: ClassVar[frozenset[str]] = frozenset({"precision_reason", "tta"})
+    # keys of cards written before the rename, read as the new ones
+    _RENAMED: ClassVar[Mapping[str, str]] = {
+        "threshold_views": "threshold_tta",
+        "test_views": "tta",
+    }
 
 
 @dataclass(frozen=True)
@@ -477,18 +483,24 @@ def _check_version(d: Mapping[str, Any], where: str) -> None:
 
 def _build(cls, d: Mapping[str, Any]):
     """A card section from a mapping: known keys as fields, the rest kept in ``extra``."""
-    names = {f.name for f in fields(cls)} - {"extra"}
+    renamed = getattr(cls, "_RENAMED", {})
+    old = {renamed[k]: k for k in d if k in renamed and renamed[k] not in d}
+    d = {renamed.get(k, k) if renamed.get(k) in old else k: v for k, v in d.items()}
+    names = {f.name for f in fields(cls)} - {"extra", "written_as"}
     known = {k: d[k] for k in names if k in d}
-    return cls(**known, extra={k: v for k, v in d.items() if k not in names})
+    more = {"written_as": old} if old else {}
+    return cls(**known, extra={k: v for k, v in d.items() if k not in names}, **more)
 
 
 def _plain(obj) -> dict[str, Any]:
     """A card section as written: its fields in order, then the keys it did not know."""
     omit = getattr(obj, "_OMIT_EMPTY", frozenset())
+    key = getattr(obj, "written_as", {})
     out = {
-        f.name: getattr(obj, f.name)
+        key.get(f.name, f.name): getattr(obj, f.name)
         for f in fields(obj)
-        if f.name != "extra" and not (f.name in omit and not getattr(obj, f.name))
+        if f.name not in ("extra", "written_as")
+        and not (f.name in omit and not getattr(obj, f.name))
     }
     return {**out, **obj.extra}
 

@@ -27,7 +27,7 @@ from pneumoscope.data.preprocess import PreprocessConfig
 from pneumoscope.model.architectures import build_model
 from pneumoscope.model.calibration import TemperatureScaler, sigmoid
 from pneumoscope.model.contract import InputSpec, ModelCard, RunFiles, read_card
-from pneumoscope.model.views import TestViews, with_views
+from pneumoscope.model.tta import TestTimeAugmentation, with_tta
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
@@ -181,19 +181,19 @@ class LoadedRun:
     @property
     def threshold_policy(self) -> str:
         if self.calibration:
-            extra = self.calibration.views_note()
+            extra = self.calibration.tta_note()
             return f"{self.calibration.policy_} (calibrated, on validation{extra})"
         return self.card.threshold_policy
 
     @property
-    def test_views(self) -> TestViews | None:
-        """The test-time views the calibration was fitted with (None: plain films)."""
-        return self.calibration.test_views_ if self.calibration else None
+    def tta(self) -> TestTimeAugmentation | None:
+        """The test-time augmentation the calibration was fitted with (None: plain films)."""
+        return self.calibration.tta_ if self.calibration else None
 
     def scorer(self, runner=None):
         """``runner`` (default: this run's torch model) as every command scores with it:
-        wrapped in the calibration's test-time views when it has them."""
-        return with_views(self if runner is None else runner, self.test_views)
+        wrapped in the calibration's test-time augmentation when it has it."""
+        return with_tta(self if runner is None else runner, self.tta)
 
     @property
     def in_chans(self) -> int:

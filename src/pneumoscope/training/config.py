@@ -55,7 +55,10 @@ def _augment_defaults() -> dict[str, Any]:
 
 # settings added after release 0.1, written to config.yaml only when switched on, so that
 # a run's config from before them reads back and writes out unchanged
-LATER_SWITCHES = ("test_views",)
+LATER_SWITCHES = ("tta",)
+# settings renamed since they were first written: a saved config.yaml (or preset) with the
+# old name loads as the new one; new files are written with the new name
+RENAMED = {"threshold_views": "threshold_tta", "test_views": "tta"}
 # settings that were tried and not adopted (experiments/), with the value that meant "off":
 # a saved config.yaml that has them still loads; they are dropped, and train says so when
 # one was on, since the run then trains without it
@@ -64,8 +67,10 @@ RETIRED_AUGMENT = {"zoom_out": 0.0}
 
 
 def drop_retired(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """``values`` without the retired settings, and a note for each one that was on."""
+    """``values`` without the retired settings, renamed ones (RENAMED) under their new
+    name, and a note for each retired one that was on."""
     notes: list[str] = []
+    values = {RENAMED.get(k, k): v for k, v in values.items() if RENAMED.get(k) not in values}
     out = {k: v for k, v in values.items() if k not in RETIRED}
     notes += [f"{k}: {values[k]}" for k, off in RETIRED.items() if values.get(k, off) != off]
     augment = out.get("augment")
@@ -205,19 +210,19 @@ class TrainConfig(Settings):
         "fp32. Lightning's names (32, bf16-mixed, 16-mixed on CUDA, bf16-true) work too.",
     )
     # the threshold is chosen on validation plus this many augmented copies of each image
-    threshold_views: Whole = Field(
+    threshold_tta: Whole = Field(
         0,
         description="Choose the threshold on validation plus this many copies of each "
         "validation image under the training augmentation (0 = plain validation only; see "
-        "calibrate --views).",
+        "calibrate --threshold-tta).",
     )
-    # every score averages the film's logit and this many augmented views of it
-    test_views: Whole = Field(
+    # every score averages the film's logit and this many augmented copies of it
+    tta: Whole = Field(
         0,
-        description="Test-time views: every command scores a film by averaging the logit of "
-        "the film and this many copies under the training augmentation (seeded; K + 1 "
-        "forward passes a film); temperature and threshold are fitted on those averaged "
-        "scores (0 = the plain film; see calibrate --test-views).",
+        description="Test-time augmentation: every command scores a film by averaging the "
+        "logit of the film and this many copies under the training augmentation (seeded; "
+        "K + 1 forward passes a film); temperature and threshold are fitted on those "
+        "averaged scores (0 = the plain film; see calibrate --tta).",
     )
     channels_last: bool = Field(  # NHWC: 1.08x faster fast-cpu steps here (bench/train.py)
         True,
@@ -228,9 +233,14 @@ class TrainConfig(Settings):
     @model_validator(mode="before")
     @classmethod
     def _blank_is_missing(cls, values: Any) -> Any:
-        """An empty data or out (``out: ''`` in a file) is as good as none."""
+        """An empty data or out (``out: ''`` in a file) is as good as none; a renamed
+        setting given by its old name (RENAMED) is the new one."""
         if isinstance(values, dict):
             values = {k: v for k, v in values.items() if k not in ("data", "out") or v}
+            for old, new in RENAMED.items():
+                if old in values:
+                    value = values.pop(old)
+                    values.setdefault(new, value)
         return values
 
     @field_validator("precision", mode="before")
@@ -259,7 +269,7 @@ class TrainConfig(Settings):
             raise ValueError(f"must be in [1, 2] (1 = no crop), got {v}")
         return v
 
-    @field_validator("threshold_views", "test_views")
+    @field_validator("threshold_tta", "tta")
     @classmethod
     def _not_negative(cls, v: int) -> int:
         if v < 0:

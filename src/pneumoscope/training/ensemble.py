@@ -72,6 +72,7 @@ def ensemble_card(members: list[LoadedRun], records: list[dict]) -> ModelCard:
         seed=None,
         stopped_by=None,
         epochs_run=None,
+        written_as={},  # a new card: today's keys, whatever the members' cards said
     )
     return dataclasses.replace(
         first,

@@ -440,7 +440,7 @@ def _finish(
     from pneumoscope.evaluation.calibration import calibrate
     from pneumoscope.model.ood import fit_ood_guard
 
-    card.calibration = calibrate(out, cfg.data, policy="youden")  # both views: the card's
+    card.calibration = calibrate(out, cfg.data, policy="youden")  # the card's threshold_tta, tta
     fit_ood_guard(out, cfg.data)
     return card
 
@@ -477,8 +477,8 @@ def _training_info(
         scheduler=cfg.scheduler,
         freeze_epochs=cfg.freeze_epochs,
         augment=cfg.augment,
-        threshold_views=cfg.threshold_views,
-        test_views=cfg.test_views,
+        threshold_tta=cfg.threshold_tta,
+        tta=cfg.tta,
         batch_size_per_process=cfg.batch_size,
         processes=cfg.devices * cfg.num_nodes,
         precision=choice.lightning,

@@ -1,13 +1,14 @@
-"""Test-time views: a film's logit averaged over the film and K augmented copies of it.
+"""Test-time augmentation: a film's logit averaged over the film and K augmented copies of it.
 
 The copies are drawn from the run's own training augmentation: the variation (field of
 view, position, exposure) the model was trained to be indifferent to. On the pediatric
 reference runs, averaging 8 of them raised the official test AUROC of every run
 (experiments/test_time_views). The setting belongs to the calibration
-(calibration.json ``test_views``): the temperature and the threshold are fitted on the
-averaged validation logits, so they only hold for scores made the same way, and every
-command that scores a film (predict, evaluate, explain, the service, the Ray engine,
-the PACS worker) wraps its backend in :class:`ViewsRunner`.
+(calibration.json ``tta``; files written before the rename say ``test_views``): the
+temperature and the threshold are fitted on the averaged validation logits, so they only
+hold for scores made the same way, and every command that scores a film (predict,
+evaluate, explain, the service, the Ray engine, the PACS worker) wraps its backend in
+:class:`TTARunner`.
 
 The K transforms are drawn once per film from a generator seeded with ``seed``: every
 film gets the same K transforms, so a film's score never depends on which other films
@@ -23,18 +24,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # torch loads with the first views drawn, not with calibration.json
+if TYPE_CHECKING:  # torch loads with the first copies drawn, not with calibration.json
     from pneumoscope.data.augment import AugmentConfig
 
 
 @dataclass(frozen=True)
-class TestViews:
-    """K augmented views of each film, averaged with it: the count, the seed of the
+class TestTimeAugmentation:
+    """K augmented copies of each film, averaged with it: the count, the seed of the
     transforms and the augmentation they were drawn from (the run's training one)."""
 
     __test__ = False  # not a pytest class, whatever its name
 
-    views: int
+    copies: int
     seed: int
     augment: dict[str, Any]
 
@@ -42,41 +43,45 @@ class TestViews:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TestViews:
-        return cls(int(d["views"]), int(d.get("seed", 0)), dict(d.get("augment") or {}))
+    def from_dict(cls, d: dict[str, Any]) -> TestTimeAugmentation:
+        """From calibration.json's ``tta``, or the ``test_views`` of files written before
+        the rename (its count named ``views``)."""
+        copies = d["copies"] if "copies" in d else d["views"]
+        return cls(int(copies), int(d.get("seed", 0)), dict(d.get("augment") or {}))
 
     def note(self) -> str:
-        """' averaged over the film and K augmented views' for cards and reports."""
-        return f"the logit averaged over the film and {self.views} augmented views of it"
+        """'the logit averaged over the film and K augmented copies' for cards and reports."""
+        return f"the logit averaged over the film and {self.copies} augmented copies of it"
 
 
-def view_stack(films: np.ndarray, views: int, augment: AugmentConfig, seed: int) -> np.ndarray:
-    """uint8 (N, S, S) -> uint8 (N * views, S, S): film i's views at rows i*K .. i*K+K-1,
+def copy_stack(films: np.ndarray, copies: int, augment: AugmentConfig, seed: int) -> np.ndarray:
+    """uint8 (N, S, S) -> uint8 (N * copies, S, S): film i's copies at rows i*K .. i*K+K-1,
     the same K seeded transforms for every film."""
     import torch
 
     from pneumoscope.data.augment import augment_batch
 
-    out = np.empty((len(films) * views, *films.shape[1:]), dtype=np.uint8)
+    out = np.empty((len(films) * copies, *films.shape[1:]), dtype=np.uint8)
     for i, film in enumerate(films):
         gen = torch.Generator().manual_seed(seed)
         x = torch.from_numpy(np.ascontiguousarray(film)).float().div_(255.0)
-        x = x.expand(views, 1, *film.shape).contiguous()
+        x = x.expand(copies, 1, *film.shape).contiguous()
         y = augment_batch(x, augment, gen).mul_(255.0).round_()
-        out[i * views : (i + 1) * views] = y.squeeze(1).to(torch.uint8).numpy()
+        out[i * copies : (i + 1) * copies] = y.squeeze(1).to(torch.uint8).numpy()
     return out
 
 
-class ViewsRunner:
+class TTARunner:
     """A backend's ``logits_and_features`` with the logit averaged over the film and its
-    test-time views; the features are the plain film's. Anything else is the backend's."""
+    test-time augmented copies; the features are the plain film's. Anything else is the
+    backend's."""
 
-    def __init__(self, runner, views: TestViews):
+    def __init__(self, runner, tta: TestTimeAugmentation):
         self.runner = runner
         from pneumoscope.data.augment import AugmentConfig
 
-        self.views = views
-        self._augment = AugmentConfig.from_dict(views.augment)
+        self.tta = tta
+        self._augment = AugmentConfig.from_dict(tta.augment)
 
     def __getattr__(self, name: str):  # img_size, paths, ...: the wrapped backend's
         return getattr(self.runner, name)
@@ -85,14 +90,14 @@ class ViewsRunner:
         self, images: np.ndarray, batch_size: int = 64, rows: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Averaged logits (N,) and plain penultimate features (N, D)."""
-        k = self.views.views
+        k = self.tta.copies
         step = max(1, batch_size // (k + 1))  # about batch_size forward passes a chunk
         rows = np.arange(len(images)) if rows is None else np.asarray(rows)
         logits, feats = [np.zeros(0, np.float32)], []
         for start in range(0, len(rows), step):
             chunk = np.ascontiguousarray(images[rows[start : start + step]])
             z, f = self.runner.logits_and_features(chunk, batch_size)
-            copies = view_stack(chunk, k, self._augment, self.views.seed)
+            copies = copy_stack(chunk, k, self._augment, self.tta.seed)
             zv, _ = self.runner.logits_and_features(copies, batch_size)
             both = np.concatenate([z[:, None], zv.reshape(len(chunk), k)], axis=1)
             logits.append(both.astype(np.float64).mean(axis=1).astype(np.float32))
@@ -105,8 +110,8 @@ class ViewsRunner:
         return self.logits_and_features(images, batch_size, rows)[0]
 
 
-def with_views(runner, views: TestViews | None):
-    """``runner`` wrapped in the run's test-time views, or ``runner`` itself without them."""
-    if views is None or views.views <= 0 or isinstance(runner, ViewsRunner):
+def with_tta(runner, tta: TestTimeAugmentation | None):
+    """``runner`` wrapped in the run's test-time augmentation, or ``runner`` itself without."""
+    if tta is None or tta.copies <= 0 or isinstance(runner, TTARunner):
         return runner
-    return ViewsRunner(runner, views)
+    return TTARunner(runner, tta)
