@@ -35,7 +35,7 @@ if ((${#need[@]})); then
   fi
 fi
 cd "$root"
-.venv/bin/ruff check src tests bench
+.venv/bin/ruff check src tests bench experiments
 .venv/bin/lint-imports
 if ((quick)); then
   .venv/bin/python -m pytest -m "not slow" ${args[@]+"${args[@]}"}
