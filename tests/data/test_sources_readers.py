@@ -201,6 +201,38 @@ def test_csv_missing_columns_is_one_clear_error(tmp_path):
         read_source("e", tmp_path / "e.csv")
 
 
+def test_csv_covid_labels_follow_covid_as(tmp_path):
+    _csv_tree(tmp_path)
+    (tmp_path / "l.csv").write_text(
+        "path,label\nimgs/x0.png,NORMAL\nimgs/x1.png,COVID-19\nimgs/x2.png,COVID19\n"
+        "imgs/x3.png,covid\nimgs/x4.png,OTHER\n"
+    )
+    read = read_source("l", tmp_path / "l.csv")
+    assert [(Path(r.path).name, r.label) for r in read.rows] == [("x0.png", 0)]
+    reasons = [e.reason for e in read.excluded]
+    assert all("--covid-as pneumonia" in r for r in reasons[:3]) and "'COVID19'" in reasons[1]
+    assert "line 6" in reasons[3] and "'OTHER' is not" in reasons[3]
+    assert any("3 COVID-19 lines left out" in n for n in read.notes)
+    read = read_source("l", tmp_path / "l.csv", covid_as="pneumonia")
+    got = [(Path(r.path).name, r.label) for r in read.rows]
+    assert got == [("x0.png", 0), ("x1.png", 1), ("x2.png", 1), ("x3.png", 1)]
+    assert [e.reason for e in read.excluded] == [reasons[3]]  # OTHER stays out, same reason
+
+
+@pytest.mark.realdata
+def test_adults_csv_counts_with_and_without_covid_as(shared_data):
+    """adult_public/adults.csv: NORMAL 17, PNEUMONIA 92, COVID-19 210, OTHER 29 (its README)."""
+    csv = shared_data / "adult_public" / "adults.csv"
+    read = read_source("adults", csv)
+    assert read.layout == "csv"
+    assert Counter(r.label for r in read.rows) == {0: 17, 1: 92}
+    why = Counter("--covid-as pneumonia" in e.reason for e in read.excluded)
+    assert why == {True: 210, False: 29}
+    read = read_source("adults", csv, covid_as="pneumonia")
+    assert Counter(r.label for r in read.rows) == {0: 17, 1: 92 + 210}
+    assert len(read.excluded) == 29 and all("'OTHER'" in e.reason for e in read.excluded)
+
+
 # --- RSNA --------------------------------------------------------------------------------
 
 _LABELS = (

@@ -62,8 +62,8 @@ class DataConfig(Settings):
     )
     covid_as: Literal["exclude", "pneumonia"] = Field(
         "exclude",
-        description="COVID19 folder of the Covid-19 & Pneumonia layout: exclude [default] | "
-        "pneumonia.",
+        description="COVID19 folder of the Covid-19 & Pneumonia layout, and COVID-19 labels "
+        "(COVID-19, COVID19, covid) of a CSV list: exclude [default] | pneumonia.",
     )
     rsna_not_normal: Literal["exclude", "normal"] = Field(
         "exclude", description="RSNA 'No Lung Opacity / Not Normal': exclude [default] | normal."

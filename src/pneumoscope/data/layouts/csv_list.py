@@ -2,7 +2,9 @@
 
 Headers are matched case-insensitively with common variants (``patient``,
 ``patient_id``, ``PatientID``; ``sex``/``gender``; ...). Labels are 0/1 or the class
-names NORMAL/PNEUMONIA. Relative paths are relative to the CSV's own folder.
+names NORMAL/PNEUMONIA; a COVID-19 label (``COVID-19``, ``COVID19``, ``covid``, ...) follows
+``covid_as`` (``data prepare --covid-as``): left out by default, read as PNEUMONIA with
+``"pneumonia"``. Relative paths are relative to the CSV's own folder.
 
 Nothing listed disappears: a line with an empty path, an unknown label or an unknown
 split becomes an :class:`~pneumoscope.data.records.Excluded` naming its line; a path that
@@ -47,10 +49,16 @@ REQUIRED = ("path", "label")
 LABEL_TEXT = {"0": 0, "1": 1, "normal": 0, "pneumonia": 1, "0.0": 0, "1.0": 1}
 SEX_TEXT = {"m": "M", "male": "M", "f": "F", "female": "F"}
 GROUP_TEXT = {"child": "child", "pediatric": "child", "paediatric": "child", "adult": "adult"}
+# COVID-19 labels (lower-cased): --covid-as decides, as for the Covid-19 & Pneumonia layout
+COVID_TEXT = frozenset({"covid-19", "covid19", "covid_19", "covid 19", "covid"})
+COVID_EXCLUDED = "COVID-19 left out (use --covid-as pneumonia to include)"  # ends each reason
 
 
-def read_csv_source(name: str, path: Path, default_age_group: str = "") -> SourceRead:
-    """Rows from a CSV file (or from the single .csv file in a folder)."""
+def read_csv_source(
+    name: str, path: Path, default_age_group: str = "", covid_as: str = "exclude"
+) -> SourceRead:
+    """Rows from a CSV file (or from the single .csv file in a folder). ``covid_as``:
+    ``"exclude"`` (COVID-19 lines become exclusions) or ``"pneumonia"`` (label 1)."""
     csv_path = _csv_file(Path(path).expanduser())
     text = _read_text(csv_path)
     first = text.lstrip("\r\n").split("\n", 1)[0]
@@ -59,7 +67,8 @@ def read_csv_source(name: str, path: Path, default_age_group: str = "") -> Sourc
     reader = csv.reader(io.StringIO(text, newline=""), dialect=_dialect(first))
     header = next((r for r in reader if any(c.strip() for c in r)), [])
     columns = _map_columns(header, csv_path)
-    listing = _Listing(name, csv_path, csv_path.parent.resolve(), columns, default_age_group)
+    base = csv_path.parent.resolve()  # relative paths start here
+    listing = _Listing(name, csv_path, base, columns, default_age_group, covid_as)
     rows: list[SourceRow] = []
     excluded: list[Excluded] = []
     bad_ages = 0
@@ -81,6 +90,12 @@ def read_csv_source(name: str, path: Path, default_age_group: str = "") -> Sourc
         notes.append(f"{csv_path.name}: {bad_ages} ages not understood (kept as unknown)")
     if excluded:
         notes.append(f"{csv_path.name}: {len(excluded)} lines left out (see the excluded list)")
+    n_covid = sum(e.reason.endswith(COVID_EXCLUDED) for e in excluded)
+    if n_covid:
+        notes.append(
+            f"{csv_path.name}: {n_covid} COVID-19 lines left out (--covid-as pneumonia "
+            "includes them)"
+        )
     return SourceRead(rows, excluded, NAME, notes)
 
 
@@ -93,6 +108,7 @@ class _Listing:
     base: Path  # the CSV's folder: relative paths start there
     columns: dict[str, int]  # canonical column -> index
     default_age_group: str
+    covid_as: str = "exclude"
 
     def cell(self, cells: list[str], key: str) -> str:
         i = self.columns.get(key)
@@ -107,8 +123,13 @@ class _Listing:
         file = _resolve(raw_path, self.base)
         raw_label = cell("label")
         label = LABEL_TEXT.get(raw_label.lower())
+        if raw_label.lower() in COVID_TEXT:
+            if self.covid_as != "pneumonia":
+                reason = f"line {lineno}: label {raw_label!r}: {COVID_EXCLUDED}"
+                return Excluded(str(file), name, reason)
+            label = 1
         if label is None:
-            reason = f"line {lineno}: label {raw_label!r} is not 0/1 or NORMAL/PNEUMONIA"
+            reason = f"line {lineno}: label {raw_label!r} is not 0/1, NORMAL/PNEUMONIA or COVID-19"
             return Excluded(str(file), name, reason)
         raw_split = cell("split")
         split = SPLIT_FOLDERS.get(raw_split.lower(), None) if raw_split else ""
@@ -215,7 +236,7 @@ def _detect(path: Path) -> bool:
 
 
 def _read(name: str, path: Path, options: ReadOptions) -> SourceRead:
-    return read_csv_source(name, path, options.default_age_group)
+    return read_csv_source(name, path, options.default_age_group, options.covid_as)
 
 
 LAYOUT = Layout(NAME, _detect, _read, priority=40)
