@@ -128,12 +128,19 @@ def _echo_calibration(c, policy: str, written: Path) -> None:
 
 @app.command(
     epilog="Examples:\n\n  pneumoscope evaluate --run runs/r18 --data work/data128 --split test"
-    "\n\n  pneumoscope evaluate --run runs/r18 --data work/data128 --split val --out eval_val",
+    "\n\n  pneumoscope evaluate --run runs/r18 --data work/data128 --split val --out eval_val"
+    "\n\n  pneumoscope evaluate --run runs/r18 --data work/adults128 --split all --out eval_adults",
 )
 def evaluate(
     run: Path = typer.Option(..., help="Run folder made by 'pneumoscope train'."),
     data: Path = typer.Option(..., help="Prepared data folder (same --img-size and CLAHE)."),
-    split: str = typer.Option("test", help="train | val | test."),
+    split: str = typer.Option(
+        "test",
+        help="train | val | test | all. all: every image of DATA, whatever its split, for a "
+        "prepared folder the run never trained on (an external set, e.g. adult films "
+        "prepared on their own); a warning says when DATA looks like the run's own "
+        "training cache.",
+    ),
     out: Path = typer.Option(
         None, help="Where to write metrics.json, plots and report.html (default: RUN)."
     ),
@@ -145,7 +152,8 @@ def evaluate(
 ) -> None:
     """Metrics with 95% bootstrap intervals (resampling patients), per source and age group
     where known, operating points of every threshold policy, every image's probability and
-    outcome (predictions_SPLIT.csv), plots and report.html with the most confident errors."""
+    outcome (predictions_SPLIT.csv, predictions_all.csv with --split all), plots and
+    report.html with the most confident errors."""
     from pneumoscope.evaluation.evaluate import evaluate as run_eval
     from pneumoscope.evaluation.metrics import METRIC_LABELS
     from pneumoscope.model.contract import RunFiles
@@ -161,8 +169,9 @@ def evaluate(
         [label, f"{m[k]:.4f}", "" if k not in ci else f"{ci[k][0]:.4f} - {ci[k][1]:.4f}"]
         for k, label in METRIC_LABELS.items()
     ]
+    what = "all images" if split == "all" else f"{split} split"
     echo_table(
-        f"{split} split, n={m['n']} ({m['n_normal']} NORMAL, {m['n_pneumonia']} "
+        f"{what}, n={m['n']} ({m['n_normal']} NORMAL, {m['n_pneumonia']} "
         f"PNEUMONIA), threshold {m['threshold']:.3f}",
         ["metric", "value", "95% CI"],
         rows,
@@ -172,6 +181,8 @@ def evaluate(
         f"confusion matrix: TN {tn}  FP {fp}  FN {fn}  TP {tp}; "
         f"written to {(out or run) / RunFiles.METRICS} and {RunFiles.REPORT}"
     )
+    for warning in m["warnings"]:
+        typer.echo(f"warning: {warning}", err=True)
 
 
 @app.command(

@@ -1,5 +1,6 @@
 """`pneumoscope evaluate`: metrics with confidence intervals, per-group results, plots and
-a self-contained HTML report, for one split of a prepared cache."""
+a self-contained HTML report, for one split of a prepared cache or every image of it
+(``all``: a prepared folder the run never trained on)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,41 @@ import pandas as pd
 
 from pneumoscope.core.errors import UserError
 from pneumoscope.core.io import write_json_atomic
-from pneumoscope.data.cache import open_cache, write_csv
+from pneumoscope.data.cache import Cache, counts_table, open_cache, write_csv
 from pneumoscope.evaluation import plots
 from pneumoscope.evaluation.bootstrap import bootstrap_ci
 from pneumoscope.evaluation.metrics import METRIC_LABELS, binary_metrics
 from pneumoscope.evaluation.report import write_report
-from pneumoscope.model.contract import RunFiles
+from pneumoscope.model.contract import ModelCard, RunFiles
 from pneumoscope.model.run import LoadedRun, check_compatible, load_run, sigmoid
 
 GROUP_COLUMNS = ("source", "age_group")
 MIN_GROUP_SIZE = 10  # smaller groups are listed with their n, without metrics
 N_WORST = 8  # most confident false positives and false negatives named in metrics.json
 PER_IMAGE_COLUMNS = ("index", "path", "source", "patient", "group", "age_group", "class_name")
+SPLITS = ("train", "val", "test", "all")  # all: every image of the folder, whatever its split
+
+
+def evaluated_rows(cache: Cache, split: str) -> pd.DataFrame:
+    """The manifest rows of ``split``: one of the cache's splits, or every row (``all``)."""
+    if split not in SPLITS:
+        raise UserError(f"--split must be one of {' | '.join(SPLITS)}, got '{split}'")
+    return cache.manifest if split == "all" else cache.split(split)
+
+
+def training_cache_match(card: ModelCard, cache: Cache) -> str:
+    """Why ``cache`` looks like the one ``card``'s run was trained on, or "" when it does
+    not: the same folder as the card's training_data.cache, or the same counts per split
+    and class and the same split note. The card keeps no digest of the training pixels, so
+    this is a likeness (a copy of the cache matches, a re-preparation of other images with
+    equal counts would too): grounds for a warning, never for a refusal."""
+    td = card.training_data
+    if td.cache and Path(td.cache) == cache.root.expanduser().resolve():
+        return "the folder its model.json names as the training data"
+    same = (td.counts, td.split_note) == (counts_table(cache.manifest), cache.info.split_note)
+    if td.counts and same:
+        return "the counts per split and class and the split note of its training data"
+    return ""
 
 
 def per_image(rows: pd.DataFrame, y: np.ndarray, p: np.ndarray, threshold: float) -> pd.DataFrame:
@@ -96,7 +120,7 @@ def evaluate(
     loaded = load_run(run)
     cache = open_cache(data)
     check_compatible(cache, loaded, data)
-    rows = cache.split(split).reset_index(drop=True)
+    rows = evaluated_rows(cache, split).reset_index(drop=True)
     y = rows["label"].to_numpy()
     if len(np.unique(y)) < 2:
         raise UserError(f"split '{split}' of {data} holds one class only: AUROC is undefined")
@@ -115,6 +139,12 @@ def evaluate(
     m = binary_metrics(y, p, thr)
     ci = bootstrap_ci(y, p, thr, groups, n_boot=n_boot, seed=seed) if n_boot else {}
     operating_points = _operating_points(loaded, y, p)
+    warnings = []
+    if split == "all" and (why := training_cache_match(loaded.card, cache)):
+        warnings.append(
+            f"{data} looks like the run's own training cache ({why}): --split all scores its "
+            "training and validation images too, so these figures do not measure unseen films"
+        )
     out_files = RunFiles.of(out) if out else loaded.files
     out_dir = out_files.root
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -138,6 +168,7 @@ def evaluate(
         "operating_points": operating_points,
         "per_group": _per_group(rows, y, p, thr, groups, n_boot, seed) if n_boot else {},
         "metric_labels": METRIC_LABELS,
+        "warnings": warnings,
     }
     images = per_image(rows, y, p, thr)
     predictions_csv = out_files.predictions(split)
