@@ -7,8 +7,9 @@ Pneumonia copy, adult_public) and writes to ``--work`` (default /work/pop_work):
   patient, group, split, original size, content and perceptual hashes, simple image
   statistics (aspect, JPEG quality estimate, border, intensity);
 * ``raw.npz``: each film decoded to gray (the package's ``decode_gray``) and shrunk to a
-  long side of at most ``RAW_LONG`` px, aspect kept: what the training augmentations start
-  from, so that borders, crops and letters are drawn on the film, not on the square;
+  long side of at most 320 px (``pneumoscope.data.marks.shrink``), aspect kept: what the
+  training augmentations start from, so that borders, crops and letters are drawn on the
+  film, not on the square;
 * ``pre{S}.npy``: each film through the package's own path, ``load_image(path,
   PreprocessConfig(img_size=S))`` (decode, square resize, CLAHE): what evaluation reads.
 
@@ -46,12 +47,12 @@ from pneumoscope.data.dedupe import (
     search_near_pairs,
 )
 from pneumoscope.data.groups import UnionFind
+from pneumoscope.data.marks import shrink
 from pneumoscope.data.preprocess import PreprocessConfig, decode_gray, preprocess_gray
 
 cv2.setNumThreads(1)
 DATA = Path("/work/shared/data")
 HERE = Path(__file__).resolve().parent
-RAW_LONG = 320
 SEED = 0
 PED_VAL_FRACTION = 0.15
 ADULT_FRACTIONS = (0.6, 0.2, 0.2)  # train, val, test by group, per source
@@ -222,16 +223,6 @@ def border_fraction(gray: np.ndarray) -> float:
             k += 1
         best = max(best, k / n)
     return best
-
-
-def shrink(gray: np.ndarray, long_side: int = RAW_LONG) -> np.ndarray:
-    h, w = gray.shape
-    s = long_side / max(h, w)
-    if s >= 1:
-        return gray
-    return cv2.resize(
-        gray, (max(8, round(w * s)), max(8, round(h * s))), interpolation=cv2.INTER_AREA
-    )
 
 
 def split_groups(

@@ -2,10 +2,11 @@
 
 Pediatric training films (split ``train``) against adult films of the chosen sources,
 each batch half and half (balanced sampling, unweighted BCE), every film augmented by
-``augment.augment`` (both classes alike), the package's preprocessing at the end. The
-weights of the last step are kept (no selection). Validation scores are logged every
-``--log-every`` steps for the curves only. Writes to ``--work``/runs/NAME: popnet.safetensors,
-config.json, history.json.
+``pneumoscope.data.marks.augment`` (both classes alike), the package's preprocessing at
+the end. The weights of the last step are kept (no selection). Validation scores are
+logged every ``--log-every`` steps for the curves only. (``pneumoscope population
+retrain`` is this recipe on a dataset made by ``data prepare``.) Writes to
+``--work``/runs/NAME: popnet.safetensors, config.json, history.json.
 
     # main run: adults of both sources, train split
     OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python experiments/population_check/train.py --name main
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -31,8 +31,10 @@ import torch
 from safetensors.torch import save_file
 from sklearn.metrics import roc_auc_score
 
+from pneumoscope.data.marks import augment
+from pneumoscope.training.population_check import lr_at, rule_threshold
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from augment import augment  # noqa: E402
 from model import build, n_params, to_input  # noqa: E402
 
 
@@ -61,19 +63,6 @@ def score(model: torch.nn.Module, pre: np.ndarray, idx: np.ndarray, batch: int =
         x = to_input(torch.from_numpy(np.ascontiguousarray(pre[idx[s : s + batch]])))
         out.append(torch.sigmoid(model(x)).numpy())
     return np.concatenate(out) if out else np.zeros(0)
-
-
-def rule_threshold(ped_val_scores: np.ndarray, rate: float = 0.005) -> float:
-    """The README's rule: the (floor(rate * n) + 1)-th highest pediatric validation score;
-    flagged means strictly greater, so at most floor(rate * n) validation films are flagged."""
-    s = np.sort(ped_val_scores)[::-1]
-    return float(s[int(math.floor(rate * len(s)))])
-
-
-def lr_at(step: int, steps: int, warmup: int, lr: float) -> float:
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    return 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
 def main() -> None:
