@@ -6,12 +6,12 @@ import sys
 
 import typer
 
-from pneumoscope.cli import data, evaluate, pacs, predict, serve, train
+from pneumoscope.cli import data, evaluate, pacs, population, predict, serve, train
 from pneumoscope.cli.base import app
 from pneumoscope.core.errors import UserError
 
 # importing a module registers its commands
-COMMAND_MODULES = (data, train, evaluate, predict, pacs, serve)
+COMMAND_MODULES = (data, train, evaluate, predict, pacs, population, serve)
 ORDER = (
     "train",
     "ensemble",
