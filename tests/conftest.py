@@ -142,6 +142,7 @@ SLOW_FIXTURES = {
     "timm_run",  # trains (tests/inference/test_predict_ood.py)
     "seed2_run",  # trains (tests/training/test_training.py)
     "runs",  # trains four runs (tests/training/test_precision.py)
+    "population_retrained",  # retrains the population check (test_population_check.py)
 }
 SLOW_MODULES = {
     "tests/bench",  # benchmark scripts in subprocesses that import torch and train
