@@ -53,6 +53,7 @@ def train(
     scheduler: str = typer.Option(None, help=HELP["scheduler"]),
     warmup_epochs: float = typer.Option(None, help=HELP["warmup_epochs"]),
     imbalance: str = typer.Option(None, help=HELP["imbalance"]),
+    balance_groups: str = typer.Option(None, help=HELP["balance_groups"]),
     patience: int = typer.Option(None, help=HELP["patience"]),
     max_minutes: float = typer.Option(None, help=HELP["max_minutes"]),
     seed: int = typer.Option(None, help=HELP["seed"]),

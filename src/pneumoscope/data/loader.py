@@ -130,6 +130,27 @@ def process_rank() -> tuple[int, int]:
     return 0, 1
 
 
+def draw_weights(
+    labels: np.ndarray, groups: np.ndarray | None = None, classes: bool = False
+) -> np.ndarray | None:
+    """Sampling weights (one per row, unnormalised) that draw each cell equally often, or
+    None for a plain shuffle. ``classes``: the two classes; ``groups`` (one value per row):
+    each group; both: each (group, class) cell present. A group holding one class only
+    then gives that cell a whole share, so the classes are balanced overall only where
+    every group holds both."""
+    labels = np.asarray(labels)
+    if groups is None:
+        if not classes:
+            return None
+        freq = np.bincount(labels, minlength=2).astype(np.float64)
+        return 1.0 / freq[labels]
+    keys = np.asarray(groups).astype(str)
+    if classes:
+        keys = np.char.add(np.char.add(keys, "\0"), labels.astype(str))
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    return 1.0 / counts[inverse.ravel()].astype(np.float64)
+
+
 def make_loader(
     cache: Cache,
     split: str,
@@ -138,16 +159,17 @@ def make_loader(
     seed: int = 0,
     balance: bool = False,
     drop_last: bool = False,
+    groups: np.ndarray | None = None,
 ) -> DataLoader:
-    """A DataLoader over one split; ``balance`` draws both classes equally often."""
+    """A DataLoader over one split; ``balance`` draws both classes equally often,
+    ``groups`` (one value per row of the split, in its order) each group equally often,
+    both together each (group, class) cell present (:func:`draw_weights`)."""
     sub = cache.split(split)
     rows = sub["index"].to_numpy()
     labels_all = cache.manifest["label"].to_numpy()
-    weights = None
-    if balance:
-        y = labels_all[rows]
-        freq = np.bincount(y, minlength=2).astype(np.float64)
-        weights = 1.0 / freq[y]
+    if groups is not None and len(groups) != len(rows):
+        raise ValueError(f"{len(groups)} groups for the {len(rows)} rows of split '{split}'")
+    weights = draw_weights(labels_all[rows], groups, classes=balance)
     sampler = IndexBatchSampler(rows, batch_size, shuffle, seed, weights, drop_last)
     ds = CacheBatches(cache.images, labels_all)
     return DataLoader(ds, sampler=sampler, batch_size=None, num_workers=0)

@@ -295,6 +295,7 @@ class TrainingInfo:
     imbalance: str | None = None
     pos_weight: float | None = None
     pos_weight_note: str = ""
+    balance_groups: str = ""  # the manifest column drawn evenly ("age_group"); "" = none
     optimizer: str | None = None
     lr: float | None = None
     weight_decay: float | None = None
@@ -319,7 +320,7 @@ class TrainingInfo:
     written_as: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     # written only when set, so that older cards round-trip key for key
-    _OMIT_EMPTY: ClassVar[frozenset[str]] = frozenset({"precision_reason", "tta"})
+    _OMIT_EMPTY: ClassVar[frozenset[str]] = frozenset({"precision_reason", "tta", "balance_groups"})
     # keys of cards written before the rename, read as the new ones
     _RENAMED: ClassVar[Mapping[str, str]] = {
         "threshold_views": "threshold_tta",

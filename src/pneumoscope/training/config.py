@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 Imbalance = Literal["none", "pos-weight", "sampler"]
 IMBALANCE_CHOICES = get_args(Imbalance)
+BalanceGroups = Literal["none", "age_group"]  # a manifest column whose values are drawn evenly
 # auto | bf16 | fp32 (pneumoscope.training.precision); the rest are Lightning's own names,
 # kept so that older run configs repeat unchanged
 Precision = Literal[
@@ -53,9 +54,10 @@ def _augment_defaults() -> dict[str, Any]:
     return AugmentConfig().to_dict()
 
 
-# settings added after release 0.1, written to config.yaml only when switched on, so that
-# a run's config from before them reads back and writes out unchanged
-LATER_SWITCHES = ("tta",)
+# settings added after release 0.1, with their "off" value: written to config.yaml only
+# when switched on, so that a run's config from before them reads back and writes out
+# unchanged
+LATER_SWITCHES = {"tta": 0, "balance_groups": "none"}
 # settings renamed since they were first written: a saved config.yaml (or preset) with the
 # old name loads as the new one; new files are written with the new name
 RENAMED = {"threshold_views": "threshold_tta", "test_views": "tta"}
@@ -91,7 +93,7 @@ class TrainConfig(Settings):
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
-        return {k: v for k, v in d.items() if k not in LATER_SWITCHES or v}
+        return {k: v for k, v in d.items() if k not in LATER_SWITCHES or v != LATER_SWITCHES[k]}
 
     def retired_note(self) -> str:
         """One line naming the retired settings that were on, or ''."""
@@ -172,6 +174,17 @@ class TrainConfig(Settings):
         "pos_weight = N_NORMAL / N_PNEUMONIA, so both classes weigh the same in the loss; "
         "below 1 when pneumonia is the majority) | sampler (draw both classes equally "
         "often) | none.",
+    )
+    balance_groups: BalanceGroups = Field(
+        "none",
+        description="none | age_group: draw each age group of the training split (the "
+        "cache's child, adult) equally often, so a few hundred adult films are not drowned "
+        "by thousands of children's. With --imbalance sampler each (age group, class) cell "
+        "present is drawn equally often (a group holding one class gives that cell a whole "
+        "share); with pos-weight, still a loss weight, pos_weight is NORMAL / PNEUMONIA of "
+        "the group-balanced draws; with none, the groups only. Every training image needs "
+        "an age group (data prepare --age-group NAME=child|adult where a source gives no "
+        "ages).",
     )
     patience: Whole = Field(6, description="Early stopping patience on validation AUROC, epochs.")
     max_minutes: Number | None = Field(

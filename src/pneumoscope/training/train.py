@@ -38,7 +38,7 @@ from pneumoscope.core import CLASS_NAMES, __version__
 from pneumoscope.core.errors import UserError
 from pneumoscope.core.io import write_text_atomic
 from pneumoscope.data.cache import Cache, counts_table, open_cache
-from pneumoscope.data.loader import make_loader
+from pneumoscope.data.loader import draw_weights, make_loader
 from pneumoscope.evaluation.metrics import binary_metrics, youden_threshold
 from pneumoscope.evaluation.plots import training_curves
 from pneumoscope.model.architectures import check_model_name
@@ -225,7 +225,8 @@ def classifier_kwargs(cfg: TrainConfig, img_size: int, mean, std, pos_weight: fl
 
 
 def make_train_loader(cache: Cache, cfg: TrainConfig):
-    """The training split's loader: seeded shuffle or class-balanced draws, full batches.
+    """The training split's loader: seeded shuffle, or draws balanced by class
+    (``imbalance: sampler``), by age group (``balance_groups``) or by both; full batches.
     bench/train.py times this same loader."""
     return make_loader(
         cache,
@@ -235,7 +236,50 @@ def make_train_loader(cache: Cache, cfg: TrainConfig):
         seed=cfg.seed,
         balance=cfg.imbalance == "sampler",
         drop_last=True,
+        groups=balanced_groups(cfg, cache),
     )
+
+
+def balanced_groups(cfg: TrainConfig, cache: Cache) -> np.ndarray | None:
+    """The training rows' values of the column ``cfg.balance_groups`` names (None when it
+    is "none"), refusing in one line a cache that cannot be balanced by it: a training
+    image without a group, or fewer than two groups."""
+    column = cfg.balance_groups
+    if column == "none":
+        return None
+    rows = cache.split("train")
+    flag = f"--balance-groups {column}"
+    fix = "prepare it with --age-group NAME=child|adult for sources that give no ages"
+    values = rows[column].fillna("").astype(str) if column in rows else pd.Series([""] * len(rows))
+    missing = int((values == "").sum())
+    if missing == len(rows):
+        raise UserError(f"{flag}: {cfg.data} has no age groups; {fix}")
+    if missing:
+        raise UserError(
+            f"{flag}: {missing} of {len(rows)} training images of {cfg.data} have no age "
+            f"group; {fix}"
+        )
+    if values.nunique() < 2:
+        raise UserError(
+            f"{flag}: the training split of {cfg.data} holds one age group only "
+            f"({values.iloc[0]}); there is nothing to balance"
+        )
+    return values.to_numpy()
+
+
+def loss_pos_weight(
+    cfg: TrainConfig, labels: np.ndarray, groups: np.ndarray | None
+) -> float | None:
+    """BCE pos_weight under ``imbalance: pos-weight`` (else None): N_NORMAL / N_PNEUMONIA of
+    the images as the loader draws them, so each class weighs the same in the loss; with
+    ``groups`` balanced, the expected counts of the group-balanced draws."""
+    if cfg.imbalance != "pos-weight":
+        return None
+    n_pos = int(labels.sum())
+    if groups is None:
+        return (len(labels) - n_pos) / n_pos
+    w = draw_weights(labels, groups)
+    return float(w[labels == 0].sum() / w[labels == 1].sum())
 
 
 def _check_splits(cfg: TrainConfig, cache: Cache) -> tuple[pd.DataFrame, int, int]:
@@ -330,7 +374,8 @@ def train(
     ckpt = _check_resumable(out) if resume else None
 
     pp = cache.preprocess
-    train_rows, n_pos, n_neg = _check_splits(cfg, cache)
+    train_rows, _, _ = _check_splits(cfg, cache)
+    groups = balanced_groups(cfg, cache)
     local_procs = cfg.devices if not _uses_gpu(cfg) else 1
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // local_procs)
     torch.set_num_threads(threads)
@@ -341,8 +386,14 @@ def train(
     mean, std = normalization(cfg, cache, train_rows["index"].to_numpy())
     # One imbalance method only. pos_weight = N_neg / N_pos makes the two classes weigh the
     # same in the loss (below 1 here, since pneumonia is the majority); the sampler instead
-    # draws both classes equally often. Stacking both would compensate twice.
-    pos_weight = n_neg / n_pos if cfg.imbalance == "pos-weight" else None
+    # draws both classes equally often. Stacking both would compensate twice. Drawing the
+    # age groups equally often changes the class mix drawn: pos_weight follows it.
+    pos_weight = loss_pos_weight(cfg, train_rows["label"].to_numpy(), groups)
+    if groups is not None:
+        counts = pd.Series(groups).value_counts().sort_index()
+        sizes = ", ".join(f"{g} {n}" for g, n in counts.items())
+        what = cfg.balance_groups.replace("_", " ")
+        say(f"each {what} drawn equally often (training images: {sizes})")
     module = Classifier(**classifier_kwargs(cfg, pp.img_size, mean, std, pos_weight))
     init = None
     if ckpt is None:  # a resumed run takes every weight from its checkpoint
@@ -466,11 +517,8 @@ def _training_info(
     return TrainingInfo(
         imbalance=cfg.imbalance,
         pos_weight=pos_weight,
-        pos_weight_note=(
-            "BCE pos_weight = N_NORMAL / N_PNEUMONIA: each class weighs the same in the loss"
-            if pos_weight is not None
-            else ""
-        ),
+        pos_weight_note=_pos_weight_note(cfg, pos_weight),
+        balance_groups="" if cfg.balance_groups == "none" else cfg.balance_groups,
         optimizer=cfg.optimizer,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
@@ -489,6 +537,17 @@ def _training_info(
         stopped_by=summary.get("stopped_by", "max_time"),
         seed=cfg.seed,
     )
+
+
+def _pos_weight_note(cfg: TrainConfig, pos_weight: float | None) -> str:
+    if pos_weight is None:
+        return ""
+    if cfg.balance_groups != "none":
+        return (
+            f"BCE pos_weight = N_NORMAL / N_PNEUMONIA expected in draws balanced by "
+            f"{cfg.balance_groups}: each class weighs the same in the loss"
+        )
+    return "BCE pos_weight = N_NORMAL / N_PNEUMONIA: each class weighs the same in the loss"
 
 
 def _input_note(cfg: TrainConfig, size: int) -> str:
