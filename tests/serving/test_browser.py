@@ -273,3 +273,35 @@ def test_page_says_when_a_film_is_outside_the_training_population(
     target = os.environ.get("PNEUMOSCOPE_OUTSIDE_SCREENSHOT")
     if target:
         shutil.copy(tmp_path / "outside.png", target)
+
+
+@pytest.mark.realdata
+def test_page_says_an_adult_film_is_outside_the_population(browser_page, shared_data, tmp_path):
+    """Issue 30: on a run trained on children, an adult's JPEG is not analysed, and the
+    page says why (the age group estimated from the image), while a child's film is."""
+    import json
+    import shutil
+
+    run = tmp_path / "children_run"
+    shutil.copytree(RUN, run)
+    card = json.loads((run / "model.json").read_text())
+    card["population"] = {"age_groups": ["child"], "age_min": 1, "age_max": 5, "views": ["AP"]}
+    (run / "model.json").write_text(json.dumps(card))
+    adult = shared_data / "adult_public/images/ieee8023/covid-19-pneumonia-58-prior.jpg"
+    child = _real_xray(shared_data)
+    page = browser_page
+    page.set_viewport_size({"width": 1280, "height": 900})
+    with _serve(tmp_path / "serve.log", run=run) as url:
+        page.goto(url + "/")
+        page.locator("#model-id").wait_for(timeout=RESULT_TIMEOUT_MS)
+        page.set_input_files("#files", [str(adult), str(child)])
+        refused = _wait_card(page, adult.name, "error")
+        ok = _wait_card(page, child.name, "ok")
+        api = _api_predict(url, adult.read_bytes()).json()
+        assert refused.get_attribute("data-outcome") == "out_of_scope"
+        shown = refused.locator(".error-message").text_content()
+        assert shown == api["error"].removeprefix("not analysed: ")
+        assert "estimated from the image" in shown and "--allow age" in shown
+        assert "outside the model's intended use" in refused.locator(".error").text_content()
+        assert ok.locator(".age-group").text_content().startswith("young child, p(adult) ")
+        page.screenshot(path=str(tmp_path / "population.png"), full_page=True)

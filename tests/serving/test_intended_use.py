@@ -118,3 +118,36 @@ def test_unknown_rules_are_refused_in_one_line(tmp_path):
     assert r.stderr.strip().splitlines() == [
         "error: --allow 'colour': choose among modality, body-part, view, multiframe, age"
     ]
+
+
+def test_the_age_estimated_from_the_image_refuses_an_adult_jpeg(
+    tmp_path, shared_data, one_torch_thread
+):
+    """Issue 30: a JPEG carries no age; the population check reads the film."""
+    run = tmp_path / "run"
+    shutil.copytree(RUN_V1, run)
+    card = json.loads((run / "model.json").read_text())
+    card["population"] = {"age_groups": ["child"], "age_min": 1, "age_max": 5, "views": ["AP"]}
+    (run / "model.json").write_text(json.dumps(card))
+    adult = (
+        shared_data / "adult_public/images/ieee8023/covid-19-pneumonia-58-prior.jpg"
+    ).read_bytes()
+    child = (shared_data / "chest_xray_224/test/NORMAL/NORMAL2-IM-0110-0001.jpeg").read_bytes()
+    with _client(ServeSettings(run=run)) as c:
+        r = c.post("/v1/predict", content=adult)
+        assert r.status_code == 422, r.text
+        body = r.json()
+        assert body["outcome"] == "out_of_scope" and body["estimated_age_group"] == "adult"
+        assert body["adult_probability"] > 0.9
+        assert "estimated from the image" in body["error"] and "--allow age" in body["error"]
+        ok = c.post("/v1/predict", content=child).json()
+        assert ok["status"] == "ok" and ok["estimated_age_group"] == "child"
+        files = [("files", ("a.jpg", adult)), ("files", ("c.jpeg", child))]
+        results = c.post("/v1/predict/batch", files=files).json()["results"]
+        assert [x["status"] for x in results] == ["out_of_scope", "ok"]
+        assert results[0]["adult_probability"] == pytest.approx(body["adult_probability"])
+        check = c.get("/v1/model").json()["intended_use_rules"]["population_check"]
+        assert check["threshold"] > 0 and "retrain" in check
+    with _client(ServeSettings(run=run, allow=("age",))) as c:
+        r = c.post("/v1/predict", content=adult)
+        assert r.status_code == 200 and "estimated from the image" in r.json()["note"]

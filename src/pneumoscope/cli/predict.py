@@ -11,9 +11,10 @@ from pneumoscope.cli.base import app
 from pneumoscope.core.errors import UserError
 
 ALLOW_HELP = (
-    "Relax an intended-use rule for DICOM inputs (repeatable): modality (other than "
-    "CR/DX/chest captures), body-part (other than chest), view (lateral), multiframe "
-    "(first frame), age (outside the training population's)."
+    "Relax an intended-use rule (repeatable): modality (other than CR/DX/chest captures), "
+    "body-part (other than chest), view (lateral), multiframe (first frame) for DICOM "
+    "inputs; age (outside the training population's: from the DICOM header, else "
+    "estimated from the image by the population check)."
 )
 
 
@@ -98,13 +99,15 @@ def predict(
     dicomweb: str = typer.Option(None, hidden=True),  # moved to `pacs predict`: says so
 ) -> None:
     """One CSV row per input: path, probability (calibrated), label, threshold, model_id,
-    ood, ood_score, status, error.
+    ood, ood_score, status, error, note, estimated_age_group, adult_probability.
 
     Preprocessing is read from the run's model.json. ood is true when the image lies far
     from the training images (ood_score >= 1). status is ok, error (unreadable),
     skipped (a DICOM object that is no image: report, presentation state, DICOMDIR, ...)
-    or out_of_scope (a DICOM the model was not made for: its modality, body part, view,
-    frames or the patient's age; error says which rule and how to relax it). Files a
+    or out_of_scope (a film the model was not made for: a DICOM's modality, body part,
+    view or frames, or the patient's age: the header's, else the age group the population
+    check estimates from the image (estimated_age_group, adult_probability); error says
+    which rule and how to relax it). Files a
     folder scan finds to be no image are listed in OUT.skipped.txt. Studies in a PACS:
     'pneumoscope pacs predict'. The exit status is 1 when any input failed."""
     from pneumoscope.core.ray_session import check_engine
@@ -188,10 +191,11 @@ def explain(
     from pneumoscope.inference.explain import explain_files
     from pneumoscope.inference.inputs import scan_inputs, write_skipped_list
     from pneumoscope.inference.intended_use import IntendedUse
+    from pneumoscope.model.population_check import check_folder
     from pneumoscope.model.run import load_run
 
     loaded = load_run(run)
-    scope = IntendedUse.from_card(loaded.card, allow or ())
+    scope = IntendedUse.from_card(loaded.card, allow or (), check_folder(loaded.root))
     found = scan_inputs(inputs)
     rows = explain_files(loaded, found.paths, out, scope=scope)
     listed = write_skipped_list(found, Path(out) / "skipped.txt")

@@ -180,8 +180,14 @@ def load_image_bytes(data: bytes, cfg: PreprocessConfig) -> np.ndarray:
 def try_load_image(path: str | Path, cfg: PreprocessConfig) -> tuple[np.ndarray | None, str]:
     """(image, "") or (None, reason): how batch stages read files, so that one odd file,
     even one that trips a decoder bug, becomes a reported row and never stops the batch."""
+    gray, err = try_decode_gray(path)
+    return (None, err) if gray is None else (preprocess_gray(gray, cfg), "")
+
+
+def try_decode_gray(path: str | Path) -> tuple[np.ndarray | None, str]:
+    """``try_load_image`` before preprocessing: the decoded film, or (None, reason)."""
     try:
-        return load_image(path, cfg), ""
+        return decode_gray(path), ""
     except ImageReadError as exc:
         return None, str(exc)
     except Exception as exc:

@@ -31,11 +31,23 @@ from torch import nn
 
 from pneumoscope.core.errors import UserError
 from pneumoscope.core.io import atomic_write, write_text_atomic
-from pneumoscope.inference.intended_use import IntendedUse, load_screened
+from pneumoscope.inference.intended_use import IntendedUse, Screened, load_screened
 from pneumoscope.model.ensemble import Ensemble
+from pneumoscope.model.population_check import check_folder
 from pneumoscope.model.run import LoadedRun, load_run
 
-CSV_COLUMNS = ["path", "probability", "label", "threshold", "status", "error", "heatmap"]
+CSV_COLUMNS = [
+    "path",
+    "probability",
+    "label",
+    "threshold",
+    "status",
+    "error",
+    "heatmap",
+    "note",
+    "estimated_age_group",
+    "adult_probability",
+]
 CSV_NAME = "explanations.csv"
 MIN_PANEL = 256  # PNG panels are upscaled to at least this many pixels so the caption fits
 
@@ -408,7 +420,7 @@ def explain_files(
     rules (``scope``; default: the run's, nothing relaxed) refuse, and
     ``out_dir/explanations.csv`` with every row in input order."""
     loaded = run_or_loaded if isinstance(run_or_loaded, LoadedRun) else load_run(run_or_loaded)
-    scope = scope or IntendedUse.from_card(loaded.card)
+    scope = scope or IntendedUse.from_card(loaded.card, check=check_folder(loaded.root))
     out_dir = Path(out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     batch_size = max(1, int(batch_size))
@@ -416,38 +428,47 @@ def explain_files(
     rows: list[dict] = []
     for start in range(0, len(paths), batch_size):
         chunk = [str(p) for p in paths[start : start + batch_size]]
-        read = [(p, *load_screened(p, loaded.preprocess, scope)) for p in chunk]
-        good = [i for i, (_, img, _, _) in enumerate(read) if img is not None]
+        read = [load_screened(p, loaded.preprocess, scope) for p in chunk]
+        good = [i for i, s in enumerate(read) if s.pixels is not None]
         done: dict[int, dict] = {}
         if good:
             spec = spec or cam_spec(loaded.model, loaded.preprocess.img_size, loaded.in_chans)
             made = _explain_chunk(loaded, [read[i] for i in good], out_dir, batch_size, spec)
             done = dict(zip(good, made, strict=True))
-        for i, (path, _, status, why) in enumerate(read):
-            rows.append(done.get(i) or _row(path, None, "", loaded.threshold, status, why, ""))
+        for i, s in enumerate(read):
+            row = done.get(i) or _row(s.path, None, "", loaded.threshold, s.status, s.reason, "")
+            rows.append(row | _estimate_cells(s))
     _write_csv(out_dir / CSV_NAME, rows)
     return rows
 
 
 def _explain_chunk(loaded: LoadedRun, read: list, out_dir: Path, batch_size: int, spec) -> list:
     """Rows (and PNGs) for decoded images: probability, label and Grad-CAM heatmap."""
-    imgs = np.stack([img for _, img, _, _ in read])
+    imgs = np.stack([s.pixels for s in read])
     probs = loaded.proba_from_logits(loaded.scorer().predict_logits(imgs, batch_size))
     heats = gradcam(loaded, imgs, batch_size, spec)
     thr, names = loaded.threshold, loaded.card.class_names
     rows = []
-    for (path, img, _, _), prob, heat in zip(read, probs, heats, strict=True):
+    for s, prob, heat in zip(read, probs, heats, strict=True):
         label = names[int(prob >= thr)]
-        png = out_dir / heatmap_name(path)
-        save_explanation(png, img, heat, float(prob), label, thr)
-        rows.append(_row(path, float(prob), label, thr, "ok", "", str(png)))
+        png = out_dir / heatmap_name(s.path)
+        save_explanation(png, s.pixels, heat, float(prob), label, thr)
+        rows.append(_row(s.path, float(prob), label, thr, "ok", "", str(png)) | {"note": s.reason})
     return rows
 
 
 def _row(path, prob, label, thr, status, error, heatmap) -> dict:
-    return dict(
-        zip(CSV_COLUMNS, [path, prob, label, float(thr), status, error, heatmap], strict=True)
-    )
+    values = [path, prob, label, float(thr), status, error, heatmap]
+    return dict(zip(CSV_COLUMNS, values, strict=False)) | {"note": ""}
+
+
+def _estimate_cells(s: Screened) -> dict:
+    """The population check's estimate, in the CSV's own columns."""
+    est = s.estimate
+    return {
+        "estimated_age_group": est.group if est else "",
+        "adult_probability": est.adult_probability if est else None,
+    }
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -465,6 +486,9 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
                 r["status"],
                 r["error"],
                 r["heatmap"],
+                r["note"],
+                r["estimated_age_group"],
+                "" if r["adult_probability"] is None else f"{r['adult_probability']:.4f}",
             ]
         )
     write_text_atomic(path, buf.getvalue())

@@ -12,13 +12,17 @@ with a reason naming each rule it breaks and the flag that relaxes it:
   orientation along the anterior-posterior axis) when the model learnt from frontal films;
 - ``multiframe``: one frame (with ``--allow multiframe`` the first frame is analysed);
 - ``age``: the patient's age (PatientAge, else the study date minus the birth date) lies
-  within the training population's ages, in completed years. A card without a population
+  within the training population's ages, in completed years. A film whose header gives no
+  age (a JPEG, a PNG, an anonymised DICOM) is read by the population check
+  (:mod:`pneumoscope.model.population_check`): its estimated group (child or adult) must be
+  one of the training population's age groups. The header's age, when there is one, wins
+  over the estimate; the estimate is reported either way. A card without a population
   (runs of older releases, such as 0.1.0) cannot say, and the rule is then not applied
   (``notes`` says so, once per run).
 
-A header that lacks a fact passes that rule: absent is not refused. Files that are not
-DICOM have no header and pass every rule. `predict`, `explain` and the service all screen
-their inputs through :meth:`IntendedUse.screen`.
+A header that lacks a fact passes that rule: absent is not refused. `predict`, `explain`,
+the service and the Ray engine all read their inputs through :func:`load_screened` or
+:func:`screen_decoded`.
 """
 
 from __future__ import annotations
@@ -39,8 +43,9 @@ from pneumoscope.data.dicom import (
     not_image_reason,
     read_header,
 )
-from pneumoscope.data.preprocess import PreprocessConfig, try_load_image
+from pneumoscope.data.preprocess import PreprocessConfig, preprocess_gray, try_decode_gray
 from pneumoscope.model.contract import ModelCard
+from pneumoscope.model.population_check import PopulationCheck, PopulationEstimate
 
 RULES = ("modality", "body-part", "view", "multiframe", "age")
 SKIPPED, OUT_OF_SCOPE = "skipped", "out_of_scope"
@@ -104,10 +109,17 @@ class IntendedUse:
     population: str = ""  # the ages as people read them: "children aged 1-5 years"
     frontal_only: bool = True
     notes: tuple[str, ...] = ()  # what could not be checked, said once per run
+    groups: tuple[str, ...] = ()  # the training population's age groups (child, adult)
+    population_folder: str = ""  # the population check's folder; "" = no estimate
     _screened: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
     @classmethod
-    def from_card(cls, card: ModelCard, allow: Iterable[str] = ()) -> IntendedUse:
+    def from_card(
+        cls, card: ModelCard, allow: Iterable[str] = (), check: str | os.PathLike = ""
+    ) -> IntendedUse:
+        """The run's rules; ``check`` the population check's folder (the run's own or the
+        shipped one, ``population_check.check_folder``) that estimates the group of a film
+        whose header gives no age."""
         allowed = parse_allow(allow)
         pop = card.population
         if pop is None:
@@ -115,40 +127,74 @@ class IntendedUse:
                 "the age rule is not applied: the model card records no training "
                 "population (a run made by an older pneumoscope; train it again to add one)"
             )
-            return cls(allowed, notes=() if "age" in allowed else (note,))
+            return cls(
+                allowed, notes=() if "age" in allowed else (note,), population_folder=str(check)
+            )
         ages = None
         if pop.age_min is not None and pop.age_max is not None:
             ages = (float(pop.age_min), float(pop.age_max))
         notes = ()
         if ages is None and "age" not in allowed:
             notes = ("the age rule is not applied: the training population's ages are unknown",)
-        return cls(allowed, ages, pop.ages_text(), pop.frontal_only, notes)
+        groups = tuple(g for g in pop.age_groups if g in ("child", "adult"))
+        return cls(allowed, ages, pop.ages_text(), pop.frontal_only, notes, groups, str(check))
 
     def to_dict(self) -> dict:
         """For /v1/model: the rules, what is relaxed and what cannot be checked."""
+        check = self.population_check()
         return {
             "rules": [r for r in RULES if r not in self.allow],
             "allowed": sorted(self.allow),
             "ages": list(self.ages) if self.ages else None,
             "population": self.population,
+            "age_groups": list(self.groups),
+            "population_check": check.summary() if check else None,
             "notes": list(self.notes),
         }
+
+    def population_check(self) -> PopulationCheck | None:
+        """The population check, loaded once per process (None when there is none)."""
+        return PopulationCheck.cached(self.population_folder) if self.population_folder else None
+
+    def estimate(self, gray: np.ndarray) -> PopulationEstimate | None:
+        """The population check's estimate for a decoded film (None without a check)."""
+        check = self.population_check()
+        return check.estimate(gray) if check else None
+
+    def judge_estimate(
+        self, estimate: PopulationEstimate | None, header_age: bool
+    ) -> Verdict | None:
+        """The age rule from the image: out of scope (or, with --allow age, analysed with a
+        note) when the estimated group is not one of the training population's; None when
+        the header gave an age (it wins), when nothing is known, or within the population."""
+        if estimate is None or header_age or not self.groups or estimate.group in self.groups:
+            return None
+        why = f"{estimate.describe()}; outside the training population ({self.population})"
+        if "age" in self.allow:
+            return _analysed_note([("age", why)])
+        reason = f"not analysed: {why} [rule age: --allow age analyses it anyway]"
+        return Verdict(OUT_OF_SCOPE, reason, ("age",))
 
     def screen(self, source: str | os.PathLike | bytes) -> Verdict | None:
         """The verdict for a file or upload, or None when it goes to the model (not DICOM,
         or an image within scope). A DICOM whose header cannot be read also gets None:
         the decoder then reports it as an error, in its own words."""
+        return self.screen_header(source)[0]
+
+    def screen_header(self, source: str | os.PathLike | bytes) -> tuple[Verdict | None, bool]:
+        """``screen``'s verdict, and whether the header gave the patient's age (then the
+        header, not the image, decides the age rule)."""
         try:
             if isinstance(source, bytes | bytearray):
                 if not is_dicom_bytes(bytes(source)):
-                    return None
+                    return None, False
             elif not is_dicom(source):
-                return None
+                return None, False
             header = read_header(source)
         except Exception:  # ImageReadError, or a header pydicom chokes on: the decoder says
-            return None
+            return None, False
         self._screened.set()
-        return self.check(header)
+        return self.check(header), header.age_years is not None
 
     def mark_screened(self) -> None:
         """A DICOM header was screened by a copy of these rules elsewhere (a Ray worker)."""
@@ -211,20 +257,52 @@ def _analysed_note(relaxed: list[tuple[str, str]]) -> Verdict | None:
     return Verdict(ANALYSED, note, tuple(r for r, _ in relaxed))
 
 
+@dataclass
+class Screened:
+    """One input read as every engine reads it: the run's preprocessed ``pixels`` and
+    status "ok" (``reason`` then holds the note of a film analysed only because a rule was
+    relaxed, else ""), or no pixels and the status and reason that refuse it; with the
+    population check's ``estimate`` whenever the film was decoded."""
+
+    path: str
+    pixels: np.ndarray | None
+    status: str = "ok"
+    reason: str = ""
+    estimate: PopulationEstimate | None = None
+
+
+def screen_decoded(
+    path: str,
+    gray: np.ndarray,
+    cfg: PreprocessConfig,
+    scope: IntendedUse | None,
+    header: tuple[Verdict | None, bool] = (None, False),
+) -> Screened:
+    """A decoded film through the rules that need its pixels (the age estimated from the
+    image), then preprocessed for the run; ``header`` is ``screen_header``'s answer."""
+    verdict, header_age = header
+    estimate = scope.estimate(gray) if scope is not None else None
+    judged = scope.judge_estimate(estimate, header_age) if scope is not None else None
+    if judged is not None and judged.status != ANALYSED:
+        return Screened(path, None, judged.status, judged.reason, estimate)
+    notes = [v.reason for v in (verdict, judged) if v is not None]
+    return Screened(path, preprocess_gray(gray, cfg), "ok", "; ".join(notes), estimate)
+
+
 def load_screened(
     path: str | os.PathLike, cfg: PreprocessConfig, scope: IntendedUse | None
-) -> tuple[np.ndarray | None, str, str]:
-    """(image, "ok", note) or (None, status, reason): the intended-use rules first (a
-    DICOM's header), then the decoder; how `predict` and `explain` read a file, so one odd
-    file never stops a batch. The note is "" unless the film is analysed only because a
-    rule was relaxed (--allow)."""
-    verdict = scope.screen(path) if scope is not None else None
+) -> Screened:
+    """The intended-use rules first (a DICOM's header), then the decoder, then the rules
+    that read the pixels: how `predict`, `explain` and the Ray engine read a file, so one
+    odd file never stops a batch."""
+    header = scope.screen_header(path) if scope is not None else (None, False)
+    verdict = header[0]
     if verdict is not None and verdict.status != ANALYSED:
-        return None, verdict.status, verdict.reason
-    img, err = try_load_image(path, cfg)
-    if img is None:
-        return None, "error", err
-    return img, "ok", verdict.reason if verdict is not None else ""
+        return Screened(str(path), None, verdict.status, verdict.reason)
+    gray, err = try_decode_gray(path)
+    if gray is None:
+        return Screened(str(path), None, "error", err)
+    return screen_decoded(str(path), gray, cfg, scope, header)
 
 
 def modality_of(h: DicomHeader) -> str:

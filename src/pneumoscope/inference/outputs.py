@@ -20,7 +20,7 @@ from pathlib import Path
 from pneumoscope.core.errors import UserError
 
 ROW_GROUP = 4096  # rows per Parquet row group
-FLOAT_COLUMNS = ("probability", "threshold", "ood_score")
+FLOAT_COLUMNS = ("probability", "threshold", "ood_score", "adult_probability")
 
 
 def is_parquet(path: str | Path) -> bool:

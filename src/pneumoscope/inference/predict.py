@@ -188,14 +188,14 @@ def _scorer(engine: str, predictor: Predictor, options):
     return local, []
 
 
-def _add_heatmaps(loaded: LoadedRun, batch: list[tuple], rows: list[Prediction], where) -> None:
+def _add_heatmaps(loaded: LoadedRun, batch: list[Screened], rows: list[Prediction], where) -> None:
     """Grad-CAM PNGs of the batch's scored images; each row gets its file's path."""
-    good = [i for i, (_, img, _, _) in enumerate(batch) if img is not None]
+    good = [i for i, s in enumerate(batch) if s.pixels is not None]
     if not good:
         return
-    imgs = np.stack([batch[i][1] for i in good])
+    imgs = np.stack([batch[i].pixels for i in good])
     probs = np.array([rows[i].probability for i in good])
-    names = [batch[i][0] for i in good]
+    names = [batch[i].path for i in good]
     for i, heat in zip(good, _heatmaps(loaded, imgs, names, probs, where), strict=True):
         rows[i].heatmap = heat
 

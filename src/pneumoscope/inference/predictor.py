@@ -4,7 +4,8 @@ Whatever asks for a prediction (`predict` and `explain`, the service, the PACS w
 Ray engine, the Python API) needs the same four things besides the pixels: a runner for
 the chosen backend (torch, bf16, ONNX float32 or int8, OpenVINO; wrapped in the run's
 test-time augmentation when its calibration has it), the out-of-distribution guard, the
-intended-use rules with what the user relaxed, and the model id every output names.
+intended-use rules with what the user relaxed (with the population check that reads a
+film's age group from its pixels), and the model id every output names.
 ``Predictor.from_run`` assembles them once; the callers only feed it films.
 """
 
@@ -17,12 +18,13 @@ import numpy as np
 
 from pneumoscope.data.preprocess import PreprocessConfig
 from pneumoscope.inference.backends import make_runner
-from pneumoscope.inference.intended_use import IntendedUse, load_screened
+from pneumoscope.inference.intended_use import IntendedUse, Screened, load_screened
 from pneumoscope.inference.scoring import Prediction, model_id, score_batch, score_screened
 from pneumoscope.model.ood import OodGuard
+from pneumoscope.model.population_check import check_folder
 from pneumoscope.model.run import LoadedRun, load_run
 
-Screened = tuple[str, np.ndarray | None, str, str]  # path, pixels or None, status, reason
+__all__ = ["Predictor", "Screened"]
 
 
 class Predictor:
@@ -61,7 +63,8 @@ class Predictor:
         `predict --backend` takes it, ``allow`` the intended-use rules relaxed (--allow);
         ``runner`` replaces the backend's (tests, a wrapped runner)."""
         loaded = run if isinstance(run, LoadedRun) else load_run(run)
-        scope = IntendedUse.from_card(loaded.card, allow)
+        scope = IntendedUse.from_card(loaded.card, allow, check_folder(loaded.root))
+        scope.population_check()  # a check that cannot load is one line, before any output
         guard = OodGuard.load(loaded.files)
         return cls(loaded, scope, guard, model_id(loaded), backend, runner)
 
@@ -86,8 +89,8 @@ class Predictor:
 
     def screen(self, path: str) -> Screened:
         """A file read as every engine reads it: its DICOM header against the rules, then
-        decoded and preprocessed; (path, pixels or None, status, reason)."""
-        return (path, *load_screened(path, self.preprocess, self.scope))
+        decoded, its population estimated, and preprocessed."""
+        return load_screened(path, self.preprocess, self.scope)
 
     def score(self, pixels: np.ndarray, names: list[str]) -> list[Prediction]:
         """Predictions for a stack of preprocessed images, one per name."""

@@ -37,6 +37,7 @@ from pneumoscope.inference.intended_use import IntendedUse
 from pneumoscope.inference.predictor import Predictor
 from pneumoscope.inference.scoring import Prediction
 from pneumoscope.model.ood import OodGuard
+from pneumoscope.model.population_check import shipped_folder
 from pneumoscope.model.run import LoadedRun
 
 
@@ -51,6 +52,7 @@ class RayModel:
     allow: frozenset[str]
     model_id: str
     notes: list[str] = field(default_factory=list)  # for the user, said once
+    check: str = ""  # the run's own population check folder; "" = the one shipped
 
 
 def ray_model(predictor: Predictor) -> RayModel:
@@ -71,7 +73,12 @@ def ray_model(predictor: Predictor) -> RayModel:
     bare = dataclasses.replace(loaded, model=None)  # the torch network stays on the driver
     kind = "onnx-int8" if int8 else "onnx"
     allow = predictor.scope.allow
-    return RayModel(bare, onnx, kind, predictor.guard, allow, predictor.model_id, notes)
+    own = (
+        ""
+        if Path(predictor.scope.population_folder) == shipped_folder()
+        else predictor.scope.population_folder
+    )
+    return RayModel(bare, onnx, kind, predictor.guard, allow, predictor.model_id, notes, own)
 
 
 def _onnx_bytes(loaded: LoadedRun, int8: bool, notes: list[str]) -> bytes:
@@ -114,7 +121,8 @@ class Scorer:
             model = ray.get(model)
         self.model = model
         runner = model.loaded.scorer(_runner(model.onnx))  # + its test-time augmentation
-        scope = IntendedUse.from_card(model.loaded.card, model.allow)
+        check = model.check or shipped_folder()  # the worker's own copy of the package
+        scope = IntendedUse.from_card(model.loaded.card, model.allow, check)
         # the driver's predictor, rebuilt from what was shipped (no run folder here)
         self.predictor = Predictor(model.loaded, scope, model.guard, model.model_id, runner=runner)
 
@@ -144,12 +152,15 @@ def to_columns(rows: Sequence[Prediction]) -> dict[str, np.ndarray]:
         "status": text(r.status for r in rows),
         "error": text(r.error for r in rows),
         "note": text(r.note for r in rows),
+        "estimated_age_group": text(r.estimated_age_group for r in rows),
+        "adult_probability": num([r.adult_probability for r in rows]),
     }
 
 
 def from_columns(b: dict[str, np.ndarray], k: int, threshold: float, mid: str) -> Prediction:
     """Row ``k`` of a batch of :func:`to_columns` as a Prediction again."""
     p, s, ood = float(b["probability"][k]), float(b["ood_score"][k]), int(b["ood"][k])
+    adult = float(b["adult_probability"][k])
     return Prediction(
         str(b["path"][k]),
         threshold,
@@ -161,6 +172,8 @@ def from_columns(b: dict[str, np.ndarray], k: int, threshold: float, mid: str) -
         str(b["status"][k]),
         str(b["error"][k]),
         str(b["note"][k]),
+        estimated_age_group=str(b["estimated_age_group"][k]),
+        adult_probability=None if math.isnan(adult) else adult,
     )
 
 

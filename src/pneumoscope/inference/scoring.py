@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pneumoscope.inference.intended_use import Screened
 from pneumoscope.model.ood import OodGuard
 from pneumoscope.model.run import LoadedRun
 
@@ -28,6 +29,8 @@ CSV_COLUMNS = [
     "status",
     "error",
     "note",
+    "estimated_age_group",
+    "adult_probability",
 ]
 
 
@@ -51,6 +54,14 @@ class Prediction:
     error: str = ""
     note: str = ""  # analysed outside the intended use because a rule was relaxed (--allow)
     heatmap: str = ""
+    estimated_age_group: str = ""  # the population check's estimate (child, adult)
+    adult_probability: float | None = None  # its p(adult)
+
+    def set_estimate(self, estimate) -> None:
+        """Carry the population check's estimate (a PopulationEstimate, or None)."""
+        if estimate is not None:
+            self.estimated_age_group = estimate.group
+            self.adult_probability = estimate.adult_probability
 
     def csv_cells(self, with_heatmap: bool = False) -> list[str]:
         """The row as `predict` writes it (fixed decimals, empty cells for missing values)."""
@@ -66,6 +77,8 @@ class Prediction:
             self.status,
             self.error,
             self.note,
+            self.estimated_age_group,
+            "" if self.adult_probability is None else f"{self.adult_probability:.4f}",
         ]
         return cells + ([self.heatmap] if with_heatmap else [])
 
@@ -94,21 +107,24 @@ def score_batch(
 
 
 def score_screened(
-    loaded: LoadedRun, runner, guard: OodGuard | None, mid: str, batch: list[tuple]
+    loaded: LoadedRun, runner, guard: OodGuard | None, mid: str, batch: list[Screened]
 ) -> list[Prediction]:
-    """One Prediction per ``(path, image or None, status, reason)`` of a screened batch (as
-    ``intended_use.load_screened`` reads each file), in order: the images scored together
-    in one runner call, every other input a row with its status and reason."""
-    good = [i for i, (_, img, _, _) in enumerate(batch) if img is not None]
+    """One Prediction per screened input (as ``intended_use.load_screened`` reads each
+    file), in order: the images scored together in one runner call, every other input a
+    row with its status and reason; each with the population check's estimate."""
+    good = [i for i, s in enumerate(batch) if s.pixels is not None]
     done: dict[int, Prediction] = {}
     if good:
-        imgs = np.stack([batch[i][1] for i in good])
-        preds = score_batch(loaded, runner, guard, imgs, [batch[i][0] for i in good], mid)
+        imgs = np.stack([batch[i].pixels for i in good])
+        preds = score_batch(loaded, runner, guard, imgs, [batch[i].path for i in good], mid)
         done = dict(zip(good, preds, strict=True))
         for i in good:  # an analysed film's note: outside rules relaxed with --allow
-            done[i].note = batch[i][3]
+            done[i].note = batch[i].reason
     thr = loaded.threshold
-    return [
-        done.get(i) or Prediction(path, thr, mid, status=status, error=why)
-        for i, (path, _, status, why) in enumerate(batch)
+    rows = [
+        done.get(i) or Prediction(s.path, thr, mid, status=s.status, error=s.reason)
+        for i, s in enumerate(batch)
     ]
+    for row, s in zip(rows, batch, strict=True):
+        row.set_estimate(s.estimate)
+    return rows

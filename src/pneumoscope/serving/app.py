@@ -120,8 +120,24 @@ def result_json(outcome: Outcome, rid: str, policy: str) -> dict:
         "status": p.status,
         "error": p.error,
         "note": p.note,
+        "estimated_age_group": p.estimated_age_group or None,
+        "adult_probability": p.adult_probability,
         **outcome.pictures,
     }
+
+
+def refusal_response(request: Request, outcome: Outcome) -> JSONResponse:
+    """A single upload that was not analysed: the error; for a film the intended-use rules
+    refuse, its outcome (skipped, out_of_scope) and, once decoded, the population check's
+    estimate."""
+    p = outcome.prediction
+    if p.status == "error":
+        return error_response(request, outcome.http_status, p.error)
+    extra = {"outcome": p.status}
+    if p.estimated_age_group:
+        extra |= {"estimated_age_group": p.estimated_age_group}
+        extra |= {"adult_probability": p.adult_probability}
+    return error_response(request, outcome.http_status, p.error, extra=extra)
 
 
 _bearer = HTTPBearer(
@@ -176,7 +192,7 @@ async def _predict_dicom(request: Request, svc: Service) -> Response:
     work = DicomWork(svc.require_engine())
     [outcome] = await svc.predict(request, True, batch=False, work=work)
     if outcome.http_status != 200:
-        return error_response(request, outcome.http_status, outcome.prediction.error)
+        return refusal_response(request, outcome)
     return multipart_related(work.parts)
 
 
@@ -204,7 +220,7 @@ def _v1_router() -> APIRouter:
             return await _predict_dicom(request, svc)
         [outcome] = await svc.predict(request, heatmap, batch=False)
         if outcome.http_status != 200:
-            return error_response(request, outcome.http_status, outcome.prediction.error)
+            return refusal_response(request, outcome)
         policy = svc.require_engine().loaded.threshold_policy
         return JSONResponse(json_safe(result_json(outcome, request_id(request), policy)))
 

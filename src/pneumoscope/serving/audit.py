@@ -62,6 +62,8 @@ class AuditLog:
             probability=p.probability,
             label=p.label or None,
             ood=p.ood,
+            estimated_age_group=p.estimated_age_group or None,
+            adult_probability=p.adult_probability,
             latency_ms=round(latency_ms, 1),
             status=p.status,
             http_status=outcome.http_status,

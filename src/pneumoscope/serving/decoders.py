@@ -28,8 +28,9 @@ from pydicom.dataset import Dataset
 
 from pneumoscope.core.errors import ImageReadError
 from pneumoscope.data.dicom import decode_dicom_bytes, header_dataset
-from pneumoscope.data.preprocess import PreprocessConfig, load_image_bytes, sniff_image
-from pneumoscope.inference.intended_use import ANALYSED, IntendedUse
+from pneumoscope.data.preprocess import PreprocessConfig, decode_image_bytes, sniff_image
+from pneumoscope.inference.intended_use import ANALYSED, IntendedUse, screen_decoded
+from pneumoscope.model.population_check import PopulationEstimate
 
 NOT_AN_IMAGE = "not an image: the content is not PNG, JPEG, TIFF, BMP or DICOM"
 
@@ -44,33 +45,40 @@ class Decoded:
     http_status: int = 200
     status: str = "ok"
     error: str = ""
+    estimate: PopulationEstimate | None = None  # the population check's, once decoded
 
     @classmethod
-    def refused(cls, http_status: int, reason: str, status: str = "error") -> Decoded:
-        return cls(http_status=http_status, status=status, error=reason)
+    def refused(
+        cls, http_status: int, reason: str, status: str = "error", estimate=None
+    ) -> Decoded:
+        return cls(http_status=http_status, status=status, error=reason, estimate=estimate)
 
 
 def decode_upload(data: bytes, preprocess: PreprocessConfig, scope: IntendedUse) -> Decoded:
     """Bytes -> Decoded: 400 empty or unreadable, 415 not an image, 422 skipped or out of
-    scope by the intended-use rules (DICOM headers), 413 over the decoder's memory. The
-    note is "" unless the film is analysed only because a rule was relaxed (--allow)."""
+    scope by the intended-use rules (DICOM headers; the age group the population check
+    estimates from the pixels), 413 over the decoder's memory. The note is "" unless the
+    film is analysed only because a rule was relaxed (--allow)."""
     if not data:
         return Decoded.refused(400, "empty file (0 bytes)")
     kind = sniff_image(data)
     if kind is None:
         return Decoded.refused(415, NOT_AN_IMAGE)
     try:
-        verdict = scope.screen(data) if kind == "dicom" else None
+        header = scope.screen_header(data) if kind == "dicom" else (None, False)
+        verdict = header[0]
         if verdict is not None and verdict.status != ANALYSED:
             return Decoded.refused(422, verdict.reason, verdict.status)
-        pixels = load_image_bytes(data, preprocess)
+        screened = screen_decoded("", decode_image_bytes(data), preprocess, scope, header)
     except ImageReadError as exc:
         return Decoded.refused(400, str(exc))
     except MemoryError:
         return Decoded.refused(413, "the image needs more memory to decode than the limit")
     except Exception as exc:  # a decoder bug stays this upload's error; no message (data)
         return Decoded.refused(400, f"unexpected error while decoding: {type(exc).__name__}")
-    return Decoded(pixels, verdict.reason if verdict else "")
+    if screened.pixels is None:
+        return Decoded.refused(422, screened.reason, screened.status, screened.estimate)
+    return Decoded(screened.pixels, screened.reason, estimate=screened.estimate)
 
 
 def read_dicom_upload(data: bytes) -> tuple[Dataset, np.ndarray]:
@@ -116,6 +124,7 @@ def _init_worker(memory_bytes: int, preprocess: dict, scope: dict) -> None:
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     _WORKER["preprocess"] = PreprocessConfig.from_dict(preprocess)
     _WORKER["scope"] = IntendedUse(**scope)
+    _WORKER["scope"].population_check()  # loaded now, not on the first upload
 
 
 def _decode_in_worker(data: bytes) -> Decoded:

@@ -157,9 +157,11 @@ class Engine:
         digest = hashlib.sha256(upload.data).hexdigest()
         if scored is None:
             pred = self._prediction(upload.filename, status=decoded.status, error=decoded.error)
+            pred.set_estimate(decoded.estimate)
             return Outcome(pred, digest, len(upload.data), http_status=decoded.http_status)
         pred, pictures, heat = scored
         pred.path, pred.note = upload.filename, decoded.note
+        pred.set_estimate(decoded.estimate)
         return Outcome(pred, digest, len(upload.data), 200, pictures, heat)
 
     def _prediction(self, filename: str, **values) -> Prediction:

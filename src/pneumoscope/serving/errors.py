@@ -27,10 +27,15 @@ def request_id(request: Request) -> str:
 
 
 def error_response(
-    request: Request, status: int, message: str, headers: dict | None = None
+    request: Request,
+    status: int,
+    message: str,
+    headers: dict | None = None,
+    extra: dict | None = None,
 ) -> JSONResponse:
+    """The JSON error body; ``extra`` adds fields (a refused film's outcome and estimate)."""
     body = {"status": "error", "error": message, "request_id": request_id(request)}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body | (extra or {}), status_code=status, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
