@@ -75,3 +75,25 @@ def test_no_inputs_is_one_clear_error(model, tmp_path):
         model.predict(tmp_path / "empty")
     with pytest.raises(UserError, match="no inputs"):
         model.predict([])
+
+
+def test_the_population_check_on_arrays_and_files(shared_data, tmp_path):
+    """Issue 30: arrays get the estimate on request; files meet the age rule as in predict."""
+    import json
+    import shutil
+
+    run = tmp_path / "children"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "run_v1", run)
+    card = json.loads((run / "model.json").read_text())
+    card["population"] = {"age_groups": ["child"], "age_min": 1, "age_max": 5, "views": ["AP"]}
+    (run / "model.json").write_text(json.dumps(card))
+    adult = shared_data / "adult_public/images/ieee8023/covid-19-pneumonia-58-prior.jpg"
+    child = shared_data / "chest_xray_224/test/NORMAL/NORMAL2-IM-0110-0001.jpeg"
+    model = pneumoscope.load(run)
+    arrays = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in (adult, child)]
+    est = model.estimate_population(arrays)
+    assert est["estimated_age_group"].tolist() == ["adult", "child"]
+    assert est["in_population"].tolist() == [False, True]
+    table = model.predict([str(adult), str(child)])
+    assert table["status"].tolist() == ["out_of_scope", "ok"]
+    assert table["adult_probability"].tolist() == pytest.approx(est["adult_probability"].tolist())

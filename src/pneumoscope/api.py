@@ -61,7 +61,8 @@ class Model:
     def predict_proba(self, images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """Calibrated P(pneumonia) for decoded images: each a 2-D gray array (uint8 or 16-bit,
         any size) or (H, W, 3) in OpenCV's BGR order. Raises ImageReadError for an array that
-        is no image (wrong shape or channel count)."""
+        is no image (wrong shape or channel count). Arrays carry no header and meet no
+        intended-use rule here: ``estimate_population`` says whose films they look like."""
         batch = [images] if isinstance(images, np.ndarray) and images.ndim == 2 else images
         if len(batch) == 0:
             return np.empty(0, dtype=np.float64)
@@ -69,6 +70,27 @@ class Model:
         pixels = np.stack([preprocess_gray(to_gray_uint8(np.asarray(im)), cfg) for im in batch])
         logits, _ = self.predictor.runner.logits_and_features(pixels)
         return self.run.proba_from_logits(logits)
+
+    def estimate_population(self, images: Sequence[np.ndarray] | np.ndarray) -> pd.DataFrame:
+        """The population check's estimate for decoded images (as ``predict_proba`` takes
+        them): ``estimated_age_group``, ``adult_probability`` and ``in_population`` (the
+        group is one of the run's training population's; None when the card records none)."""
+        batch = [images] if isinstance(images, np.ndarray) and images.ndim == 2 else images
+        scope = self.predictor.scope
+        rows = []
+        for im in batch:
+            est = scope.estimate(to_gray_uint8(np.asarray(im)))
+            inside = None if not scope.groups or est is None else est.group in scope.groups
+            rows.append(
+                {
+                    "estimated_age_group": est.group if est else "",
+                    "adult_probability": est.adult_probability if est else np.nan,
+                    "in_population": inside,
+                }
+            )
+        return pd.DataFrame(
+            rows, columns=["estimated_age_group", "adult_probability", "in_population"]
+        )
 
 
 def load(run: str | Path, backend: str = "torch", allow: Sequence[str] = ()) -> Model:
