@@ -19,6 +19,8 @@ COMMANDS = [
     ["explain", "--help"],
     ["export", "--help"],
     ["compare", "--help"],
+    ["population", "retrain", "--help"],
+    ["population", "show", "--help"],
 ]
 
 
