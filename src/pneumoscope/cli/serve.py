@@ -83,6 +83,11 @@ def serve(
     decode_timeout: float = typer.Option(
         8.0, help="Seconds to decode one upload in a worker process (4xx beyond)."
     ),
+    workers: int = typer.Option(
+        1,
+        help="Replica processes on one socket, each with its own model copy (the kernel "
+        "spreads connections; a replica that dies is started again).",
+    ),
 ) -> None:
     """Serve a run: the web page at /, the API under /v1 (documented at /docs),
     /healthz and /readyz. The model is loaded once, before listening; uploads are
@@ -119,51 +124,29 @@ def serve(
         insecure=insecure,
         tls_cert=tls_cert,
         tls_key=tls_key,
+        workers=workers,
     )
     settings.read_token()  # a bad token file is one line, before the model loads
     engine = Engine.load(run, backend, settings.allow, **settings.batching)
     scheme = "https" if tls_cert else "http"
     if insecure and not settings.is_loopback and settings.token_file is None:
         typer.echo(f"warning: serving on {host} to anyone who can reach it: no token", err=True)
+    if workers == 1:
+        from pneumoscope.serving.server import run_server
+
+        typer.echo(
+            f"serving {engine.model_id} on {scheme}://{host}:{port}/ (Ctrl+C stops)", err=True
+        )
+        run_server(settings, engine)
+        return
+    from pneumoscope.serving.replicas import Replicas, bind
+
+    model_id = engine.model_id
+    del engine  # checked here, in one line if it fails; each replica loads its own copy
+    sock = bind(settings)
+    port = sock.getsockname()[1]
     typer.echo(
-        f"serving {engine.model_id} on {scheme}://{host}:{port}/ (Ctrl+C stops)", err=True
+        f"serving {model_id} on {scheme}://{host}:{port}/ with {workers} replicas (Ctrl+C stops)",
+        err=True,
     )
-    run_server(settings, engine)
-
-
-def run_server(settings, engine) -> None:
-    """uvicorn with the service's guards: header deadline, connection cap, keep-alive
-    timeout, no proxy headers unless trusted, the leak-free log, optional TLS."""
-    import uvicorn
-
-    from pneumoscope.serving.app import create_app
-    from pneumoscope.serving.logs import LOG_CONFIG
-    from pneumoscope.serving.protocol import protocol_with
-
-    _raise_open_files(settings.max_connections + 64)
-    trusted = list(settings.trusted_proxy)
-    uvicorn.run(
-        create_app(settings, engine),
-        host=settings.host,
-        port=settings.port,
-        http=protocol_with(settings.header_timeout_s),
-        limit_concurrency=settings.max_connections,
-        timeout_keep_alive=5,
-        proxy_headers=bool(trusted),
-        forwarded_allow_ips=trusted or None,
-        server_header=False,
-        log_config=LOG_CONFIG,
-        access_log=False,
-        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
-        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
-    )
-
-
-def _raise_open_files(wanted: int) -> None:
-    """Room for --max-connections sockets: the soft open-files limit up to the hard one."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    if soft != resource.RLIM_INFINITY and soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    Replicas(settings, workers, sock).run()

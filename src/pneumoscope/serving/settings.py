@@ -50,6 +50,7 @@ class ServeSettings:
     insecure: bool = False  # allow a non-loopback address without a token
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    workers: int = 1  # replica processes on one socket (serve --workers)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allow", tuple(sorted(parse_allow(self.allow))))
@@ -70,13 +71,18 @@ class ServeSettings:
             (self.header_timeout_s > 0, "--header-timeout must be positive"),
             (self.body_timeout_s > 0, "--body-timeout must be positive"),
             (self.max_connections >= 1, "--max-connections must be at least 1"),
-            (self.max_upload_memory_mb >= self.max_upload_mb,
-             "--max-upload-memory-mb must be at least --max-upload-mb"),
+            (
+                self.max_upload_memory_mb >= self.max_upload_mb,
+                "--max-upload-memory-mb must be at least --max-upload-mb",
+            ),
             ((self.decode_workers or 1) >= 1, "--decode-workers must be at least 1"),
             (self.decode_memory_mb >= 128, "--decode-memory-mb must be at least 128"),
             (self.decode_timeout_s > 0, "--decode-timeout must be positive"),
-            ((self.tls_cert is None) == (self.tls_key is None),
-             "--tls-cert and --tls-key go together"),
+            (self.workers >= 1, "--workers must be at least 1"),
+            (
+                (self.tls_cert is None) == (self.tls_key is None),
+                "--tls-cert and --tls-key go together",
+            ),
         ]
         for ok, message in checks:
             if not ok:
