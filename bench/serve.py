@@ -2,6 +2,13 @@
 
     python bench/serve.py --run runs/r18 --backend torch --threads 2 \\
         --n 64 --requests 200 --soak 2000 --out bench/results/serve.json
+    python bench/serve.py --run runs/r18 --backend onnx-int8 --workers 1 2 ...
+
+With ``--workers 1 2`` the server is started once per value (``serve --workers N``: N
+replica processes on one socket), one after the other, each driven the same way and paired
+with its own bare passes, so the rows compare replicas against one bare model measured in
+the same run. Memory is the server's whole process tree (parent, replicas, decoding
+workers).
 
 A real server (``python -m pneumoscope serve``) is started as a subprocess on a free
 127.0.0.1 port and driven, once /readyz answers, by a bounded asyncio load generator
@@ -75,6 +82,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-concurrency", type=int, default=2, help="server --max-concurrency")
     p.add_argument("--max-queue", type=int, default=16, help="server --max-queue")
     p.add_argument("--quick", action="store_true", help="small run: n 16, 32 requests, soak 200")
+    p.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="serve --workers values, one server each",
+    )
     p.add_argument("--out", type=Path, default=Path("bench/results/serve.json"))
     args = p.parse_args(argv)
     if args.quick:
@@ -166,11 +180,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args: argparse.Namespace, port: int, log) -> subprocess.Popen:
+def start_server(args: argparse.Namespace, port: int, log, workers: int = 1) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     cmd = [
         sys.executable, "-m", "pneumoscope", "serve", "--run", str(args.run),
-        "--port", str(port), "--backend", args.backend,
+        "--port", str(port), "--backend", args.backend, "--workers", str(workers),
         "--max-concurrency", str(args.max_concurrency), "--max-queue", str(args.max_queue),
     ]  # fmt: skip
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -208,14 +222,37 @@ def _tail(path: Path, chars: int = 3000) -> str:
 
 
 def memory_mb(pid: int) -> dict:
-    """The server's resident set now (VmRSS) and at its peak so far (VmHWM), in MB."""
-    out = {}
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            key = line.split(":")[0]
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(line.split()[1]) / 1024
+    """The server's resident set now (VmRSS) and at its peak so far (VmHWM), in MB, summed
+    over its process tree (replicas and decoding workers included)."""
+    out = {"VmRSS": 0.0, "VmHWM": 0.0}
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                for line in fh:
+                    key = line.split(":")[0]
+                    if key in out:
+                        out[key] += int(line.split()[1]) / 1024
+        except OSError:  # ended meanwhile
+            continue
     return {"rss_mb": out["VmRSS"], "peak_rss_mb": out["VmHWM"]}
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (from /proc/*/stat parent ids)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
 
 
 # ---------------------------------------------------------------- the load generator
@@ -313,17 +350,22 @@ def soak(pid: int, base: str, bodies: list[bytes], args) -> dict:
     }
 
 
-def serve_and_drive(args: argparse.Namespace, bodies: list[bytes], bare: Bare) -> dict:
-    """Start the server, drive every level (with the paired bare passes) and the soak."""
+def serve_and_drive(
+    args: argparse.Namespace, bodies: list[bytes], bare: Bare, workers: int = 1
+) -> dict:
+    """Start the server (``workers`` replicas), drive every level (with the paired bare
+    passes) and the soak."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
         log_path = Path(tmp) / "server.log"
         with open(log_path, "wb") as log:
-            proc = start_server(args, port, log)
+            proc = start_server(args, port, log, workers)
             try:
                 ready_s = wait_ready(proc, base, log_path)
-                out = {"ready_s": ready_s, "idle": memory_mb(proc.pid)}
+                if workers > 1:  # every replica answering, not only the first
+                    _wait_replicas(log_path, workers)
+                out = {"workers": workers, "ready_s": ready_s, "idle": memory_mb(proc.pid)}
                 print(f"server pid {proc.pid} ready on {base} in {ready_s:.1f} s", flush=True)
                 asyncio.run(drive(base, bodies, 10, 1, args))  # warm-up, not counted
                 out["levels"] = []
@@ -336,6 +378,14 @@ def serve_and_drive(args: argparse.Namespace, bodies: list[bytes], bare: Bare) -
             finally:
                 stop_server(proc)
     return out
+
+
+def _wait_replicas(log_path: Path, workers: int, limit_s: float = 300) -> None:
+    t0 = time.perf_counter()
+    while log_path.read_text(errors="replace").count("Application startup complete") < workers:
+        if time.perf_counter() - t0 > limit_s:
+            raise SystemExit(f"{workers} replicas were not up after {limit_s:.0f} s")
+        time.sleep(0.2)
 
 
 # ---------------------------------------------------------------- report
@@ -355,12 +405,19 @@ def ratios(bare: dict, levels: list[dict]) -> dict:
     }
 
 
-def table(args, bare: dict, served: dict, rat: dict) -> str:
+def table(args, bare: dict, served_all: list[dict], rats: list[dict]) -> str:
+    """One block per --workers value, each against the same bare model."""
+    blocks = [_table(args, bare, s, r) for s, r in zip(served_all, rats, strict=True)]
+    return "\n\n".join(blocks)
+
+
+def _table(args, bare: dict, served: dict, rat: dict) -> str:
     head = (
         f"{'':<16}{'p50 ms':>9}{'p95 ms':>9}{'req/s':>8}{'x bare':>8}{'errors':>8}"
         f"{'RSS before':>12}{'after':>8}{'peak MB':>9}"
     )
     lines = [
+        f"serve --workers {served['workers']}: "
         f"{args.backend}, {args.threads} threads, {args.n} test images, {args.requests} "
         f"requests per level, server --max-concurrency {args.max_concurrency} "
         f"--max-queue {args.max_queue}; x bare: latency ratio at c=1, throughput ratio at c=16",
@@ -405,7 +462,7 @@ def _verdicts(rat: dict, soak_result: dict | None) -> list[str]:
     return lines
 
 
-def report(args, files, bare: dict, served: dict, rat: dict, load_before) -> dict:
+def report(args, files, bare: dict, served: list[dict], rat: list[dict], load_before) -> dict:
     return {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "config": {
@@ -422,12 +479,13 @@ def report(args, files, bare: dict, served: dict, rat: dict, load_before) -> dic
             "server_max_concurrency": args.max_concurrency,
             "server_max_queue": args.max_queue,
             "quick": args.quick,
+            "workers": args.workers,
         },
         "machine": machine(load_before),
         "method": method(__doc__),
         "bare": bare,
-        "server": served,
-        "ratios": rat,
+        "server": served[0] if len(served) == 1 else served,
+        "ratios": rat[0] if len(rat) == 1 else rat,
     }
 
 
@@ -441,9 +499,9 @@ def main(argv: list[str] | None = None) -> None:
     load_before = os.getloadavg()
     print(f"bare model ({args.backend}, {args.threads} threads): load, warm up ...", flush=True)
     bare = Bare(args, files)
-    served = serve_and_drive(args, bodies, bare)
+    served = [serve_and_drive(args, bodies, bare, w) for w in args.workers]
     summary = bare.summary()
-    rat = ratios(summary, served["levels"])
+    rat = [ratios(summary, s["levels"]) for s in served]
     print(table(args, summary, served, rat))
     write_json_atomic(args.out, report(args, files, summary, served, rat, load_before))
     print(f"wrote {args.out}")
