@@ -69,6 +69,18 @@ def _div(a: float, b: float) -> float:
     return float(a / b) if b else float("nan")
 
 
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> list[float] | None:
+    """The 95% Wilson score interval of a proportion k/n (None when n is 0): a rate's
+    interval that stays inside [0, 1] and is not degenerate at 0/n or n/n."""
+    if n <= 0:
+        return None
+    phat = k / n
+    denom = 1 + z * z / n
+    centre = (phat + z * z / (2 * n)) / denom
+    half = z * np.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
+    return [float(max(0.0, centre - half)), float(min(1.0, centre + half))]
+
+
 def binary_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float) -> dict:
     """Every figure of a binary evaluation at one threshold.
 
