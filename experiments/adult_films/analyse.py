@@ -53,7 +53,7 @@ def reference(pred: pd.DataFrame) -> dict:
     assert len(df) == len(pred), "every scored film is in adults.csv"
     thr = float(pred["threshold"].iloc[0])
     out = {"threshold": thr, "all adult films": _block(df, thr)}
-    for source, part in df.groupby("source"):
+    for source, part in df.groupby("source_csv"):
         out[f"source {source}"] = _block(part, thr)
     no_covid = df[df["label_csv"].isin(["NORMAL", "PNEUMONIA"])]
     out["NORMAL vs PNEUMONIA (COVID-19 left out)"] = _block(no_covid, thr)

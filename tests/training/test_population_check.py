@@ -18,6 +18,7 @@ import pytest
 
 from pneumoscope.core.errors import UserError
 from pneumoscope.data.preprocess import decode_gray
+from pneumoscope.evaluation.metrics import wilson_interval as wilson
 from pneumoscope.model.population_check import (
     CARD_NAME,
     ONNX_NAME,
@@ -25,7 +26,7 @@ from pneumoscope.model.population_check import (
     check_folder,
     shipped_folder,
 )
-from pneumoscope.training.population_check import retrain, rule_threshold, wilson
+from pneumoscope.training.population_check import retrain, rule_threshold
 from tests.helpers import REPO, invoke_cli
 
 pytestmark = pytest.mark.realdata

@@ -47,6 +47,7 @@ from pneumoscope.core.io import atomic_write, write_json_atomic
 from pneumoscope.data.cache import Cache, open_cache, with_progress
 from pneumoscope.data.marks import RAW_LONG, augment, shrink
 from pneumoscope.data.preprocess import PreprocessConfig, decode_gray, preprocess_gray
+from pneumoscope.evaluation.metrics import wilson_interval
 from pneumoscope.model.contract import RunFiles
 from pneumoscope.model.population_check import CARD_NAME, GROUPS, ONNX_NAME, RUN_FOLDER
 
@@ -56,7 +57,6 @@ FLAG_RATE = 0.005  # at most this share of the validation children above the thr
 ONNX_TOLERANCE = 1e-4  # max |p_onnx - p_torch| on the validation films
 LR, WEIGHT_DECAY, WARMUP_SHARE = 2e-3, 1e-4, 0.125  # 250 warm-up steps of 2,000
 SPLITS = {"val": "validation", "test": "test"}
-Z95 = 1.959963984540054
 
 
 def rule_threshold(child_val_scores: np.ndarray, rate: float = FLAG_RATE) -> float:
@@ -71,17 +71,6 @@ def lr_at(step: int, steps: int, warmup: int, lr: float) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
     return 0.5 * lr * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of k successes in n trials."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, mid - half), min(1.0, mid + half)
 
 
 @dataclass
@@ -346,7 +335,7 @@ def _card(films, cache, score_of, blob, done, command, diff, n_checked) -> dict:
             if not len(idx):
                 continue
             flagged = int(sum(score_of[int(i)] > t for i in idx))
-            lo, hi = wilson(flagged, len(idx))
+            lo, hi = wilson_interval(flagged, len(idx)) or (0.0, 1.0)
             name = f"{group} {split_name}"
             if (split, group) == ("val", CHILD):
                 name += " (threshold set here)"
