@@ -163,14 +163,16 @@ def test_training_population_from_the_manifest_and_the_known_sets():
     kermany.append({"path": "x/NORMAL/IM-0001-0001.jpeg", "source": "ped"})
     rsna = [
         {"path": f"r/{k}.dcm", "source": "rsna", "age": age, "view": view, "age_group": "adult"}
-        for k, (age, view) in enumerate([(23, "PA"), (81, "AP"), (47, "PA")])
-    ]
+        for k, (age, view) in enumerate([(23, "PA"), (81, "AP ERECT"), (47, "PA")])
+    ] + [{"path": "r/x.dcm", "source": "rsna", "age": 50, "age_group": "adult",
+          "view": "FRONTAL, AP/PA NOT RECORDED (VISUAL CHECK)"}]  # fmt: skip
     layouts = [{"name": "ped", "layout": "class-folders"}, {"name": "rsna", "layout": "rsna"}]
     pop = training_population(_cache(kermany + rsna, layouts))
     ped, adults = pop.sources
     assert (ped.dataset, ped.age_min, ped.age_max, ped.views) == (KERMANY, 1.0, 5.0, ["AP"])
     assert ped.images == 10 and ped.age_from == "the dataset's description"
-    assert (adults.age_min, adults.age_max, adults.views) == (23.0, 81.0, ["AP", "PA"])
+    assert (adults.age_min, adults.age_max) == (23.0, 81.0)
+    assert adults.views == ["AP", "FRONTAL", "PA"]  # listed views read as the rules read them
     assert adults.age_from == "the images' headers or list"
     assert (pop.age_min, pop.age_max, pop.age_groups) == (1.0, 81.0, ["adult", "child"])
     assert pop.frontal_only and pop.ages_text() == "adults and children aged 1-81 years"

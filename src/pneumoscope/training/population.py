@@ -81,9 +81,21 @@ def _source(name: str, layout: str, rows: pd.DataFrame) -> PopulationSource:
     elif known.get("ages"):
         src.age_min, src.age_max = known["ages"]
         src.age_from = "the dataset's description"
-    views = sorted({v.upper() for v in _texts(rows, "view")})
+    views = sorted({view_name(v) for v in _texts(rows, "view")})
     src.views = views or list(known.get("views", []))
     return src
+
+
+def view_name(text: str) -> str:
+    """A listed view as the rules read it: "AP ERECT" and "AP SUPINE" are AP, "PA" PA, a
+    frontal film whose projection was not recorded FRONTAL; others (LL, LATERAL) as given.
+    (adult_public lists such views; kept verbatim they made a joint run "not frontal only"
+    and switched its lateral rule off.)"""
+    t = text.upper().strip()
+    words = t.replace(",", " ").replace("/", " ").split()
+    if words and words[0] in ("AP", "PA"):
+        return words[0]
+    return "FRONTAL" if "FRONTAL" in words else t
 
 
 def _texts(rows: pd.DataFrame, column: str) -> list[str]:
