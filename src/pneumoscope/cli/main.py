@@ -6,12 +6,12 @@ import sys
 
 import typer
 
-from pneumoscope.cli import data, evaluate, pacs, population, predict, serve, train
+from pneumoscope.cli import data, evaluate, monitor, pacs, population, predict, serve, train
 from pneumoscope.cli.base import app
 from pneumoscope.core.errors import UserError
 
 # importing a module registers its commands
-COMMAND_MODULES = (data, train, evaluate, predict, pacs, population, serve)
+COMMAND_MODULES = (data, train, evaluate, predict, pacs, population, serve, monitor)
 ORDER = (
     "train",
     "ensemble",
@@ -22,6 +22,7 @@ ORDER = (
     "explain",
     "export",
     "serve",
+    "monitor",
 )
 app.registered_commands.sort(key=lambda c: ORDER.index(c.name or c.callback.__name__))
 
