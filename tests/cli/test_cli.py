@@ -123,6 +123,8 @@ def test_cli_end_to_end_with_a_bad_file(tmp_path):
         str(src / "test"),
         "--out",
         str(tmp_path / "p.csv"),
+        "--allow",
+        "age",  # synthetic films are nobody's: the population check would refuse them
     )
     assert r.returncode == 1  # one input failed: the exit status says so
     # how many a 1-epoch model flags as out-of-distribution depends on its exact weights
@@ -140,6 +142,8 @@ def test_cli_export_onnx_backend_gradcam_and_explain(run_dir, data_dir, syntheti
         "predict",
         "--run",
         str(run),
+        "--allow",
+        "age",
         str(synthetic_source / "test"),
         "--backend",
         "onnx",
@@ -161,6 +165,8 @@ def test_cli_export_onnx_backend_gradcam_and_explain(run_dir, data_dir, syntheti
             "predict",
             "--run",
             str(run),
+            "--allow",
+            "age",
             str(synthetic_source / "test"),
             "--backend",
             backend,
@@ -177,6 +183,8 @@ def test_cli_export_onnx_backend_gradcam_and_explain(run_dir, data_dir, syntheti
         "predict",
         "--run",
         str(run),
+        "--allow",
+        "age",
         str(synthetic_source / "test" / "NORMAL"),
         "--gradcam",
         str(tmp_path / "cams"),
@@ -190,6 +198,8 @@ def test_cli_export_onnx_backend_gradcam_and_explain(run_dir, data_dir, syntheti
         "explain",
         "--run",
         str(run),
+        "--allow",
+        "age",
         str(synthetic_source / "test" / "PNEUMONIA"),
         "--out",
         str(tmp_path / "explained"),
