@@ -15,14 +15,17 @@ done
 bash "$root/scripts/setup_env.sh"
 # Debian programs the slow tests start for real: Chromium (the browser test, driven headless
 # through Playwright, no browser download), dciodvfy from dicom3tools (validates the DICOM
-# files pneumoscope writes) and Orthanc with its DICOMweb plugin (the PACS round trip).
-# The quick tier needs dciodvfy only.
+# files pneumoscope writes), Orthanc with its DICOMweb plugin (the PACS round trip) and
+# HAProxy with openssl (deploy/haproxy.cfg in front of two services, on a self-signed
+# certificate). The quick tier needs dciodvfy only.
 need=()
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
 if ((!quick)); then
   command -v chromium >/dev/null || need+=(chromium)
   command -v Orthanc >/dev/null || need+=(orthanc)
   [[ -n "$(ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so* 2>/dev/null)" ]] || need+=(orthanc-dicomweb)
+  [[ -x /usr/sbin/haproxy ]] || need+=(haproxy)
+  command -v openssl >/dev/null || need+=(openssl)
 fi
 if ((${#need[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then

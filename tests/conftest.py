@@ -153,6 +153,7 @@ SLOW_MODULES = {
     "tests/serving/test_hostile_clients.py",  # a real server under hostile clients
     "tests/serving/test_server_process.py",  # `pneumoscope serve` as a process
     "tests/serving/test_replicas.py",  # `pneumoscope serve --workers 2` as processes
+    "tests/serving/test_proxy.py",  # HAProxy in front of two `pneumoscope serve` processes
     "tests/training/test_resume_ddp.py",  # trains, kills, resumes; DDP in two processes
     "tests/inference/test_pacs_folder.py",  # trains a run, predicts a PACS export by CLI
 }
