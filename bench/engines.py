@@ -47,7 +47,8 @@ from pneumoscope.data.dedupe import exact_hash, perceptual_hash
 from pneumoscope.data.preprocess import decode_gray, preprocess_gray
 from pneumoscope.data.ray_prepare import decode_rows_ray
 from pneumoscope.data.sources import parse_source_spec, read_source
-from pneumoscope.inference.export import OnnxRunner, export_onnx
+from pneumoscope.inference.export import export_onnx
+from pneumoscope.inference.onnx_runner import OnnxRunner
 from pneumoscope.inference.predict import predict_to_csv
 from pneumoscope.model.run import load_run
 

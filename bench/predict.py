@@ -43,7 +43,8 @@ from sklearn.metrics import roc_auc_score
 from pneumoscope.core.io import write_json_atomic
 from pneumoscope.data.cache import open_cache
 from pneumoscope.inference.bf16 import TorchBf16Runner
-from pneumoscope.inference.export import MAX_FIDELITY, OnnxRunner, export_onnx, export_problem
+from pneumoscope.inference.export import MAX_FIDELITY, export_onnx, export_problem
+from pneumoscope.inference.onnx_runner import OnnxRunner
 from pneumoscope.inference.ov_runner import OpenVinoRunner, openvino_available, openvino_problem
 from pneumoscope.model.contract import RunFiles
 from pneumoscope.model.hardware import cpu_features

@@ -16,5 +16,5 @@ if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
 fi
 [[ -x "$venv/bin/python" ]] || "$py" -m venv "$venv"
 echo "installing pneumoscope into $venv (first time: a few minutes, torch is large)" >&2
-"$venv/bin/python" -m pip install --disable-pip-version-check -qq -e "$root[dev,ray]"
+"$venv/bin/python" -m pip install --disable-pip-version-check -qq -e "$root[train,serve,dev,ray]"
 touch "$stamp"

@@ -13,22 +13,21 @@ from torch import nn
 
 from pneumoscope.core.errors import UserError
 from pneumoscope.data.preprocess import load_image
+from pneumoscope.inference.cam import uncrop_heat
 from pneumoscope.inference.explain import (
     CSV_COLUMNS,
-    cam_spec,
     caption,
     explain_files,
-    gradcam,
     heatmap_name,
     overlay,
     save_explanation,
-    target_layer,
-    uncrop_heat,
 )
+from pneumoscope.inference.gradcam import cam_spec, gradcam, target_layer
 from pneumoscope.model.architectures import build_model
 from pneumoscope.model.calibration import TemperatureScaler
 from pneumoscope.model.contract import ModelCard, RunFiles
-from pneumoscope.model.run import LoadedRun, normalize, sigmoid
+from pneumoscope.model.network import normalize
+from pneumoscope.model.run import LoadedRun, sigmoid
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

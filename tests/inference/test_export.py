@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from pneumoscope.core.errors import UserError
-from pneumoscope.inference.export import LOGIT_TOLERANCE, OnnxRunner, export_onnx
+from pneumoscope.inference.export import LOGIT_TOLERANCE, export_onnx
 from pneumoscope.inference.fidelity import Tolerance
+from pneumoscope.inference.onnx_runner import OnnxRunner
 from pneumoscope.model.architectures import build_model
 from pneumoscope.model.contract import RunFiles
-from pneumoscope.model.run import load_run, save_weights
+from pneumoscope.model.network import save_weights
+from pneumoscope.model.run import load_run
 
 ONNX_FILE, INT8_FILE, RECORD_FILE = RunFiles.ONNX, RunFiles.INT8, RunFiles.EXPORT_RECORD
 

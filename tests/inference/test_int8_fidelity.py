@@ -16,10 +16,12 @@ import torch
 
 from pneumoscope.core.errors import UserError
 from pneumoscope.data.cache import open_cache
-from pneumoscope.inference.export import OnnxRunner, export_onnx, fidelity_of
+from pneumoscope.inference.export import export_onnx, fidelity_of
 from pneumoscope.inference.fidelity import TOLERANCE, Tolerance, compare, judge, problems
+from pneumoscope.inference.onnx_runner import OnnxRunner
 from pneumoscope.model.contract import RunFiles
-from pneumoscope.model.run import load_run, save_weights
+from pneumoscope.model.network import save_weights
+from pneumoscope.model.run import load_run
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pneumoscope.model.architectures import (
     head_module,
     stem_and_head_keys,
 )
-from pneumoscope.model.run import split_head
+from pneumoscope.model.network import split_head
 
 
 def _seed_cnn_keys() -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 
 from pneumoscope.data.dicom import decode_dicom
 from pneumoscope.data.preprocess import load_image
-from pneumoscope.inference.explain import gradcam
+from pneumoscope.inference.gradcam import gradcam
 from pneumoscope.inference.predict import predict_rows
 from pneumoscope.inference.predictor import Predictor
 from pneumoscope.model.run import load_run

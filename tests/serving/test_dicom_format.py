@@ -12,7 +12,7 @@ import pytest
 
 from pneumoscope.data.dicom import decode_dicom_bytes
 from pneumoscope.data.preprocess import load_image_bytes
-from pneumoscope.inference.explain import gradcam
+from pneumoscope.inference.gradcam import gradcam
 from pneumoscope.pacs.results import ResultInfo, dicom_results
 from tests.helpers import PATIENT, dciodvfy, sr_probability, write_dicom, xray_dicom
 

@@ -17,7 +17,8 @@ from pneumoscope.core.errors import UserError
 from pneumoscope.data.cache import open_cache
 from pneumoscope.model.architectures import build_model
 from pneumoscope.model.ensemble import Ensemble, member_names
-from pneumoscope.model.run import load_run, split_head
+from pneumoscope.model.network import split_head
+from pneumoscope.model.run import load_run
 from pneumoscope.training.ensemble import merge_runs
 
 runner = CliRunner()

@@ -152,9 +152,11 @@ def _predict_files(loaded, inputs, out, options, allow, dicom_out):
     echo_counts(counts, out)
     report_scan(counts.not_images, counts.skipped_list, counts.notes)
     if dicom_out:
+        from pneumoscope.inference.predictor import Predictor
         from pneumoscope.pacs.results import write_dicom_outputs
 
-        echo_results(write_dicom_outputs(loaded, kept, dicom_out), dicom_out)
+        predictor = Predictor.from_run(loaded, backend, allow or ())
+        echo_results(write_dicom_outputs(predictor, kept, dicom_out), dicom_out)
     return counts
 
 

@@ -12,66 +12,14 @@ a transform never changes the random stream of configs that leave it off.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from pneumoscope.core.errors import UserError
+from pneumoscope.data.augment_config import FILLS, AugmentConfig
 
-FILLS = ("zeros", "border", "reflection")
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    rotation: float = 10.0  # degrees, uniform in [-r, r]
-    zoom: float = 0.1  # isotropic scale uniform in [1 - z, 1 + z]
-    shift: float = 0.05  # fraction of the image size, uniform in [-s, s]
-    hflip: float = 0.0  # probability; off by default: a mirrored chest is not a real anatomy
-    vflip: float = 0.0
-    brightness: float = 0.1  # additive, uniform in [-b, b]
-    contrast: float = 0.1  # multiplicative around the mean, uniform in [1 - c, 1 + c]
-    # RandomResizedCrop: keep an area fraction uniform in [1 - crop, 1], aspect ratio
-    # log-uniform in [3/4, 4/3], anywhere inside the image, resized back to full size
-    crop: float = 0.0
-    # independent x and y scale, each uniform in [1 - a, 1 + a] (times the zoom): Keras's
-    # zoom_range draws x and y independently, so zoom 0 + aspect 0.2 is Keras's zoom 0.2
-    aspect: float = 0.0
-    gamma: float = 0.0  # x ** g, g log-uniform in [1 - gamma, 1 / (1 - gamma)]
-    fill: str = "zeros"  # outside the image: zeros, border (Keras 'nearest') or reflection
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> AugmentConfig:
-        """Unknown keys are ignored and missing ones take their defaults, so configs saved
-        by older and newer versions still load (``zoom_out`` among them: tried, not adopted
-        and removed; see experiments/fov_probe)."""
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-
-    def check(self) -> None:
-        """One-line errors for settings outside their range."""
-        for name in (
-            "zoom",
-            "shift",
-            "crop",
-            "aspect",
-            "gamma",
-            "brightness",
-            "contrast",
-        ):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
-                raise UserError(f"augment {name} must be a number in [0, 1), got {v!r}")
-        for name in ("hflip", "vflip"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-                raise UserError(f"augment {name} is a probability in [0, 1], got {v!r}")
-        if not isinstance(self.rotation, (int, float)) or not 0.0 <= self.rotation <= 180.0:
-            raise UserError(f"augment rotation must be in [0, 180] degrees, got {self.rotation!r}")
-        if self.fill not in FILLS:
-            raise UserError(f"augment fill must be one of {', '.join(FILLS)}, got {self.fill!r}")
+__all__ = ["FILLS", "AugmentConfig", "Transforms", "augment_batch", "draw_transforms"]
 
 
 def _uniform(n: int, lo: float, hi: float, gen: torch.Generator | None, device) -> torch.Tensor:
@@ -90,17 +38,27 @@ def _crop_boxes(b: int, crop: float, gen, dev) -> tuple[torch.Tensor, ...]:
     return w, h, cx, cy
 
 
-def augment_batch(
-    x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Randomly transform each image of ``x`` independently.
+@dataclass(frozen=True)
+class Transforms:
+    """One random transform per image: the affine ``theta`` (B, 2, 3) in grid coordinates,
+    then gamma, contrast and brightness factors (B,), None where the config has them off."""
+
+    theta: torch.Tensor
+    gamma: torch.Tensor | None
+    contrast: torch.Tensor | None
+    brightness: torch.Tensor | None
+
+
+def draw_transforms(
+    b: int, cfg: AugmentConfig, generator: torch.Generator | None = None, device=None
+) -> Transforms:
+    """Draw ``b`` transforms (float32), in the order the random stream has always had.
 
     The affine maps output grid coordinates p (in [-1, 1]) to input coordinates
     C (R D p + t) + c: D scales and flips, R rotates, t shifts, and the crop box (C, c)
     chooses which part of the input the whole picture is drawn from.
     """
-    b, dev = x.shape[0], x.device
-    gen = generator
+    gen, dev = generator, device
     angle = _uniform(b, -cfg.rotation, cfg.rotation, gen, dev) * (math.pi / 180.0)
     scale = _uniform(b, 1.0 - cfg.zoom, 1.0 + cfg.zoom, gen, dev)
     tx = _uniform(b, -cfg.shift, cfg.shift, gen, dev) * 2.0  # grid coords span [-1, 1]
@@ -124,19 +82,36 @@ def augment_batch(
         box = torch.stack([w, h], dim=1)
         a = a * box[:, :, None]  # C @ A with C = diag(w, h)
         t = t * box + torch.stack([cx, cy], dim=1)
-    theta = torch.cat([a, t[:, :, None]], dim=2).to(x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode=cfg.fill, align_corners=False)
+    theta = torch.cat([a, t[:, :, None]], dim=2).float()
+    gamma = contrast = brightness = None
     if cfg.gamma > 0:
         lg = -math.log(1.0 - cfg.gamma)
-        g = torch.exp(_uniform(b, -lg, lg, gen, dev)).view(b, 1, 1, 1).to(x.dtype)
-        out = out.clamp_(min=0.0).pow(g)
+        gamma = torch.exp(_uniform(b, -lg, lg, gen, dev))
     if cfg.contrast > 0:
-        c = _uniform(b, 1.0 - cfg.contrast, 1.0 + cfg.contrast, gen, dev).view(b, 1, 1, 1)
-        mean = out.mean(dim=(1, 2, 3), keepdim=True)
-        out = (out - mean) * c.to(x.dtype) + mean
+        contrast = _uniform(b, 1.0 - cfg.contrast, 1.0 + cfg.contrast, gen, dev)
     if cfg.brightness > 0:
-        out = out + _uniform(b, -cfg.brightness, cfg.brightness, gen, dev).view(b, 1, 1, 1).to(
-            x.dtype
-        )
+        brightness = _uniform(b, -cfg.brightness, cfg.brightness, gen, dev)
+    return Transforms(theta, gamma, contrast, brightness)
+
+
+def apply_transforms(x: torch.Tensor, tr: Transforms, fill: str) -> torch.Tensor:
+    """``x`` (B, C, H, W) in [0, 1] through its transforms: one ``affine_grid`` +
+    ``grid_sample``, then gamma, contrast and brightness, each one batched op."""
+    b, dt = x.shape[0], x.dtype
+    grid = F.affine_grid(tr.theta.to(dt), list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode=fill, align_corners=False)
+    if tr.gamma is not None:
+        out = out.clamp_(min=0.0).pow(tr.gamma.view(b, 1, 1, 1).to(dt))
+    if tr.contrast is not None:
+        mean = out.mean(dim=(1, 2, 3), keepdim=True)
+        out = (out - mean) * tr.contrast.view(b, 1, 1, 1).to(dt) + mean
+    if tr.brightness is not None:
+        out = out + tr.brightness.view(b, 1, 1, 1).to(dt)
     return out.clamp_(0.0, 1.0)
+
+
+def augment_batch(
+    x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Randomly transform each image of ``x`` independently (:func:`draw_transforms`)."""
+    return apply_transforms(x, draw_transforms(x.shape[0], cfg, generator, x.device), cfg.fill)

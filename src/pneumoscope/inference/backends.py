@@ -15,10 +15,15 @@ def make_runner(loaded: LoadedRun, backend: str):
     ONNX Runtime (float32 or static int8) or OpenVINO (int8); "auto" picks the fastest
     this run and CPU allow (:func:`resolve_backend`). Wrapped in the run's test-time
     augmentation when its calibration has it (``LoadedRun.scorer``), as every command scores."""
-    return loaded.scorer(_backend_runner(loaded, resolve_backend(loaded, backend)))
+    from pneumoscope.inference.export_record import recorded_views
+
+    runner = _backend_runner(loaded, resolve_backend(loaded, backend))
+    return loaded.scorer(runner, recorded_views(loaded.root, loaded.tta))
 
 
 def _backend_runner(loaded: LoadedRun, backend: str):
+    if backend in ("torch", "torch-bf16"):
+        _ = loaded.model  # the network now: no torch, or bad weights, is one line, early
     if backend == "torch":
         return loaded
     if backend == "torch-bf16":
@@ -29,7 +34,7 @@ def _backend_runner(loaded: LoadedRun, backend: str):
         from pneumoscope.inference.ov_runner import OpenVinoRunner
 
         return OpenVinoRunner(loaded.root)
-    from pneumoscope.inference.export import OnnxRunner
+    from pneumoscope.inference.onnx_runner import OnnxRunner
 
     return OnnxRunner(loaded.root, int8=backend == "onnx-int8")
 
@@ -43,16 +48,19 @@ def resolve_backend(loaded: LoadedRun, backend: str) -> str:
         raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
     if backend != "auto":
         return backend
-    from pneumoscope.inference.export import export_problem
-    from pneumoscope.model.hardware import cpu_features
+    from pneumoscope.inference.export_record import export_problem
+    from pneumoscope.model.run import torch_missing
 
     int8 = export_problem(loaded.root, int8=True) is None
     if int8 and _openvino_checked(loaded):
         return "openvino"
     if int8:
         return "onnx-int8"
-    if cpu_features().bf16_fast:
-        return "torch-bf16"
+    if torch_missing("auto") is None:
+        from pneumoscope.model.hardware import cpu_features
+
+        if cpu_features().bf16_fast:
+            return "torch-bf16"
     return "onnx" if export_problem(loaded.root) is None else "torch"
 
 

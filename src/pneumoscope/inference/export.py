@@ -33,12 +33,26 @@ import torch
 from pneumoscope.core import __version__
 from pneumoscope.core.errors import UserError
 from pneumoscope.core.io import atomic_write, write_json_atomic
-from pneumoscope.inference.export_record import INT8_FORMAT, check_export, export_problem
+from pneumoscope.inference.export_record import (
+    INT8_FORMAT,
+    check_export,
+    export_problem,
+    views_record,
+)
 from pneumoscope.inference.fidelity import TOLERANCE, Tolerance, compare, judge
+from pneumoscope.inference.onnx_runner import (
+    CAM,
+    INPUT,
+    OUTPUTS,
+    OnnxRunner,
+    open_session,
+    run_batch,
+)
 from pneumoscope.inference.quantize import CALIB_N, calibration_sample, quantize_qdq
 from pneumoscope.model.contract import RunFiles, read_card
 from pneumoscope.model.hardware import cpu_features
-from pneumoscope.model.run import InferenceNet, LoadedRun, load_run, row_batches
+from pneumoscope.model.network import InferenceNet, cam_weights
+from pneumoscope.model.run import LoadedRun, load_run
 
 __all__ = [
     "INT8_FORMAT",
@@ -49,8 +63,6 @@ __all__ = [
     "fidelity_of",
 ]
 
-INPUT = "image"
-OUTPUTS = ("logit", "features")
 DEFAULT_OPSET = 20  # torch 2.15's default; ONNX Runtime >= 1.18 runs it
 LOGIT_TOLERANCE = 1e-4
 MAX_CHECK = 32  # images of the exact (1e-4) arithmetic check
@@ -94,7 +106,7 @@ def export_onnx(
     record_path.unlink(missing_ok=True)  # a half-finished export must never look current
     int8_path = RunFiles.int8_beside(out)
     int8_path.unlink(missing_ok=True)  # so is an int8 model of other weights
-    net = loaded.inference_net()
+    net = _export_net(loaded, images)
     diffs: dict = {}
 
     def write(tmp: str) -> None:
@@ -113,6 +125,19 @@ def export_onnx(
         raise UserError(f"{files.weights} changed during the export; run the export again")
     write_json_atomic(record_path, record)
     return record
+
+
+def _export_net(loaded: LoadedRun, images: np.ndarray) -> InferenceNet:
+    """The run's inference module, with the class activation map as a third output when
+    its head is global average pooling + linear (where that map is Grad-CAM's)."""
+    net = loaded.inference_net()
+    x = loaded.model_input(torch.from_numpy(images[:2]).unsqueeze(1))
+    weights = cam_weights(loaded.model, x)
+    if weights is None:
+        return net
+    return InferenceNet(
+        loaded.model, net.mean, net.std, loaded.in_chans, loaded.eval_crop, cam=weights
+    ).eval()
 
 
 def _load(files: RunFiles) -> LoadedRun:
@@ -223,6 +248,7 @@ def _record(
         "cpu": cpu_features().to_dict(),
         "fidelity": None,
         "int8": None,
+        "tta_views": views_record(loaded.tta),
     }
 
 
@@ -242,10 +268,11 @@ def _check_set(images: np.ndarray | None, size: int) -> np.ndarray:
     return np.ascontiguousarray(images)
 
 
-def _torch_outputs(net: InferenceNet, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _torch_outputs(net: InferenceNet, images: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(logits, features) and, when the module has it, the class activation map."""
     with torch.inference_mode():
-        z, f = net(torch.from_numpy(images).unsqueeze(1))
-    return z.float().numpy(), f.float().numpy()
+        outputs = net(torch.from_numpy(images).unsqueeze(1))
+    return tuple(o.float().numpy() for o in outputs)
 
 
 def _export(net: InferenceNet, images: np.ndarray, path: str, opset: int) -> None:
@@ -257,7 +284,7 @@ def _export(net: InferenceNet, images: np.ndarray, path: str, opset: int) -> Non
         net,
         (example,),
         input_names=[INPUT],
-        output_names=list(OUTPUTS),
+        output_names=[*OUTPUTS, CAM] if net.with_cam else list(OUTPUTS),
         opset_version=opset,
         dynamo=True,
         dynamic_shapes=({0: torch.export.Dim("batch")},),
@@ -268,14 +295,14 @@ def _export(net: InferenceNet, images: np.ndarray, path: str, opset: int) -> Non
     onnx.save_model(program.model_proto, path)
 
 
-def _verify(path: str, images: np.ndarray, ref: tuple[np.ndarray, np.ndarray]) -> dict:
+def _verify(path: str, images: np.ndarray, ref: tuple[np.ndarray, ...]) -> dict:
     """Max |ONNX Runtime - PyTorch| over the whole set in one batch and the first image alone.
 
     The batch of one proves the batch axis is really dynamic (the trace used two).
     """
-    session = _session(path, None)
-    z, f = _run(session, images)
-    z1, f1 = _run(session, images[:1])
+    session = open_session(path, None)
+    z, f = run_batch(session, images)
+    z1, f1 = run_batch(session, images[:1])
     dz = max(_maxdiff(z, ref[0]), _maxdiff(z1, ref[0][:1]))
     df = max(_maxdiff(f, ref[1]), _maxdiff(f1, ref[1][:1]))
     if not dz <= LOGIT_TOLERANCE:  # also catches NaN
@@ -284,7 +311,12 @@ def _verify(path: str, images: np.ndarray, ref: tuple[np.ndarray, np.ndarray]) -
             f"{LOGIT_TOLERANCE:g} (features {df:.3g}) on {len(images)} images; the previous "
             "export (if any) was kept. Report this with the run's architecture."
         )
-    return {"max_abs_diff_logit": dz, "max_abs_diff_features": df}
+    diffs = {"max_abs_diff_logit": dz, "max_abs_diff_features": df, "cam": len(ref) > 2}
+    if len(ref) > 2:  # the map's own scale varies by model: its difference relative to it
+        [cam] = session.run([CAM], {INPUT: images[:, None]})
+        scale = max(float(np.max(np.abs(ref[2]))), 1e-12)
+        diffs["max_rel_diff_cam"] = _maxdiff(cam, ref[2]) / scale
+    return diffs
 
 
 def _maxdiff(a: np.ndarray, b: np.ndarray) -> float:
@@ -314,76 +346,3 @@ def _versions() -> dict:
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
-
-
-# ---------------------------------------------------------------- runtime
-
-
-def _session(path: str | Path, threads: int | None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
-    options.inter_op_num_threads = 1  # the graph is a chain: no parallel branches to run
-    options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _run(session, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    z, f = session.run(list(OUTPUTS), {INPUT: batch[:, None]})
-    return z.astype(np.float32, copy=False), f.astype(np.float32, copy=False)
-
-
-class OnnxRunner:
-    """ONNX Runtime twin of ``LoadedRun.logits_and_features`` (CPU), refusing stale exports.
-
-    ``threads`` sets ONNX Runtime's intra-op threads (default: all cores).
-    """
-
-    def __init__(self, run: str | Path, int8: bool = False, threads: int | None = None):
-        files = RunFiles.of(run)
-        check_export(files.root, int8)
-        self._open(files.int8 if int8 else files.onnx, threads)
-        self.root = files.root
-        self.int8 = int8
-
-    @classmethod
-    def at(cls, path: str | Path, threads: int | None = None) -> OnnxRunner:
-        """A runner of the ONNX file ``path`` as it is (no staleness check): for the export."""
-        runner = cls.__new__(cls)
-        runner._open(Path(path), threads)
-        runner.root, runner.int8 = None, None
-        return runner
-
-    def _open(self, path: Path, threads: int | None) -> None:
-        self.path = path
-        self.session = _session(self.path, threads)
-        shape = self.session.get_inputs()[0].shape
-        self.img_size = int(shape[-1])
-        self.n_features = int(self.session.get_outputs()[1].shape[-1])
-
-    def logits_and_features(
-        self, images: np.ndarray, batch_size: int = 64, rows: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Logits (N,) and penultimate features (N, D) of preprocessed uint8 images.
-
-        ``rows`` selects images of a (memory-mapped) array batch by batch, so a large
-        split is never loaded whole.
-        """
-        self._check_images(images)
-        logits = [np.zeros(0, np.float32)]
-        feats = [np.zeros((0, self.n_features), np.float32)]
-        for _, chunk in row_batches(images, rows, batch_size):
-            z, f = _run(self.session, chunk)
-            logits.append(z)
-            feats.append(f)
-        return np.concatenate(logits), np.concatenate(feats)
-
-    def _check_images(self, images: np.ndarray) -> None:
-        """ONNX Runtime's own errors for a wrong dtype or size do not say what to do."""
-        s = self.img_size
-        if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (s, s):
-            raise UserError(
-                f"{self.path.name} expects preprocessed uint8 images (N, {s}, {s}), got "
-                f"{images.dtype} {images.shape}; preprocess them with the run's settings"
-            )

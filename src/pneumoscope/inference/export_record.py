@@ -8,7 +8,9 @@ import json
 from pathlib import Path
 
 from pneumoscope.core.errors import UserError
+from pneumoscope.data.views import Views
 from pneumoscope.model.contract import RunFiles, read_card
+from pneumoscope.model.tta import TestTimeAugmentation
 
 # 7-bit weights (reduce_range): full 8-bit weights saturate ONNX Runtime's int8 kernels on
 # CPUs without VNNI (AVX2 only), where they moved validation probabilities by up to 0.19
@@ -48,3 +50,36 @@ def check_export(run: str | Path, int8: bool = False) -> None:
     problem = export_problem(run, int8)
     if problem:
         raise UserError(problem)
+
+
+def recorded_views(run: str | Path, tta: TestTimeAugmentation | None) -> Views | None:
+    """The test-time augmentation's transforms as the export recorded them, when it recorded
+    them for this very setting (count, seed, augmentation); else None (draw them)."""
+    if tta is None:
+        return None
+    try:
+        record = json.loads(RunFiles.of(run).export_record.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    saved = record.get("tta_views") or {}
+    setting = {k: saved.get(k) for k in ("copies", "seed", "augment")}
+    if setting != {"copies": tta.copies, "seed": tta.seed, "augment": tta.augment}:
+        return None
+    return Views.from_dict(saved["views"])
+
+
+def views_record(tta: TestTimeAugmentation | None) -> dict | None:
+    """What export.json records of the test-time augmentation: its setting and the
+    transforms drawn for it (with torch), so that an install without torch applies them."""
+    if tta is None or tta.copies <= 0:
+        return None
+    from pneumoscope.data.augment_config import AugmentConfig
+    from pneumoscope.model.tta import draw_views
+
+    views = draw_views(tta.copies, AugmentConfig.from_dict(tta.augment), tta.seed)
+    return {
+        "copies": tta.copies,
+        "seed": tta.seed,
+        "augment": tta.augment,
+        "views": views.to_dict(),
+    }

@@ -96,7 +96,7 @@ def predict_rows(
     for batch in _batches(predictor, paths, batch_size, workers):
         rows = predictor.score_screened(batch)
         if gradcam_dir:
-            _add_heatmaps(predictor.loaded, batch, rows, gradcam_dir)
+            _add_heatmaps(predictor, batch, rows, gradcam_dir)
         yield from rows
 
 
@@ -188,33 +188,35 @@ def _scorer(engine: str, predictor: Predictor, options):
     return local, []
 
 
-def _add_heatmaps(loaded: LoadedRun, batch: list[Screened], rows: list[Prediction], where) -> None:
-    """Grad-CAM PNGs of the batch's scored images; each row gets its file's path."""
+def _add_heatmaps(predictor: Predictor, batch: list[Screened], rows: list[Prediction], where):
+    """Heatmap PNGs of the batch's scored images; each row gets its file's path."""
     good = [i for i, s in enumerate(batch) if s.pixels is not None]
     if not good:
         return
     imgs = np.stack([batch[i].pixels for i in good])
     probs = np.array([rows[i].probability for i in good])
     names = [batch[i].path for i in good]
-    for i, heat in zip(good, _heatmaps(loaded, imgs, names, probs, where), strict=True):
+    for i, heat in zip(good, _heatmaps(predictor, imgs, names, probs, where), strict=True):
         rows[i].heatmap = heat
 
 
 def _heatmaps(
-    loaded: LoadedRun,
+    predictor: Predictor,
     imgs: np.ndarray,
     paths: list[str],
     probs: np.ndarray,
     gradcam_dir: str | Path | None,
 ) -> list[str]:
-    """Grad-CAM PNG per image when asked; returns their paths (empty list otherwise)."""
+    """Heatmap PNG per image when asked (the predictor's: the export's class activation
+    map or Grad-CAM); returns their paths (empty list otherwise)."""
     if not gradcam_dir:
         return []
-    from pneumoscope.inference.explain import gradcam, heatmap_name, save_explanation
+    from pneumoscope.inference.explain import heatmap_name, save_explanation
 
     out = Path(gradcam_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    heats = gradcam(loaded, imgs)
+    loaded = predictor.loaded
+    heats = predictor.heatmaps(imgs)
     names = loaded.card.class_names
     files = []
     for img, h, path, p in zip(imgs, heats, paths, probs, strict=True):

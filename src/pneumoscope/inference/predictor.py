@@ -22,7 +22,7 @@ from pneumoscope.inference.intended_use import IntendedUse, Screened, load_scree
 from pneumoscope.inference.scoring import Prediction, model_id, score_batch, score_screened
 from pneumoscope.model.ood import OodGuard
 from pneumoscope.model.population_check import check_folder
-from pneumoscope.model.run import LoadedRun, load_run
+from pneumoscope.model.run import LoadedRun, load_run, torch_missing
 
 __all__ = ["Predictor", "Screened"]
 
@@ -99,6 +99,20 @@ class Predictor:
     def score_screened(self, batch: list[Screened]) -> list[Prediction]:
         """One Prediction per screened file, in order; the images scored together."""
         return score_screened(self.loaded, self.runner, self.guard, self.model_id, batch)
+
+    def heatmaps(self, pixels: np.ndarray, batch_size: int = 16) -> np.ndarray:
+        """Heatmaps (N, S, S) in [0, 1] of the PNEUMONIA logit for preprocessed films: from
+        the export's class activation map when ONNX Runtime scores and the export has one
+        (Grad-CAM's map for a global-pooling + linear head, no torch needed), else
+        Grad-CAM on the torch network."""
+        if getattr(self.runner, "has_cam", False):  # a TTA wrapper passes it through
+            return self.runner.heatmaps(pixels, self.loaded.eval_crop, batch_size)
+        problem = torch_missing("a heatmap of this run (Grad-CAM; its export has no map)")
+        if problem:
+            raise problem
+        from pneumoscope.inference.gradcam import gradcam
+
+        return gradcam(self.loaded, pixels, batch_size)
 
     def refusal(self, name: str, status: str, reason: str) -> Prediction:
         """The row of an input that was not scored (unreadable, skipped, out of scope)."""

@@ -21,7 +21,6 @@ must be mounted at the same paths on every node, and pneumoscope installed there
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -70,7 +69,7 @@ def ray_model(predictor: Predictor) -> RayModel:
     )
     notes: list[str] = []
     onnx = _onnx_bytes(loaded, int8, notes)
-    bare = dataclasses.replace(loaded, model=None)  # the torch network stays on the driver
+    bare = loaded.without_network()  # the torch network stays on the driver
     kind = "onnx-int8" if int8 else "onnx"
     allow = predictor.scope.allow
     own = (
@@ -103,7 +102,7 @@ def _onnx_bytes(loaded: LoadedRun, int8: bool, notes: list[str]) -> bytes:
 
 def _runner(onnx: bytes):
     """An ONNX Runtime session (one thread) of the model's bytes."""
-    from pneumoscope.inference.export import OnnxRunner
+    from pneumoscope.inference.onnx_runner import OnnxRunner
 
     with tempfile.TemporaryDirectory(prefix="pneumoscope-onnx-") as tmp:
         path = Path(tmp) / "model.onnx"

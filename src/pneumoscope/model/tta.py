@@ -10,9 +10,12 @@ hold for scores made the same way, and every command that scores a film (predict
 evaluate, explain, the service, the Ray engine, the PACS worker) wraps its backend in
 :class:`TTARunner`.
 
-The K transforms are drawn once per film from a generator seeded with ``seed``: every
-film gets the same K transforms, so a film's score never depends on which other films
-share its batch, and `predict`, the service and the Ray workers agree. The copies are
+The K transforms are drawn once from a generator seeded with ``seed``: every film gets
+the same K transforms, so a film's score never depends on which other films share its
+batch, and `predict`, the service and the Ray workers agree. They are drawn with torch
+(the training augmentation's own random stream) and applied in numpy
+(:class:`pneumoscope.data.views.Views`); `pneumoscope export` records them, so that an
+install without torch scores an exported run with the very same copies. The copies are
 rounded back to uint8, the input every backend (torch, ONNX Runtime, OpenVINO) takes.
 The penultimate features (what the OOD guard measures) stay those of the plain film.
 """
@@ -24,8 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # torch loads with the first copies drawn, not with calibration.json
-    from pneumoscope.data.augment import AugmentConfig
+from pneumoscope.data.views import Views
+
+if TYPE_CHECKING:
+    from pneumoscope.data.augment_config import AugmentConfig
+
+NO_TORCH = (
+    "this run's calibration averages test-time augmented copies, whose transforms are drawn "
+    "with PyTorch, which this install does not have: export the run with the training "
+    "install ('pneumoscope export'), which records them, or install 'pneumoscope[train]'"
+)
 
 
 @dataclass(frozen=True)
@@ -54,20 +65,34 @@ class TestTimeAugmentation:
         return f"the logit averaged over the film and {self.copies} augmented copies of it"
 
 
-def copy_stack(films: np.ndarray, copies: int, augment: AugmentConfig, seed: int) -> np.ndarray:
+def draw_views(copies: int, augment: AugmentConfig, seed: int) -> Views:
+    """The K transforms of test-time augmentation, drawn from the run's training
+    augmentation with torch's generator seeded with ``seed``."""
+    try:
+        import torch
+    except ImportError:
+        from pneumoscope.core.errors import UserError
+
+        raise UserError(NO_TORCH) from None
+    from pneumoscope.data.augment import draw_transforms
+
+    tr = draw_transforms(copies, augment, torch.Generator().manual_seed(seed))
+
+    def arr(t):
+        return None if t is None else t.float().numpy()
+
+    return Views(arr(tr.theta), arr(tr.gamma), arr(tr.contrast), arr(tr.brightness), augment.fill)
+
+
+def copy_stack(
+    films: np.ndarray, copies: int, augment: AugmentConfig, seed: int, views: Views | None = None
+) -> np.ndarray:
     """uint8 (N, S, S) -> uint8 (N * copies, S, S): film i's copies at rows i*K .. i*K+K-1,
-    the same K seeded transforms for every film."""
-    import torch
-
-    from pneumoscope.data.augment import augment_batch
-
+    the same K seeded transforms for every film (``views``: drawn already)."""
+    views = views or draw_views(copies, augment, seed)
     out = np.empty((len(films) * copies, *films.shape[1:]), dtype=np.uint8)
     for i, film in enumerate(films):
-        gen = torch.Generator().manual_seed(seed)
-        x = torch.from_numpy(np.ascontiguousarray(film)).float().div_(255.0)
-        x = x.expand(copies, 1, *film.shape).contiguous()
-        y = augment_batch(x, augment, gen).mul_(255.0).round_()
-        out[i * copies : (i + 1) * copies] = y.squeeze(1).to(torch.uint8).numpy()
+        out[i * copies : (i + 1) * copies] = views.apply(np.ascontiguousarray(film))
     return out
 
 
@@ -76,12 +101,14 @@ class TTARunner:
     test-time augmented copies; the features are the plain film's. Anything else is the
     backend's."""
 
-    def __init__(self, runner, tta: TestTimeAugmentation):
-        self.runner = runner
-        from pneumoscope.data.augment import AugmentConfig
+    def __init__(self, runner, tta: TestTimeAugmentation, views: Views | None = None):
+        """``views``: the transforms an export recorded; drawn with torch when None."""
+        from pneumoscope.data.augment_config import AugmentConfig
 
+        self.runner = runner
         self.tta = tta
         self._augment = AugmentConfig.from_dict(tta.augment)
+        self.views = views or draw_views(tta.copies, self._augment, tta.seed)
 
     def __getattr__(self, name: str):  # img_size, paths, ...: the wrapped backend's
         return getattr(self.runner, name)
@@ -97,7 +124,7 @@ class TTARunner:
         for start in range(0, len(rows), step):
             chunk = np.ascontiguousarray(images[rows[start : start + step]])
             z, f = self.runner.logits_and_features(chunk, batch_size)
-            copies = copy_stack(chunk, k, self._augment, self.tta.seed)
+            copies = copy_stack(chunk, k, self._augment, self.tta.seed, self.views)
             zv, _ = self.runner.logits_and_features(copies, batch_size)
             both = np.concatenate([z[:, None], zv.reshape(len(chunk), k)], axis=1)
             logits.append(both.astype(np.float64).mean(axis=1).astype(np.float32))
@@ -110,8 +137,9 @@ class TTARunner:
         return self.logits_and_features(images, batch_size, rows)[0]
 
 
-def with_tta(runner, tta: TestTimeAugmentation | None):
-    """``runner`` wrapped in the run's test-time augmentation, or ``runner`` itself without."""
+def with_tta(runner, tta: TestTimeAugmentation | None, views: Views | None = None):
+    """``runner`` wrapped in the run's test-time augmentation, or ``runner`` itself without;
+    ``views``: its transforms as an export recorded them (drawn with torch when None)."""
     if tta is None or tta.copies <= 0 or isinstance(runner, TTARunner):
         return runner
-    return TTARunner(runner, tta)
+    return TTARunner(runner, tta, views)

@@ -31,6 +31,7 @@ from pneumoscope.data.dicom import (
     is_dicom_bytes,
 )
 from pneumoscope.data.preprocess import load_image
+from pneumoscope.inference.predictor import Predictor
 from pneumoscope.inference.scoring import Prediction
 from pneumoscope.model.run import LoadedRun
 from pneumoscope.pacs.capture import secondary_capture
@@ -120,21 +121,25 @@ def save(ds: Dataset, out_dir: Path) -> Path:
     return path
 
 
-class _GradCam:
-    """Grad-CAM of one input on ``pneumoscope explain``'s path (preprocess, then ``gradcam``),
-    the target layer found once, on first use."""
+class _Heatmap:
+    """The heatmap of one input on ``pneumoscope explain``'s path (preprocess, then the
+    predictor's heatmap: the export's class activation map or Grad-CAM); a bare run gets
+    Grad-CAM, its target layer found once, on first use."""
 
-    def __init__(self, loaded: LoadedRun):
-        self.loaded = loaded
+    def __init__(self, run: LoadedRun | Predictor):
+        self.predictor = run if isinstance(run, Predictor) else None
+        self.loaded = run.loaded if isinstance(run, Predictor) else run
         self.spec = None
 
     def __call__(self, path: str) -> np.ndarray:
-        from pneumoscope.inference.explain import cam_spec, gradcam
-
         run = self.loaded
+        image = load_image(path, run.preprocess)
+        if self.predictor is not None:
+            return self.predictor.heatmaps(image[None], batch_size=1)[0]
+        from pneumoscope.inference.gradcam import cam_spec, gradcam
+
         if self.spec is None:
             self.spec = cam_spec(run.model, run.preprocess.img_size, run.in_chans)
-        image = load_image(path, run.preprocess)
         return gradcam(run, image[None], batch_size=1, spec=self.spec)[0]
 
 
@@ -159,17 +164,19 @@ def _write_one(
 
 
 def write_dicom_outputs(
-    loaded: LoadedRun,
+    run: LoadedRun | Predictor,
     predictions: Iterable[Prediction],
     out_dir: str | Path,
     heats: Mapping[str, np.ndarray] | None = None,
 ) -> DicomOutputs:
     """An SR and a secondary capture for each DICOM input whose prediction is "ok", written
-    under ``out_dir/<StudyInstanceUID>/``. ``heats`` (Grad-CAM by input path) when the caller
-    has them already; otherwise they are computed here. Never raises for one file: its
-    reason goes to ``errors`` and the others go on."""
+    under ``out_dir/<StudyInstanceUID>/``. ``heats`` (heatmaps by input path) when the caller
+    has them already; otherwise they are computed here, by the predictor's backend when
+    ``run`` is a Predictor (no torch needed for an export with its map), else by Grad-CAM.
+    Never raises for one file: its reason goes to ``errors`` and the others go on."""
     out, studies = DicomOutputs(), {}
-    policy, cam = loaded.threshold_policy, _GradCam(loaded)
+    cam = _Heatmap(run)
+    policy = cam.loaded.threshold_policy
     for pred in predictions:
         if pred.status != "ok" or pred.probability is None:
             out.no_result += 1

@@ -87,7 +87,7 @@ def predict_studies(
         for uid in uids:
             with fetched_study(server, uid, modalities) as study:
                 rows = _predict_one(predictor, study)
-                _results(loaded, server, study, rows, outcome, store, dicom_out)
+                _results(predictor, server, study, rows, outcome, store, dicom_out)
             for row in rows:
                 writer.writerow(row.csv_cells())
                 outcome.counts.add(row)
@@ -101,19 +101,17 @@ def _predict_one(predictor: Predictor, study: RetrievedStudy) -> list[Prediction
     """A row per fetched instance (its path still the private file) and per skipped one."""
     rows = list(predict_rows(predictor, [str(f) for f in study.files]))
     uid = study.study.study_uid
-    skipped = [
-        predictor.refusal(f"{uid}/{s.sop_uid}", "skipped", s.reason) for s in study.skipped
-    ]
+    skipped = [predictor.refusal(f"{uid}/{s.sop_uid}", "skipped", s.reason) for s in study.skipped]
     return rows + skipped
 
 
-def _results(loaded, server, study, rows, outcome, store: bool, dicom_out) -> None:
+def _results(predictor, server, study, rows, outcome, store: bool, dicom_out) -> None:
     """SR and capture per analysed film (kept in ``dicom_out`` or a private folder), sent
     back when ``store``; then the rows are renamed from private paths to UIDs."""
     uid = study.study.study_uid
     if store or dicom_out:
         with tempfile.TemporaryDirectory(dir=study.folder) as scratch:
-            made = write_dicom_outputs(loaded, rows, dicom_out or scratch)
+            made = write_dicom_outputs(predictor, rows, dicom_out or scratch)
             made.errors = [(f"{uid}/{Path(p).stem}", why) for p, why in made.errors]
             _merge(outcome.results, made)
             if store:

@@ -202,6 +202,4 @@ class Engine:
         return self.predictor.score(pixels, names)
 
     def _gradcam(self, pixels: np.ndarray) -> np.ndarray:
-        from pneumoscope.inference.explain import gradcam
-
-        return gradcam(self.loaded, pixels)
+        return self.predictor.heatmaps(pixels)

@@ -20,7 +20,7 @@ from pneumoscope.core.errors import UserError
 from pneumoscope.core.io import atomic_write, write_json_atomic
 from pneumoscope.model.architectures import head_module
 from pneumoscope.model.contract import RunFiles
-from pneumoscope.model.run import save_weights
+from pneumoscope.model.network import save_weights
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

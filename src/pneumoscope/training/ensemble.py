@@ -22,7 +22,8 @@ from pneumoscope.core import __version__
 from pneumoscope.core.errors import UserError
 from pneumoscope.model.contract import ModelCard, RunFiles, TrainingInfo, file_sha256
 from pneumoscope.model.ensemble import Ensemble, ensemble_name
-from pneumoscope.model.run import LoadedRun, load_run, save_weights
+from pneumoscope.model.network import save_weights
+from pneumoscope.model.run import LoadedRun, load_run
 
 
 def check_members(members: list[LoadedRun], names: list[str]) -> None:

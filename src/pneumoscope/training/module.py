@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from pneumoscope.data.augment import AugmentConfig, augment_batch
 from pneumoscope.evaluation.metrics import binary_metrics
 from pneumoscope.model.architectures import build_model
-from pneumoscope.model.run import model_input, normalize_float, sigmoid
+from pneumoscope.model.network import model_input, normalize_float
+from pneumoscope.model.run import sigmoid
 
 # Lightning advice that does not apply here, silenced in every process (spawned ones too)
 QUIET_WARNINGS = (
