@@ -127,15 +127,15 @@ class InferenceNet(nn.Module):
 
 def cam_weights(net: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     """The head's weights (C,) when the logit is a linear layer of the global average of the
-    last feature map (checked on ``x``, the network's input): there the class activation
-    map is Grad-CAM's map. None for any other head."""
+    last feature map, a map of more than one position (checked on ``x``, the network's
+    input): there the class activation map is Grad-CAM's map. None for any other head."""
     fc = net.get_classifier()
     if not isinstance(fc, nn.Linear) or fc.out_features != 1:
         return None
     with torch.inference_mode():
         fmap = net.forward_features(x)
-        if fmap.ndim != 4 or fmap.shape[1] != fc.in_features:
-            return None
+        if fmap.ndim != 4 or fmap.shape[1] != fc.in_features or fmap[0, 0].numel() < 2:
+            return None  # not a map, or one position: Grad-CAM then looks at an earlier layer
         pooled = net.forward_head(fmap, pre_logits=True)
         if pooled.shape != fmap.shape[:2] or not torch.allclose(
             pooled, fmap.mean(dim=(2, 3)), rtol=1e-4, atol=1e-5
