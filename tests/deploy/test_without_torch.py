@@ -9,22 +9,16 @@ without building one; tests/deploy/test_serving_install.py builds the real one.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
 
-from pneumoscope.inference.export import export_onnx
-from tests.helpers import REPO, SHARED_DATA, write_dicom, xray_dicom
-
 pytestmark = pytest.mark.realdata
 
-FIXTURE = REPO / "tests" / "fixtures" / "run_v1"
 TRAINING_ONLY = ("torch", "torchvision", "timm", "lightning", "pytorch_grad_cam", "onnxscript")
 BLOCKER = f"""
 import importlib.abc, sys
@@ -34,8 +28,6 @@ class _NoTraining(importlib.abc.MetaPathFinder):
             raise ImportError("blocked for this test: " + name)
 sys.meta_path.insert(0, _NoTraining())
 """
-# the run's calibration averages 2 augmented copies: the copies come from export.json
-TTA = {"copies": 2, "seed": 0, "augment": {"rotation": 10.0, "crop": 0.3, "gamma": 0.2}}
 
 
 def _python(code: str, blocked: bool, cwd: Path) -> subprocess.CompletedProcess:
@@ -49,34 +41,6 @@ def _cli(args: list[str], blocked: bool, cwd: Path) -> subprocess.CompletedProce
     argv = ["pneumoscope", *args]
     code = f"import sys\nfrom pneumoscope.cli import main\nsys.argv = {argv!r}\nmain()"
     return _python(code, blocked, cwd)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> Path:
-    """run_v1 (an EfficientNet: global pooling + linear) at 96 px, with test-time
-    augmentation in its calibration, exported by the training install."""
-    run = tmp_path_factory.mktemp("torchfree") / "run"
-    shutil.copytree(FIXTURE, run)
-    card = json.loads((run / "model.json").read_text())
-    card["img_size"] = card["preprocess"]["img_size"] = 96  # a 3x3 last map (32 px: 1x1)
-    (run / "model.json").write_text(json.dumps(card))
-    cal = json.loads((run / "calibration.json").read_text())
-    (run / "calibration.json").write_text(json.dumps({**cal, "tta": TTA}))
-    record = export_onnx(run)
-    assert record["cam"] and record["tta_views"]["copies"] == 2
-    return run
-
-
-@pytest.fixture(scope="module")
-def films(tmp_path_factory) -> Path:
-    """Four real test films, and one of them as a DICOM (for the SR and the capture)."""
-    folder = tmp_path_factory.mktemp("films")
-    for label in ("NORMAL", "PNEUMONIA"):
-        for src in sorted((SHARED_DATA / "chest_xray_224" / "test" / label).glob("*.jpeg"))[:2]:
-            shutil.copy(src, folder / src.name)
-    gray = cv2.imread(str(sorted(folder.glob("*.jpeg"))[0]), cv2.IMREAD_GRAYSCALE)
-    write_dicom(xray_dicom(gray, PatientAge="003Y"), folder / "film.dcm")
-    return folder
 
 
 def test_nothing_from_training_loads_with_torch_blocked(tmp_path):
@@ -146,3 +110,27 @@ def test_only_a_pooling_linear_head_gets_the_map(arch, has_map):
 
     net = build_model(arch, 1, 64, pretrained=False).eval()
     assert (cam_weights(net, torch.rand(2, 1, 64, 64)) is not None) == has_map
+
+
+# The modules that need the training stack; every other module imports without it (a new
+# torch import on the serving path fails here, in the quick tier).
+NEEDS_TRAINING = {
+    "data.augment", "data.loader", "inference.bf16", "inference.export", "inference.gradcam",
+    "model.architectures", "model.ensemble", "model.hardware", "model.network",
+    "model.weights", "training.callbacks", "training.ensemble", "training.module",
+    "training.popnet", "training.precision", "training.train",
+}  # fmt: skip
+
+
+def test_only_the_training_modules_need_torch(tmp_path):
+    code = (
+        "import importlib, json, pkgutil, pneumoscope\nbad = []\n"
+        "for m in pkgutil.walk_packages(pneumoscope.__path__, 'pneumoscope.'):\n"
+        "    if m.name.endswith('__main__'): continue\n"
+        "    try: importlib.import_module(m.name)\n"
+        "    except ImportError: bad.append(m.name.removeprefix('pneumoscope.'))\n"
+        "print(json.dumps(sorted(bad)))"
+    )
+    res = _python(code, blocked=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert set(json.loads(res.stdout.strip().splitlines()[-1])) == NEEDS_TRAINING
