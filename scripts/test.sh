@@ -17,8 +17,11 @@ bash "$root/scripts/setup_env.sh"
 # through Playwright, no browser download), dciodvfy from dicom3tools (validates the DICOM
 # files pneumoscope writes), Orthanc with its DICOMweb plugin (the PACS round trip) and
 # HAProxy with openssl (deploy/haproxy.cfg in front of two services, on a self-signed
-# certificate). The quick tier needs dciodvfy only.
+# certificate), Podman, runc and debootstrap (deploy/Containerfile built on a base image made
+# from Debian's packages, then run read-only; without their recommends, which bring a
+# systemd user session). The quick tier needs dciodvfy only.
 need=()
+bare=()  # installed without recommends
 command -v dciodvfy >/dev/null || need+=(dicom3tools)
 if ((!quick)); then
   command -v chromium >/dev/null || need+=(chromium)
@@ -26,14 +29,21 @@ if ((!quick)); then
   [[ -n "$(ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so* 2>/dev/null)" ]] || need+=(orthanc-dicomweb)
   [[ -x /usr/sbin/haproxy ]] || need+=(haproxy)
   command -v openssl >/dev/null || need+=(openssl)
+  command -v podman >/dev/null || bare+=(podman)
+  [[ -x /usr/sbin/runc ]] || command -v runc >/dev/null || bare+=(runc)
+  [[ -x /usr/sbin/debootstrap ]] || bare+=(debootstrap)
 fi
-if ((${#need[@]})); then
+if ((${#need[@]} + ${#bare[@]})); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-    echo "installing ${need[*]} for the tests (apt-get)" >&2
+    echo "installing ${need[*]} ${bare[*]} for the tests (apt-get)" >&2
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    export DEBIAN_FRONTEND=noninteractive
+    if ((${#need[@]})); then apt-get install -y -qq "${need[@]}" >/dev/null; fi
+    if ((${#bare[@]})); then
+      apt-get install -y -qq --no-install-recommends "${bare[@]}" >/dev/null
+    fi
   else
-    echo "error: the tests need Debian packages: sudo apt-get install ${need[*]}" >&2
+    echo "error: the tests need Debian packages: sudo apt-get install ${need[*]} ${bare[*]}" >&2
     exit 2
   fi
 fi
