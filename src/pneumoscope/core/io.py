@@ -16,9 +16,13 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; use the usual mode
+    mode = 0o666 & ~_umask()
+    os.chmod(tmp, mode)  # mkstemp makes owner-only files; use the usual mode
     try:
         write(tmp)
+        # a writer may recreate the file owner-only (safetensors does): the usual mode again,
+        # or a service running as another user cannot read the run (a container's user)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -10,7 +10,6 @@ the graph itself: the export puts ``InferenceNet`` whole into it.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,12 +27,7 @@ from pneumoscope.model.contract import InputSpec, ModelCard, RunFiles
 def save_weights(model: torch.nn.Module, path: Path) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
 
-    def write(tmp: str) -> None:
-        mode = os.stat(tmp).st_mode  # safetensors recreates the file owner-only; keep the mode
-        save_file(state, tmp)
-        os.chmod(tmp, mode)
-
-    atomic_write(path, write)
+    atomic_write(path, lambda tmp: save_file(state, tmp))  # it keeps the usual file mode
 
 
 def normalize(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, in_chans: int):

@@ -210,7 +210,11 @@ class OodGuard:
         if not files.ood_card.is_file() or not files.ood_stats.is_file():
             return None
         d = _read_card(files)
-        stats = load_file(str(files.ood_stats))
+        try:
+            stats = load_file(str(files.ood_stats))
+        except Exception as exc:  # unreadable (its mode: PermissionError), corrupt
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise UserError(f"cannot read {files.ood_stats}: {why}") from None
         guard = cls(method=d.get("method_id", MAHALANOBIS))
         missing = [k for k in _STATS[guard.method] if k not in stats]
         if missing:
