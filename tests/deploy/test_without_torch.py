@@ -134,3 +134,25 @@ def test_only_the_training_modules_need_torch(tmp_path):
     res = _python(code, blocked=True, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert set(json.loads(res.stdout.strip().splitlines()[-1])) == NEEDS_TRAINING
+
+
+def test_a_ray_worker_scores_without_torch_as_predict_does(exported, films, tmp_path):
+    """The Ray engine's worker (its actor, called here without a cluster) gets the run's
+    test-time augmentation transforms from the driver and needs no torch."""
+    jpegs = [str(p) for p in sorted(films.glob("*.jpeg"))]
+    code = (
+        "import json, numpy as np\n"
+        "from pneumoscope.inference.predictor import Predictor\n"
+        "from pneumoscope.inference.ray_predict import Scorer, ray_model\n"
+        f"model = ray_model(Predictor.from_run({str(exported)!r}, 'onnx'))\n"
+        "assert model.views is not None and len(model.views) == 2\n"
+        f"cols = Scorer(model)({{'i': np.arange({len(jpegs)}), 'path': np.array({jpegs!r})}})\n"
+        "print(json.dumps([float(p) for p in cols['probability']]))"
+    )
+    res = _python(code, blocked=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = tmp_path / "p.csv"
+    args = ["predict", *jpegs, "--run", str(exported), "--backend", "onnx", "--out", str(out)]
+    assert _cli(args, blocked=False, cwd=tmp_path).returncode == 0
+    local = pd.read_csv(out)["probability"].tolist()
+    assert np.allclose(json.loads(res.stdout.strip().splitlines()[-1]), local, atol=1e-6)

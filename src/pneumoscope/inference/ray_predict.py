@@ -31,13 +31,16 @@ import numpy as np
 
 from pneumoscope.core.errors import UserError
 from pneumoscope.core.ray_session import cluster_cpus, data_job, ray_session
-from pneumoscope.inference.export_record import check_export, export_problem
+from pneumoscope.data.augment_config import AugmentConfig
+from pneumoscope.data.views import Views
+from pneumoscope.inference.export_record import check_export, export_problem, recorded_views
 from pneumoscope.inference.intended_use import IntendedUse
 from pneumoscope.inference.predictor import Predictor
 from pneumoscope.inference.scoring import Prediction
 from pneumoscope.model.ood import OodGuard
 from pneumoscope.model.population_check import shipped_folder
 from pneumoscope.model.run import LoadedRun
+from pneumoscope.model.tta import draw_views
 
 
 @dataclass
@@ -52,6 +55,7 @@ class RayModel:
     model_id: str
     notes: list[str] = field(default_factory=list)  # for the user, said once
     check: str = ""  # the run's own population check folder; "" = the one shipped
+    views: Views | None = None  # test-time augmentation's transforms (workers need no torch)
 
 
 def ray_model(predictor: Predictor) -> RayModel:
@@ -77,7 +81,18 @@ def ray_model(predictor: Predictor) -> RayModel:
         if Path(predictor.scope.population_folder) == shipped_folder()
         else predictor.scope.population_folder
     )
-    return RayModel(bare, onnx, kind, predictor.guard, allow, predictor.model_id, notes, own)
+    views = _tta_views(loaded)
+    return RayModel(bare, onnx, kind, predictor.guard, allow, predictor.model_id, notes, own, views)
+
+
+def _tta_views(loaded: LoadedRun) -> Views | None:
+    """The transforms of the run's test-time augmentation, as its export recorded them or
+    drawn here (with torch), so that the workers apply them without torch."""
+    tta = loaded.tta
+    if tta is None or tta.copies <= 0:
+        return None
+    views = recorded_views(loaded.root, tta)
+    return views or draw_views(tta.copies, AugmentConfig.from_dict(tta.augment), tta.seed)
 
 
 def _onnx_bytes(loaded: LoadedRun, int8: bool, notes: list[str]) -> bytes:
@@ -119,7 +134,8 @@ class Scorer:
 
             model = ray.get(model)
         self.model = model
-        runner = model.loaded.scorer(_runner(model.onnx))  # + its test-time augmentation
+        # + its test-time augmentation, with the transforms the driver shipped
+        runner = model.loaded.scorer(_runner(model.onnx), model.views)
         check = model.check or shipped_folder()  # the worker's own copy of the package
         scope = IntendedUse.from_card(model.loaded.card, model.allow, check)
         # the driver's predictor, rebuilt from what was shipped (no run folder here)
