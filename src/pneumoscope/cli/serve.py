@@ -11,7 +11,13 @@ from pneumoscope.cli.predict import ALLOW_HELP
 
 
 @app.command(
-    epilog="Examples:\n\n"
+    # every flag also reads PNEUMOSCOPE_<FLAG> (--max-queue: PNEUMOSCOPE_MAX_QUEUE), for
+    # containers; a flag given on the command line wins
+    context_settings={"auto_envvar_prefix": "PNEUMOSCOPE", "show_default": True},
+    epilog="Every flag can also be set by the environment variable PNEUMOSCOPE_ and its "
+    "name in capitals with underscores (--max-queue 32: PNEUMOSCOPE_MAX_QUEUE=32; lists "
+    "separated by spaces); the command line wins.\n\n"
+    "Examples:\n\n"
     "  pneumoscope serve --run runs/r18\n\n"
     "  pneumoscope serve --run runs/r18 --backend onnx --port 8080\n\n"
     "  pneumoscope serve --run runs/r18 --host 0.0.0.0 --allowed-host xray.example.org "
