@@ -10,19 +10,18 @@ from pneumoscope.model.run import LoadedRun
 BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8", "openvino", "auto")
 
 
-def make_runner(loaded: LoadedRun, backend: str, threads: int | None = None):
+def make_runner(loaded: LoadedRun, backend: str):
     """Whatever computes (logits, features) from uint8 images: torch (float32 or bf16),
     ONNX Runtime (float32 or static int8) or OpenVINO (int8); "auto" picks the fastest
     this run and CPU allow (:func:`resolve_backend`). Wrapped in the run's test-time
     augmentation when its calibration has it (``LoadedRun.scorer``), as every command scores."""
     from pneumoscope.inference.export_record import recorded_views
 
-    runner = _backend_runner(loaded, resolve_backend(loaded, backend), threads)
+    runner = _backend_runner(loaded, resolve_backend(loaded, backend))
     return loaded.scorer(runner, recorded_views(loaded.root, loaded.tta))
 
 
-def _backend_runner(loaded: LoadedRun, backend: str, threads: int | None = None):
-    """``threads``: ONNX Runtime's intra-op threads (None: all cores)."""
+def _backend_runner(loaded: LoadedRun, backend: str):
     if backend in ("torch", "torch-bf16"):
         _ = loaded.model  # the network now: no torch, or bad weights, is one line, early
     if backend == "torch":
@@ -37,7 +36,7 @@ def _backend_runner(loaded: LoadedRun, backend: str, threads: int | None = None)
         return OpenVinoRunner(loaded.root)
     from pneumoscope.inference.onnx_runner import OnnxRunner
 
-    return OnnxRunner(loaded.root, int8=backend == "onnx-int8", threads=threads)
+    return OnnxRunner(loaded.root, int8=backend == "onnx-int8")
 
 
 def resolve_backend(loaded: LoadedRun, backend: str) -> str:

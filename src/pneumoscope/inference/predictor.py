@@ -43,10 +43,8 @@ class Predictor:
         model_id: str,
         backend: str = "torch",
         runner=None,
-        threads: int | None = None,
     ):
         self.loaded = loaded
-        self.threads = threads
         self.scope = scope
         self.guard = guard
         self.model_id = model_id
@@ -60,22 +58,20 @@ class Predictor:
         backend: str = "torch",
         allow: Iterable[str] = (),
         runner=None,
-        threads: int | None = None,
     ) -> Predictor:
         """The predictor of a run folder (or a run already loaded): ``backend`` as
         `predict --backend` takes it, ``allow`` the intended-use rules relaxed (--allow);
-        ``runner`` replaces the backend's (tests, a wrapped runner); ``threads`` the ONNX
-        Runtime threads (None: all cores; replicas share the cores)."""
+        ``runner`` replaces the backend's (tests, a wrapped runner)."""
         loaded = run if isinstance(run, LoadedRun) else load_run(run)
         scope = IntendedUse.from_card(loaded.card, allow, check_folder(loaded.root))
         scope.population_check()  # a check that cannot load is one line, before any output
         guard = OodGuard.load(loaded.files)
-        return cls(loaded, scope, guard, model_id(loaded), backend, runner, threads)
+        return cls(loaded, scope, guard, model_id(loaded), backend, runner)
 
     @property
     def runner(self):
         if self._runner is None:
-            self._runner = make_runner(self.loaded, self.backend, self.threads)
+            self._runner = make_runner(self.loaded, self.backend)
         return self._runner
 
     def ready(self) -> Predictor:

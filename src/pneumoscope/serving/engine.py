@@ -91,17 +91,11 @@ class Engine:
 
     @classmethod
     def load(
-        cls,
-        run: str | Path,
-        backend: str = "torch",
-        allow: tuple[str, ...] = (),
-        threads: int | None = None,
-        **batching,
+        cls, run: str | Path, backend: str = "torch", allow: tuple[str, ...] = (), **batching
     ) -> Engine:
         """The predictor of ``run`` for ``backend`` with the rules ``allow`` relaxes,
-        batched as ``batching`` says (ServeSettings.batching), ONNX Runtime on ``threads``
-        threads (None: all cores): raises UserError."""
-        return cls(Predictor.from_run(run, backend, allow, threads=threads), **batching)
+        batched as ``batching`` says (ServeSettings.batching): raises UserError."""
+        return cls(Predictor.from_run(run, backend, allow), **batching)
 
     @property
     def runner(self):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import logging.config
 import multiprocessing
-import os
 import signal
 import socket
 import threading
@@ -53,12 +52,7 @@ def _replica(settings: ServeSettings, sock: socket.socket) -> None:
     from pneumoscope.serving.server import run_server
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the replicas
-    # the replicas share the cores: N replicas of all-core thread pools oversubscribe them
-    # (on 2 cores, 2 replicas doubled the single-request latency)
-    threads = max(1, (os.cpu_count() or 1) // max(1, settings.workers))
-    engine = Engine.load(
-        settings.run, settings.backend, settings.allow, threads, **settings.batching
-    )
+    engine = Engine.load(settings.run, settings.backend, settings.allow, **settings.batching)
     run_server(settings, engine, sockets=[sock])
 
 
