@@ -1,9 +1,11 @@
 """The container image's HEALTHCHECK: GET /readyz of the `pneumoscope serve` running in this
 container; exit 0 when it answers 200 "ready", 1 otherwise (docs/deploy.md).
 
-The address comes from the serve process's own flags (found in /proc), so a container
-started with other flags (`--port 9000`, `--tls-cert ...`) is still checked where it listens;
-PNEUMOSCOPE_HEALTHCHECK_URL overrides that. Standard library only: the image has no curl.
+The address comes from the serve process's own flags (found in /proc), else from the
+variables serve reads for them (PNEUMOSCOPE_PORT, PNEUMOSCOPE_HOST, PNEUMOSCOPE_TLS_CERT: the
+health check runs with the container's environment), so a container started with other
+flags or variables (`--port 9000`, `-e PNEUMOSCOPE_TLS_CERT=...`) is still checked where it
+listens; PNEUMOSCOPE_HEALTHCHECK_URL overrides that. Standard library only: the image has no curl.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ def serve_args() -> list[str]:
 
 
 def flag(args: list[str], name: str) -> str | None:
-    """The last value of ``--name VALUE`` or ``--name=VALUE`` (the CLI takes the last)."""
-    found = None
+    """The last value of ``--name VALUE`` or ``--name=VALUE`` (the CLI takes the last), else
+    the variable serve reads for it (--tls-cert: PNEUMOSCOPE_TLS_CERT)."""
+    found = os.environ.get("PNEUMOSCOPE_" + name.lstrip("-").replace("-", "_").upper()) or None
     for i, a in enumerate(args):
         if a == name and i + 1 < len(args):
             found = args[i + 1]

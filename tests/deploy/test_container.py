@@ -144,7 +144,9 @@ def test_the_image_serves_a_film_read_only_unprivileged_without_torch(
            "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
            "--volume", f"{exported}:/model:ro",
            "--volume", f"{token_file}:/run/secrets/pneumoscope-token:ro",
-           "--publish", f"127.0.0.1:{port}:8000", image]  # fmt: skip
+           # configured both ways: a variable (the port) and a flag after the image
+           "--env", "PNEUMOSCOPE_PORT=9000",
+           "--publish", f"127.0.0.1:{port}:9000", image, "--max-queue", "8"]  # fmt: skip
     try:
         started = time.monotonic()
         res = _podman(*cmd)
@@ -152,7 +154,7 @@ def test_the_image_serves_a_film_read_only_unprivileged_without_torch(
         _wait_healthy(name, HEALTHY_WITHIN_S)
         print(f"healthy {time.monotonic() - started:.1f} s after podman run")
         assert _state(name)["Health"]["Status"] == "healthy"
-        assert _podman("port", name).stdout.strip() == f"8000/tcp -> 127.0.0.1:{port}"
+        assert _podman("port", name).stdout.strip() == f"9000/tcp -> 127.0.0.1:{port}"
 
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, trust_env=False, timeout=60) as c:
