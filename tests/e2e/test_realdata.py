@@ -80,7 +80,8 @@ def test_real_slice_end_to_end(shared_data, tmp_path):
         assert abs(by_name[name] - p) < 1e-5
 
     # Grad-CAM on real X-rays: one finite, non-constant heatmap per image
-    from pneumoscope.inference.explain import explain_files, gradcam
+    from pneumoscope.inference.explain import explain_files
+    from pneumoscope.inference.gradcam import gradcam
 
     files = sorted(str(f) for f in (root / "test").rglob("*.jpeg"))[:4]
     rows = explain_files(tmp_path / "run", files, tmp_path / "heat")

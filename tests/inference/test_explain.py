@@ -26,7 +26,7 @@ from pneumoscope.inference.gradcam import cam_spec, gradcam, target_layer
 from pneumoscope.model.architectures import build_model
 from pneumoscope.model.calibration import TemperatureScaler
 from pneumoscope.model.contract import ModelCard, RunFiles
-from pneumoscope.model.network import normalize
+from pneumoscope.model.network import normalize, spec_tensors
 from pneumoscope.model.run import LoadedRun, sigmoid
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -257,7 +257,8 @@ def test_heatmap_finds_the_blob_after_training():
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     for _ in range(40):
         x, y, _ = _blob_batch(rng, 16, size)
-        z = model(normalize(torch.from_numpy(x).unsqueeze(1), loaded.mean, loaded.std, 1))
+        mean, std = spec_tensors(loaded.spec)
+        z = model(normalize(torch.from_numpy(x).unsqueeze(1), mean, std, 1))
         loss = nn.functional.binary_cross_entropy_with_logits(z.squeeze(1), torch.tensor(y * 1.0))
         opt.zero_grad()
         loss.backward()

@@ -127,9 +127,11 @@ def cam_weights(net: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     if not isinstance(fc, nn.Linear) or fc.out_features != 1:
         return None
     with torch.inference_mode():
-        fmap = net.forward_features(x)
-        if fmap.ndim != 4 or fmap.shape[1] != fc.in_features or fmap[0, 0].numel() < 2:
-            return None  # not a map, or one position: Grad-CAM then looks at an earlier layer
+        fmap = net.forward_features(x)  # an ensemble's: one map per member, no single head
+        if not isinstance(fmap, torch.Tensor) or fmap.ndim != 4:
+            return None
+        if fmap.shape[1] != fc.in_features or fmap[0, 0].numel() < 2:
+            return None  # not the head's input, or one position: Grad-CAM looks elsewhere
         pooled = net.forward_head(fmap, pre_logits=True)
         if pooled.shape != fmap.shape[:2] or not torch.allclose(
             pooled, fmap.mean(dim=(2, 3)), rtol=1e-4, atol=1e-5
