@@ -156,3 +156,20 @@ def test_a_ray_worker_scores_without_torch_as_predict_does(exported, films, tmp_
     assert _cli(args, blocked=False, cwd=tmp_path).returncode == 0
     local = pd.read_csv(out)["probability"].tolist()
     assert np.allclose(json.loads(res.stdout.strip().splitlines()[-1]), local, atol=1e-6)
+
+
+def test_explain_with_an_exported_backend_needs_no_torch(exported, films, tmp_path):
+    for blocked in (False, True):
+        out = tmp_path / ("blocked" if blocked else "full")
+        args = ["explain", str(films), "--run", str(exported), "--backend", "onnx"]
+        res = _cli([*args, "--out", str(out)], blocked, tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+    full, lean = (pd.read_csv(tmp_path / k / "explanations.csv") for k in ("full", "blocked"))
+    assert (full["status"] == "ok").all() and len(full) == 5
+    cols = [c for c in full.columns if c != "heatmap"]
+    pd.testing.assert_frame_equal(full[cols], lean[cols])
+    for png in (tmp_path / "full").glob("*.png"):
+        assert png.read_bytes() == (tmp_path / "blocked" / png.name).read_bytes()
+    res = _cli(["explain", str(films), "--run", str(exported), "--out", str(tmp_path / "t")],
+               blocked=True, cwd=tmp_path)  # fmt: skip
+    assert res.returncode != 0 and "needs PyTorch" in res.stderr and "Traceback" not in res.stderr

@@ -187,9 +187,15 @@ def explain(
         ..., help="Folder for one heatmap PNG per input and explanations.csv."
     ),
     allow: list[str] = typer.Option(None, "--allow", metavar="RULE", help=ALLOW_HELP),
+    backend: str = typer.Option(
+        "torch",
+        help="torch (Grad-CAM) | onnx | onnx-int8 | auto: an exported run's class activation "
+        "map, Grad-CAM's map for a global-pooling + linear head (no PyTorch needed).",
+    ),
 ) -> None:
-    """Grad-CAM heatmaps (pytorch-grad-cam) over each X-ray, for the PNEUMONIA logit.
-    DICOM inputs meet the same intended-use rules as in 'predict'."""
+    """Heatmaps over each X-ray, for the PNEUMONIA logit: Grad-CAM (pytorch-grad-cam), or
+    an exported run's class activation map. DICOM inputs meet the same intended-use rules
+    as in 'predict'."""
     from pneumoscope.inference.explain import explain_files
     from pneumoscope.inference.inputs import scan_inputs, write_skipped_list
     from pneumoscope.inference.intended_use import IntendedUse
@@ -199,7 +205,7 @@ def explain(
     loaded = load_run(run)
     scope = IntendedUse.from_card(loaded.card, allow or (), check_folder(loaded.root))
     found = scan_inputs(inputs)
-    rows = explain_files(loaded, found.paths, out, scope=scope)
+    rows = explain_files(loaded, found.paths, out, scope=scope, backend=backend)
     listed = write_skipped_list(found, Path(out) / "skipped.txt")
     failed = sum(r["status"] == "error" for r in rows)
     refused = sum(r["status"] in ("skipped", "out_of_scope") for r in rows)

@@ -21,8 +21,9 @@ import numpy as np
 
 from pneumoscope.core.io import atomic_write, write_text_atomic
 from pneumoscope.inference.intended_use import IntendedUse, Screened, load_screened
+from pneumoscope.inference.predictor import Predictor
 from pneumoscope.model.population_check import check_folder
-from pneumoscope.model.run import LoadedRun, load_run
+from pneumoscope.model.run import LoadedRun, load_run, torch_missing
 
 CSV_COLUMNS = [
     "path",
@@ -138,19 +139,19 @@ def explain_files(
     out_dir: str | Path,
     batch_size: int = 16,
     scope: IntendedUse | None = None,
+    backend: str = "torch",
 ) -> list[dict]:
     """Predict and explain each input: one PNG per readable image in ``out_dir``, an error row
     for each unreadable one, a skipped or out_of_scope row for each DICOM the intended-use
     rules (``scope``; default: the run's, nothing relaxed) refuse, and
-    ``out_dir/explanations.csv`` with every row in input order."""
+    ``out_dir/explanations.csv`` with every row in input order. ``backend``: torch (Grad-CAM)
+    or an exported one (its class activation map; no torch needed)."""
     loaded = run_or_loaded if isinstance(run_or_loaded, LoadedRun) else load_run(run_or_loaded)
     scope = scope or IntendedUse.from_card(loaded.card, check=check_folder(loaded.root))
     out_dir = Path(out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     batch_size = max(1, int(batch_size))
-    from pneumoscope.inference.gradcam import cam_spec
-
-    spec = None
+    explainer = _Explainer(loaded, scope, backend)
     rows: list[dict] = []
     for start in range(0, len(paths), batch_size):
         chunk = [str(p) for p in paths[start : start + batch_size]]
@@ -158,8 +159,7 @@ def explain_files(
         good = [i for i, s in enumerate(read) if s.pixels is not None]
         done: dict[int, dict] = {}
         if good:
-            spec = spec or cam_spec(loaded.model, loaded.preprocess.img_size, loaded.in_chans)
-            made = _explain_chunk(loaded, [read[i] for i in good], out_dir, batch_size, spec)
+            made = _explain_chunk(explainer, [read[i] for i in good], out_dir, batch_size)
             done = dict(zip(good, made, strict=True))
         for i, s in enumerate(read):
             row = done.get(i) or _row(s.path, None, "", loaded.threshold, s.status, s.reason, "")
@@ -168,13 +168,36 @@ def explain_files(
     return rows
 
 
-def _explain_chunk(loaded: LoadedRun, read: list, out_dir: Path, batch_size: int, spec) -> list:
-    """Rows (and PNGs) for decoded images: probability, label and Grad-CAM heatmap."""
-    imgs = np.stack([s.pixels for s in read])
-    probs = loaded.proba_from_logits(loaded.scorer().predict_logits(imgs, batch_size))
-    from pneumoscope.inference.gradcam import gradcam
+class _Explainer:
+    """Probabilities and heatmaps of preprocessed films: the torch network and Grad-CAM (its
+    layer found once), or an exported backend and its class activation map."""
 
-    heats = gradcam(loaded, imgs, batch_size, spec)
+    def __init__(self, loaded: LoadedRun, scope: IntendedUse, backend: str):
+        self.loaded, self.spec = loaded, None
+        self.predictor = None
+        if backend != "torch":  # the backend's runner now: a missing export is one line
+            self.predictor = Predictor(loaded, scope, None, "", backend).ready()
+        elif problem := torch_missing("explain with the torch backend (Grad-CAM)"):
+            raise problem
+
+    def __call__(self, imgs: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        loaded = self.loaded
+        if self.predictor is not None:
+            logits = self.predictor.runner.predict_logits(imgs, batch_size)
+            return loaded.proba_from_logits(logits), self.predictor.heatmaps(imgs, batch_size)
+        from pneumoscope.inference.gradcam import cam_spec, gradcam
+
+        size = loaded.preprocess.img_size
+        self.spec = self.spec or cam_spec(loaded.model, size, loaded.in_chans)
+        probs = loaded.proba_from_logits(loaded.scorer().predict_logits(imgs, batch_size))
+        return probs, gradcam(loaded, imgs, batch_size, self.spec)
+
+
+def _explain_chunk(explainer: _Explainer, read: list, out_dir: Path, batch_size: int) -> list:
+    """Rows (and PNGs) for decoded images: probability, label and heatmap."""
+    imgs = np.stack([s.pixels for s in read])
+    probs, heats = explainer(imgs, batch_size)
+    loaded = explainer.loaded
     thr, names = loaded.threshold, loaded.card.class_names
     rows = []
     for s, prob, heat in zip(read, probs, heats, strict=True):
